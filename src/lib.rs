@@ -1,0 +1,4 @@
+//! ballast
+pub mod error;
+pub mod format;
+pub mod quant;

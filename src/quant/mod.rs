@@ -1,0 +1,131 @@
+//! Tensor element types: the ggml block layouts ballast reads and computes on.
+//!
+//! A quantized row of `n` elements is `n / block_size()` blocks laid out back to back, each
+//! `type_size()` bytes. The numeric ids are ggml's (`ggml_type`), which is what GGUF stores.
+
+use std::fmt;
+
+/// A tensor element type with its ggml id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    /// Activation-side type for `Q4_1` dot products (never stored in model files by us).
+    Q8_1,
+    Q4K,
+    Q6K,
+    /// Activation-side type for k-quant dot products.
+    Q8K,
+    BF16,
+}
+
+impl GgmlType {
+    /// Every type ballast knows, in id order.
+    pub const ALL: [GgmlType; 10] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::Q8K,
+        GgmlType::BF16,
+    ];
+
+    /// The type for a ggml id, or `None` for ids ballast does not support.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            9 => GgmlType::Q8_1,
+            12 => GgmlType::Q4K,
+            14 => GgmlType::Q6K,
+            15 => GgmlType::Q8K,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q8_1 => 9,
+            GgmlType::Q4K => 12,
+            GgmlType::Q6K => 14,
+            GgmlType::Q8K => 15,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q8_1 => 32,
+            GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q8K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q8_1 => 36,
+            GgmlType::Q4K => 144,
+            GgmlType::Q6K => 210,
+            GgmlType::Q8K => 292,
+        }
+    }
+
+    /// Bytes of a row of `num_elements`, or `None` if the count is not a whole number of
+    /// blocks or the size overflows.
+    pub fn row_bytes(self, num_elements: u64) -> Option<u64> {
+        let block = self.block_size() as u64;
+        if num_elements % block != 0 {
+            return None;
+        }
+        (num_elements / block).checked_mul(self.type_size() as u64)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q8_1 => "Q8_1",
+            GgmlType::Q4K => "Q4_K",
+            GgmlType::Q6K => "Q6_K",
+            GgmlType::Q8K => "Q8_K",
+            GgmlType::BF16 => "BF16",
+        }
+    }
+
+    /// Whether the type is a block-quantized format (as opposed to a float type).
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
