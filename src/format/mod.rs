@@ -1,1 +1,4 @@
+//! Model file formats: shared byte buffers ([`bytes`]) and the GGUF reader/writer ([`gguf`]).
+
+pub mod bytes;
 pub mod gguf;

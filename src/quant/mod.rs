@@ -2,6 +2,33 @@
 //!
 //! A quantized row of `n` elements is `n / block_size()` blocks laid out back to back, each
 //! `type_size()` bytes. The numeric ids are ggml's (`ggml_type`), which is what GGUF stores.
+//!
+//! Two kinds of dot product per weight type:
+//! - [`dot_f32`]: the plain reference — dequantized weights times f32 activations;
+//! - [`vec_dot`]: the fast path — activations quantized to [`vec_dot_type`] (8-bit blocks),
+//!   integer multiply-accumulate inside each block, one scale per block, as ggml does.
+//!
+//! The typed kernels (`vec_dot_q4_1_q8_1`, ...) are what the CPU backend calls in its inner
+//! loops; each is compiled twice (portable and AVX2, chosen at run time, bit-identical).
+
+mod blocks;
+mod dispatch;
+mod float;
+mod kquants;
+pub(crate) mod multiversion;
+mod q4;
+mod q8;
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod tests;
+
+pub use blocks::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K};
+pub use dispatch::{QuantError, dequantize_row, dot_f32, quantize_row, vec_dot, vec_dot_type};
+pub use float::{dot_bf16_f32, dot_f16_f32, dot_f32_f32, f16_to_f32};
+pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
+pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
+pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 
 use std::fmt;
 

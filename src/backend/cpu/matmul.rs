@@ -1,0 +1,167 @@
+//! `out[t] = W · x[t]` straight over the weight's blocks.
+//!
+//! Work is split by weight rows: each task owns a contiguous range of output features and
+//! computes them for every token, so each weight row is read once per call however many
+//! tokens the step has. Each output element is one dot product in a fixed order, independent
+//! of the token count (batch invariance).
+
+use super::Precision;
+use super::par::{SharedOut, chunk_len};
+use super::tensor::CpuTensor;
+use crate::backend::{BackendError, Result};
+use crate::model::weights::HostMatrix;
+use crate::quant::{self, GgmlType};
+use bytemuck::cast_slice;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Below this many multiply-adds a matmul runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// Minimum weight rows per task.
+const MIN_ROWS_PER_TASK: usize = 8;
+
+type RowDot = fn(&[u8], &[u8]) -> f32;
+
+pub fn matmul(
+    pool: &rayon::ThreadPool,
+    precision: Precision,
+    x: &CpuTensor,
+    w: &HostMatrix,
+    out: &mut CpuTensor,
+    scratch: &mut Vec<u32>,
+) -> Result<()> {
+    if x.cols() != w.cols || out.cols() != w.rows {
+        return Err(BackendError::Shape {
+            op: "matmul",
+            detail: format!("x {}x{}, W {}x{}, out width {}", x.rows(), x.cols(), w.rows, w.cols, out.cols()),
+        });
+    }
+    out.set_rows("matmul", x.rows())?;
+    match (precision, float_dot(w.dtype)) {
+        (_, Some(dot)) => {
+            run(pool, w, x.rows(), out, |r, t| dot(w.row(r), bytes_of(x.row(t))));
+            Ok(())
+        }
+        (Precision::Fast, None) => quantized(pool, x, w, out, scratch),
+        (Precision::Reference, None) => dequantized(pool, x, w, out),
+    }
+}
+
+fn bytes_of(x: &[f32]) -> &[u8] {
+    cast_slice(x)
+}
+
+/// Dot products of float weight rows with f32 activations (bytes of an f32 row).
+fn float_dot(dtype: GgmlType) -> Option<RowDot> {
+    Some(match dtype {
+        GgmlType::F32 => |w, x| quant::dot_f32_f32(cast_slice(w), cast_slice(x)),
+        GgmlType::F16 => |w, x| quant::dot_f16_f32(cast_slice(w), cast_slice(x)),
+        GgmlType::BF16 => |w, x| quant::dot_bf16_f32(cast_slice(w), cast_slice(x)),
+        _ => return None,
+    })
+}
+
+/// Integer dot products of quantized weight rows with quantized activation rows.
+fn quant_dot(dtype: GgmlType) -> Option<RowDot> {
+    Some(match dtype {
+        GgmlType::Q4_0 => |w, a| quant::vec_dot_q4_0_q8_0(cast_slice(w), cast_slice(a)),
+        GgmlType::Q4_1 => |w, a| quant::vec_dot_q4_1_q8_1(cast_slice(w), cast_slice(a)),
+        GgmlType::Q8_0 => |w, a| quant::vec_dot_q8_0_q8_0(cast_slice(w), cast_slice(a)),
+        GgmlType::Q4K => |w, a| quant::vec_dot_q4k_q8k(cast_slice(w), cast_slice(a)),
+        GgmlType::Q6K => |w, a| quant::vec_dot_q6k_q8k(cast_slice(w), cast_slice(a)),
+        _ => return None,
+    })
+}
+
+/// Fast path: quantize each activation row once, then integer dot products.
+fn quantized(
+    pool: &rayon::ThreadPool,
+    x: &CpuTensor,
+    w: &HostMatrix,
+    out: &mut CpuTensor,
+    scratch: &mut Vec<u32>,
+) -> Result<()> {
+    let unsupported = || BackendError::Unsupported { op: "matmul", what: format!("{} weights", w.dtype) };
+    let dot = quant_dot(w.dtype).ok_or_else(unsupported)?;
+    let act_type = quant::vec_dot_type(w.dtype);
+    let act_row_bytes = act_type.row_bytes(w.cols as u64).ok_or_else(unsupported)? as usize;
+    let total_bytes = act_row_bytes * x.rows();
+    scratch.resize(total_bytes.div_ceil(4), 0);
+    let acts: &mut [u8] = &mut bytemuck::cast_slice_mut::<u32, u8>(scratch)[..total_bytes];
+    for (t, dst) in acts.chunks_mut(act_row_bytes).enumerate() {
+        quant::quantize_row(act_type, x.row(t), dst).map_err(|e| BackendError::Unsupported {
+            op: "matmul",
+            what: e.to_string(),
+        })?;
+    }
+    let acts = &*acts;
+    run(pool, w, x.rows(), out, |r, t| dot(w.row(r), &acts[t * act_row_bytes..(t + 1) * act_row_bytes]));
+    Ok(())
+}
+
+thread_local! {
+    /// Dequantized weight rows of the current task (reference path).
+    static DEQUANT_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reference path: dequantize a task's weight rows to f32 once, then f32 dot products.
+fn dequantized(pool: &rayon::ThreadPool, x: &CpuTensor, w: &HostMatrix, out: &mut CpuTensor) -> Result<()> {
+    let (n_tok, cols, out_cols) = (x.rows(), w.cols, w.rows);
+    let chunk = chunk_len(w.rows, pool.current_num_threads(), MIN_ROWS_PER_TASK);
+    let shared = SharedOut::new(out.as_mut_slice());
+    let task = |c: usize| {
+        let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(w.rows));
+        DEQUANT_ROWS.with_borrow_mut(|buf| {
+            buf.resize(chunk * cols, 0.0);
+            for r in r0..r1 {
+                let dst = &mut buf[(r - r0) * cols..(r - r0 + 1) * cols];
+                // Cannot fail: row sizes were validated when the matrix was built.
+                let _ = quant::dequantize_row(w.dtype, w.row(r), dst);
+            }
+            for t in 0..n_tok {
+                // SAFETY: task `c` alone writes columns r0..r1 of every output row.
+                let o = unsafe { shared.slice(t * out_cols + r0, r1 - r0) };
+                for (r, o) in (r0..r1).zip(o) {
+                    *o = quant::dot_f32_f32(&buf[(r - r0) * cols..(r - r0 + 1) * cols], x.row(t));
+                }
+            }
+        });
+    };
+    let num_chunks = w.rows.div_ceil(chunk);
+    if n_tok * w.rows * cols < PARALLEL_MIN_MACS {
+        (0..num_chunks).for_each(task);
+    } else {
+        pool.install(|| (0..num_chunks).into_par_iter().for_each(task));
+    }
+    Ok(())
+}
+
+/// Computes `out[t][r] = dot(r, t)` for every weight row `r` and token `t`.
+fn run(
+    pool: &rayon::ThreadPool,
+    w: &HostMatrix,
+    n_tok: usize,
+    out: &mut CpuTensor,
+    dot: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    let out_cols = w.rows;
+    let chunk = chunk_len(w.rows, pool.current_num_threads(), MIN_ROWS_PER_TASK);
+    let shared = SharedOut::new(out.as_mut_slice());
+    let task = |c: usize| {
+        let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(w.rows));
+        for t in 0..n_tok {
+            // SAFETY: task `c` alone writes columns r0..r1 of every output row.
+            let o = unsafe { shared.slice(t * out_cols + r0, r1 - r0) };
+            for (r, o) in (r0..r1).zip(o) {
+                *o = dot(r, t);
+            }
+        }
+    };
+    let num_chunks = w.rows.div_ceil(chunk);
+    if n_tok * w.rows * w.cols < PARALLEL_MIN_MACS {
+        (0..num_chunks).for_each(task);
+    } else {
+        pool.install(|| (0..num_chunks).into_par_iter().for_each(task));
+    }
+}

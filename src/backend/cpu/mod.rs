@@ -1,0 +1,202 @@
+//! The CPU backend: the reference every other backend is tested against, and the embedded
+//! default.
+//!
+//! Ops parallelise internally on a fixed rayon pool (`num_threads` workers, created once).
+//! Every output element is computed by one thread in a fixed order that depends only on its
+//! own inputs, never on the batch, so a sequence's results do not change with what else is in
+//! the step.
+//!
+//! Two arithmetic modes ([`Precision`]):
+//! - `Reference`: float activations against dequantized weights (the plain twin);
+//! - `Fast` (default): activations quantized per block to 8 bits and multiplied with the
+//!   quantized weights in integer arithmetic, as llama.cpp does.
+
+mod attention;
+mod matmul;
+mod ops;
+mod par;
+mod tensor;
+
+pub use tensor::{CpuKvPool, CpuTensor};
+
+use super::{AttentionShape, Backend, BackendError, Result, RopeShape};
+use crate::kv::KvLayout;
+use crate::model::weights::HostMatrix;
+use crate::plan::BatchPlan;
+use parking_lot::Mutex;
+
+/// How the CPU backend multiplies activations with quantized weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 activations times dequantized weights.
+    Reference,
+    /// 8-bit quantized activations, integer dot products with quantized weights.
+    Fast,
+}
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    precision: Precision,
+    /// Quantized activations of the current matmul (u32 keeps blocks with f32 fields aligned).
+    act_scratch: Mutex<Vec<u32>>,
+}
+
+impl CpuBackend {
+    pub fn new(num_threads: usize, precision: Precision) -> Result<CpuBackend> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(num_threads.max(1))
+            .thread_name(|i| format!("ballast-cpu-{i}"))
+            .build()
+            .map_err(|e| BackendError::Device(format!("cannot start CPU threads: {e}")))?;
+        Ok(CpuBackend { pool, precision, act_scratch: Mutex::new(Vec::new()) })
+    }
+
+    /// One worker per available core.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn num_threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+    if a.rows() == b.rows() && a.cols() == b.cols() {
+        Ok(())
+    } else {
+        Err(BackendError::Shape {
+            op,
+            detail: format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
+        })
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Matrix = HostMatrix;
+    type KvPool = CpuKvPool;
+    type Step<'a> = &'a BatchPlan;
+
+    fn name(&self) -> String {
+        let mode = match self.precision {
+            Precision::Reference => "reference",
+            Precision::Fast => "fast",
+        };
+        format!("cpu ({} threads, {mode})", self.num_threads())
+    }
+
+    fn alloc(&self, max_rows: usize, cols: usize) -> Result<CpuTensor> {
+        CpuTensor::zeros(max_rows, cols)
+    }
+
+    fn upload_vector(&self, data: &[f32]) -> Result<CpuTensor> {
+        Ok(CpuTensor::from_row(data))
+    }
+
+    fn upload_matrix(&self, m: HostMatrix) -> Result<HostMatrix> {
+        Ok(m)
+    }
+
+    fn alloc_kv(&self, layout: &KvLayout) -> Result<CpuKvPool> {
+        CpuKvPool::new(*layout)
+    }
+
+    fn prepare<'a>(&'a self, plan: &'a BatchPlan) -> Result<&'a BatchPlan> {
+        Ok(plan)
+    }
+
+    fn embedding(&self, plan: &&BatchPlan, table: &HostMatrix, out: &mut CpuTensor) -> Result<()> {
+        ops::embedding(&self.pool, plan, table, out)
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {
+        ops::rms_norm(&self.pool, x, w, eps, out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CpuTensor,
+        delta: &CpuTensor,
+        w: &CpuTensor,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        same_shape("add_rms_norm", residual, delta)?;
+        ops::add(residual, delta);
+        ops::rms_norm(&self.pool, residual, w, eps, out)
+    }
+
+    fn matmul(&self, x: &CpuTensor, w: &HostMatrix, out: &mut CpuTensor) -> Result<()> {
+        let mut scratch = self.act_scratch.lock();
+        matmul::matmul(&self.pool, self.precision, x, w, out, &mut scratch)
+    }
+
+    fn add_bias(&self, x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
+        ops::add_bias(x, bias)
+    }
+
+    fn add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        same_shape("add", x, y)?;
+        ops::add(x, y);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        plan: &&BatchPlan,
+        x: &mut CpuTensor,
+        inv_freq: &CpuTensor,
+        shape: RopeShape,
+    ) -> Result<()> {
+        ops::rope(&self.pool, plan, x, inv_freq, shape)
+    }
+
+    fn write_kv(
+        &self,
+        plan: &&BatchPlan,
+        layer: usize,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        pool: &mut CpuKvPool,
+    ) -> Result<()> {
+        pool.write(plan, layer, k, v)
+    }
+
+    fn attention(
+        &self,
+        plan: &&BatchPlan,
+        layer: usize,
+        q: &CpuTensor,
+        pool: &CpuKvPool,
+        shape: AttentionShape,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        attention::attention(&self.pool, plan, layer, q, pool, shape, out)
+    }
+
+    fn silu_mul(&self, gate: &mut CpuTensor, up: &CpuTensor) -> Result<()> {
+        same_shape("silu_mul", gate, up)?;
+        ops::silu_mul(&self.pool, gate, up);
+        Ok(())
+    }
+
+    fn gather_logits_rows(
+        &self,
+        plan: &&BatchPlan,
+        x: &CpuTensor,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        ops::gather_rows(x, &plan.logits_rows, out)
+    }
+
+    fn read(&self, x: &CpuTensor, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        out.extend_from_slice(x.as_slice());
+        Ok(())
+    }
+}

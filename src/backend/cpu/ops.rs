@@ -1,0 +1,160 @@
+//! Element-wise and row-wise CPU ops: embedding, rms_norm, rope, silu·mul, adds, row gather.
+
+use super::tensor::CpuTensor;
+use crate::backend::{BackendError, Result, RopeShape};
+use crate::model::RopeStyle;
+use crate::model::weights::HostMatrix;
+use crate::plan::BatchPlan;
+use rayon::prelude::*;
+
+/// Below this many elements an op runs on the calling thread: a pool round trip costs more.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+/// Runs `f(row_index, row)` over the rows of `data` (rows of `cols`), in parallel when large.
+fn for_each_row(
+    pool: &rayon::ThreadPool,
+    data: &mut [f32],
+    cols: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if data.len() < PARALLEL_MIN_ELEMENTS {
+        data.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
+    } else {
+        pool.install(|| data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row)));
+    }
+}
+
+fn shape_err(op: &'static str, detail: String) -> BackendError {
+    BackendError::Shape { op, detail }
+}
+
+pub fn embedding(
+    pool: &rayon::ThreadPool,
+    plan: &BatchPlan,
+    table: &HostMatrix,
+    out: &mut CpuTensor,
+) -> Result<()> {
+    if out.cols() != table.cols {
+        return Err(shape_err("embedding", format!("out width {} vs {}", out.cols(), table.cols)));
+    }
+    if let Some(&bad) = plan.token_ids.iter().find(|&&t| t as usize >= table.rows) {
+        return Err(BackendError::TokenOutOfRange { token_id: bad, vocab_size: table.rows });
+    }
+    out.set_rows("embedding", plan.num_tokens())?;
+    let cols = out.cols();
+    for_each_row(pool, out.as_mut_slice(), cols, |t, row| {
+        let token = plan.token_ids[t] as usize;
+        // Cannot fail: the table's rows were validated against its dtype at load.
+        let _ = crate::quant::dequantize_row(table.dtype, table.row(token), row);
+    });
+    Ok(())
+}
+
+/// `out[t] = x[t] * weight / sqrt(mean(x[t]^2) + eps)`, accumulated in f32 as HF does.
+pub fn rms_norm(
+    pool: &rayon::ThreadPool,
+    x: &CpuTensor,
+    weight: &CpuTensor,
+    eps: f32,
+    out: &mut CpuTensor,
+) -> Result<()> {
+    let cols = x.cols();
+    if weight.cols() != cols || out.cols() != cols {
+        return Err(shape_err("rms_norm", format!("x {cols}, weight {}, out {}", weight.cols(), out.cols())));
+    }
+    out.set_rows("rms_norm", x.rows())?;
+    let w = weight.row(0);
+    for_each_row(pool, out.as_mut_slice(), cols, |t, row| {
+        let xr = x.row(t);
+        let sum_sq = crate::quant::dot_f32_f32(xr, xr);
+        let inv = 1.0 / (sum_sq / cols as f32 + eps).sqrt();
+        for ((o, &xi), &wi) in row.iter_mut().zip(xr).zip(w) {
+            *o = wi * (xi * inv);
+        }
+    });
+    Ok(())
+}
+
+pub fn add(x: &mut CpuTensor, y: &CpuTensor) {
+    for (a, b) in x.as_mut_slice().iter_mut().zip(y.as_slice()) {
+        *a += b;
+    }
+}
+
+pub fn add_bias(x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
+    let cols = x.cols();
+    if bias.cols() != cols {
+        return Err(shape_err("add_bias", format!("x width {cols}, bias {}", bias.cols())));
+    }
+    let b = bias.row(0);
+    for row in x.as_mut_slice().chunks_mut(cols) {
+        for (a, bi) in row.iter_mut().zip(b) {
+            *a += bi;
+        }
+    }
+    Ok(())
+}
+
+pub fn silu_mul(pool: &rayon::ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) {
+    let cols = gate.cols();
+    for_each_row(pool, gate.as_mut_slice(), cols, |t, row| {
+        for (g, &u) in row.iter_mut().zip(up.row(t)) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
+}
+
+/// Rotates each head of each row by `position * inv_freq[i]` per channel pair `i`.
+pub fn rope(
+    pool: &rayon::ThreadPool,
+    plan: &BatchPlan,
+    x: &mut CpuTensor,
+    inv_freq: &CpuTensor,
+    shape: RopeShape,
+) -> Result<()> {
+    let RopeShape { num_heads, head_dim, num_rotary_dims: rot, style } = shape;
+    let ok = x.cols() == num_heads * head_dim
+        && x.rows() == plan.num_tokens()
+        && inv_freq.cols() == rot / 2
+        && rot <= head_dim;
+    if !ok {
+        return Err(shape_err(
+            "rope",
+            format!("x {}x{}, {num_heads} heads of {head_dim}, {rot} rotary dims", x.rows(), x.cols()),
+        ));
+    }
+    let freqs = inv_freq.row(0);
+    let cols = x.cols();
+    for_each_row(pool, x.as_mut_slice(), cols, |t, row| {
+        let pos = plan.positions[t] as f32;
+        for (i, &f) in freqs.iter().enumerate() {
+            // HF computes the angle in f32 (position * inv_freq), then cos/sin of it.
+            let (sin, cos) = (pos * f).sin_cos();
+            for head in row.chunks_mut(head_dim) {
+                let (a, b) = match style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::HalfSplit => (i, i + rot / 2),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    });
+    Ok(())
+}
+
+pub fn gather_rows(x: &CpuTensor, rows: &[u32], out: &mut CpuTensor) -> Result<()> {
+    if out.cols() != x.cols() {
+        return Err(shape_err("gather_rows", format!("width {} vs {}", out.cols(), x.cols())));
+    }
+    if let Some(&bad) = rows.iter().find(|&&r| r as usize >= x.rows()) {
+        return Err(shape_err("gather_rows", format!("row {bad} of {}", x.rows())));
+    }
+    out.set_rows("gather_rows", rows.len())?;
+    let cols = x.cols();
+    for (dst, &r) in out.as_mut_slice().chunks_mut(cols).zip(rows) {
+        dst.copy_from_slice(x.row(r as usize));
+    }
+    Ok(())
+}

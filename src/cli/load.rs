@@ -1,0 +1,92 @@
+//! Options shared by the commands that run a model, and loading it with a progress bar.
+
+use anyhow::{Context, bail};
+use ballast::backend::cpu::{CpuBackend, Precision};
+use ballast::fetch::{self, Manifest};
+use ballast::kv::KvDtype;
+use ballast::model::{self, LoadOptions, LoadedModel};
+use ballast::quant::GgmlType;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file or an HF checkpoint directory (default: the manifest's default model,
+    /// fetched if absent).
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Quantize an HF checkpoint's float weights on load.
+    #[arg(long, value_parser = ["q8_0", "q4_1", "q4_0"])]
+    pub quantize: Option<String>,
+    /// CPU worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// CPU arithmetic: `fast` (8-bit activations, integer dot products) or `reference`
+    /// (f32 activations against dequantized weights).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "reference"])]
+    pub precision: String,
+    /// Element type of the KV cache.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    pub kv_dtype: String,
+}
+
+impl ModelArgs {
+    pub fn kv_dtype(&self) -> KvDtype {
+        if self.kv_dtype == "f32" { KvDtype::F32 } else { KvDtype::F16 }
+    }
+
+    pub fn backend(&self) -> anyhow::Result<CpuBackend> {
+        let precision = if self.precision == "reference" { Precision::Reference } else { Precision::Fast };
+        let threads = self.threads.unwrap_or_else(CpuBackend::default_threads);
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        Ok(CpuBackend::new(threads, precision)?)
+    }
+
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.model {
+            return Ok(p.clone());
+        }
+        let manifest = Manifest::builtin();
+        let default = manifest.default_model();
+        let dir = fetch::models_dir();
+        fetch::ensure(default, &dir)
+            .with_context(|| format!("fetching the default model {} into {}", default.name, dir.display()))
+    }
+
+    /// Loads the model, showing a progress bar on a terminal.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        let path = self.path()?;
+        let quantize = match self.quantize.as_deref() {
+            None => None,
+            Some("q8_0") => Some(GgmlType::Q8_0),
+            Some("q4_1") => Some(GgmlType::Q4_1),
+            Some(_) => Some(GgmlType::Q4_0),
+        };
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("loading {msg} {bar:30} {bytes}/{total_bytes}")
+                .expect("static template is valid"),
+        );
+        bar.set_message(path.display().to_string());
+        let start = Instant::now();
+        let loaded = model::load(&path, LoadOptions { quantize }, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        });
+        bar.finish_and_clear();
+        let loaded = loaded.with_context(|| format!("loading {}", path.display()))?;
+        let c = &loaded.config;
+        tracing::info!(
+            "loaded {} ({}, {} layers, hidden {}, vocab {}) in {:.0} ms",
+            loaded.info.name,
+            c.arch,
+            c.num_layers,
+            c.hidden_size,
+            c.vocab_size,
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(loaded)
+    }
+}

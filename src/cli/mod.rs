@@ -1,0 +1,40 @@
+//! Command-line definitions and dispatch (the binary's side; `anyhow` lives only here).
+
+mod fetch;
+mod generate;
+mod inspect;
+mod load;
+
+use clap::{Parser, Subcommand};
+
+/// ballast: an LLM inference runtime that stays up under pressure.
+#[derive(Parser, Debug)]
+#[command(name = "ballast", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt or a chat message, streaming it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Print a model file's metadata and tensor table.
+    Inspect(inspect::InspectArgs),
+    /// Download the models of models/manifest.json (default: the default model) and verify them.
+    Fetch(fetch::FetchArgs),
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ballast=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Fetch(args) => fetch::run(args),
+    }
+}

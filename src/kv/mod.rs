@@ -1,0 +1,87 @@
+//! The paged KV cache: one pool of fixed-size blocks per model, addressed through per-sequence
+//! block tables.
+//!
+//! **Layout** (shared by every backend): K and V are two arrays of shape
+//! `[num_layers][num_blocks][block_size][num_kv_heads][head_dim]`. A *slot* is
+//! `block_id * block_size + offset_in_block`, so the K vector of (layer, slot, head) starts at
+//! element `layer * layer_stride + slot * token_stride + head * head_dim`. A sequence's token at
+//! position `p` lives in slot `table[p / block_size] * block_size + p % block_size`.
+//!
+//! [`BlockAllocator`] hands out block ids from a free list: allocate and free are O(n) in the
+//! number of blocks moved, and a block id is never held by two tables at once.
+
+mod allocator;
+
+pub use allocator::{BlockAllocator, BlockTable, KvError};
+
+/// Element type of the KV pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        }
+    }
+}
+
+/// The shape of a paged KV pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub dtype: KvDtype,
+}
+
+impl KvLayout {
+    /// Elements between consecutive tokens (slots) of one layer.
+    pub fn token_stride(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Elements of one layer's K (or V) array.
+    pub fn layer_stride(&self) -> usize {
+        self.num_blocks * self.block_size * self.token_stride()
+    }
+
+    /// Elements of the whole K (or V) array.
+    pub fn num_elements(&self) -> usize {
+        self.num_layers * self.layer_stride()
+    }
+
+    /// Element offset of the vector of (layer, slot, head 0).
+    pub fn slot_offset(&self, layer: usize, slot: usize) -> usize {
+        layer * self.layer_stride() + slot * self.token_stride()
+    }
+
+    /// Bytes one block costs across all layers, K and V.
+    pub fn bytes_per_block(&self) -> usize {
+        2 * self.num_layers * self.block_size * self.token_stride() * self.dtype.size()
+    }
+
+    /// Total bytes of K and V.
+    pub fn num_bytes(&self) -> usize {
+        self.num_blocks * self.bytes_per_block()
+    }
+
+    /// The number of blocks that fit in `budget_bytes` (with this layout's other fields).
+    pub fn blocks_for_budget(&self, budget_bytes: usize) -> usize {
+        budget_bytes / self.bytes_per_block().max(1)
+    }
+}

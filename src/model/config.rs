@@ -1,0 +1,198 @@
+//! The Llama-family model configuration, independent of the file format it came from.
+
+use std::f64::consts::PI;
+
+/// How query/key channels are paired for rotary embeddings.
+///
+/// GGUF files of the `llama` architecture store Q/K rows permuted so that channel pairs are
+/// adjacent (`2i, 2i+1`); HF checkpoints (and GGUF `qwen2`) pair channel `i` with `i + d/2`.
+/// Both rotate pair `i` by `position * inv_freq[i]`; only the channel indices differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i+1)` (ggml "normal" rope).
+    Interleaved,
+    /// Pairs `(i, i + d/2)` (HF `rotate_half`, ggml "neox" rope).
+    HalfSplit,
+}
+
+/// Llama-3 style frequency-dependent rope scaling (HF `rope_type = "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub style: RopeStyle,
+    /// Channels of each head that rotate (the rest pass through); equals `head_dim` for Llama.
+    pub num_rotary_dims: usize,
+    pub llama3_scaling: Option<Llama3Scaling>,
+    /// Per-pair divisors of the frequencies (GGUF `rope_freqs.weight`), if the file has them.
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl RopeConfig {
+    /// The inverse frequency of each rotary pair, `[num_rotary_dims / 2]`.
+    ///
+    /// Computed as HF does (`1 / theta^(2i/d)`), then scaled; f64 inside, rounded once.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.num_rotary_dims;
+        (0..d / 2)
+            .map(|i| {
+                let mut f = 1.0 / self.theta.powf((2 * i) as f64 / d as f64);
+                if let Some(s) = &self.llama3_scaling {
+                    f = s.scale(f);
+                }
+                if let Some(factors) = &self.freq_factors {
+                    f /= factors[i] as f64;
+                }
+                f as f32
+            })
+            .collect()
+    }
+}
+
+impl Llama3Scaling {
+    /// Low frequencies are divided by `factor`, high ones kept, the band between blended.
+    fn scale(&self, inv_freq: f64) -> f64 {
+        let low_wavelen = self.original_max_position_embeddings / self.low_freq_factor;
+        let high_wavelen = self.original_max_position_embeddings / self.high_freq_factor;
+        let wavelen = 2.0 * PI / inv_freq;
+        if wavelen < high_wavelen {
+            inv_freq
+        } else if wavelen > low_wavelen {
+            inv_freq / self.factor
+        } else {
+            let smooth = (self.original_max_position_embeddings / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
+        }
+    }
+}
+
+/// Everything the forward pass needs to know about a Llama-family model's shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Architecture name as the file states it (`llama`, `qwen2`, ...), for display.
+    pub arch: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    pub rope: RopeConfig,
+    pub max_position_embeddings: usize,
+    /// Q, K and V projections carry a bias (Qwen2).
+    pub qkv_bias: bool,
+    /// The output projection is the token embedding.
+    pub tie_word_embeddings: bool,
+}
+
+impl ModelConfig {
+    /// Width of the query projection output (`num_heads * head_dim`).
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Width of the key (and value) projection output.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Checks the invariants the forward pass relies on; returns a description of the first
+    /// violation.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} is 0"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(format!(
+                "num_heads ({}) is not a multiple of num_kv_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        let rot = self.rope.num_rotary_dims;
+        if rot == 0 || rot % 2 != 0 || rot > self.head_dim {
+            return Err(format!("rotary dims {rot} invalid for head_dim {}", self.head_dim));
+        }
+        if let Some(f) = &self.rope.freq_factors {
+            if f.len() != rot / 2 {
+                return Err(format!("rope_freqs has {} entries, expected {}", f.len(), rot / 2));
+            }
+        }
+        if !(self.rope.theta > 0.0 && self.rope.theta.is_finite()) {
+            return Err(format!("rope theta {} is not a positive number", self.rope.theta));
+        }
+        if !(self.rms_eps >= 0.0 && self.rms_eps.is_finite()) {
+            return Err(format!("rms eps {} invalid", self.rms_eps));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rope(scaling: Option<Llama3Scaling>) -> RopeConfig {
+        RopeConfig {
+            theta: 500000.0,
+            style: RopeStyle::HalfSplit,
+            num_rotary_dims: 16,
+            llama3_scaling: scaling,
+            freq_factors: None,
+        }
+    }
+
+    #[test]
+    fn inv_freq_default_matches_formula() {
+        let f = rope(None).inv_freq();
+        assert_eq!(f.len(), 8);
+        assert_eq!(f[0], 1.0);
+        let expected = 1.0 / 500000f64.powf(14.0 / 16.0);
+        assert!((f[7] as f64 - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_divides_low_blends_middle() {
+        let s = Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64.0,
+        };
+        let plain = rope(None).inv_freq();
+        let scaled = rope(Some(s)).inv_freq();
+        for (p, q) in plain.iter().zip(&scaled) {
+            let wavelen = 2.0 * PI / *p as f64;
+            if wavelen < 16.0 {
+                assert_eq!(p, q);
+            } else if wavelen > 64.0 {
+                assert!(((*p / 8.0) - q).abs() <= 1e-7 * p.abs());
+            } else {
+                assert!(q < p && *q > *p / 8.0);
+            }
+        }
+        // The fixture's 16-dim heads cover all three bands.
+        assert!(plain.iter().any(|p| 2.0 * PI / (*p as f64) < 16.0));
+        assert!(plain.iter().any(|p| 2.0 * PI / (*p as f64) > 64.0));
+    }
+}

@@ -1,0 +1,174 @@
+//! The Llama-family forward pass, written only against [`Backend`].
+//!
+//! One call computes every token of a [`BatchPlan`]: sequences of different lengths at
+//! different positions (prefill chunks and decode tokens mixed), reading and writing K/V
+//! through their block tables. Activation buffers are allocated once for `max_batch_tokens`
+//! rows and reused every step.
+
+use super::ModelConfig;
+use super::weights::{HostWeights, ModelWeights};
+use crate::backend::{AttentionShape, Backend, BackendError, RopeShape};
+use crate::kv::{KvDtype, KvLayout};
+use crate::plan::BatchPlan;
+
+/// Reusable activation buffers, `[rows, width]`.
+struct Buffers<T> {
+    /// Residual stream `[tokens, hidden]`.
+    x: T,
+    /// Normalised residual `[tokens, hidden]`.
+    xn: T,
+    /// `[tokens, q_dim]`
+    q: T,
+    /// `[tokens, kv_dim]`
+    k: T,
+    v: T,
+    /// Attention output `[tokens, q_dim]`.
+    attn: T,
+    /// Output of the attention or MLP block `[tokens, hidden]`.
+    delta: T,
+    /// `[tokens, intermediate]`
+    gate: T,
+    up: T,
+    /// Normalised rows that produce logits `[logit rows, hidden]`.
+    last: T,
+    /// `[logit rows, vocab]`
+    logits: T,
+}
+
+pub struct Llama<B: Backend> {
+    config: ModelConfig,
+    weights: ModelWeights<B::Matrix, B::Tensor>,
+    /// `[num_rotary_dims / 2]`
+    inv_freq: B::Tensor,
+    buffers: Buffers<B::Tensor>,
+    max_batch_tokens: usize,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Moves `weights` into the backend and allocates buffers for steps of up to
+    /// `max_batch_tokens` tokens.
+    pub fn new(
+        backend: &B,
+        config: ModelConfig,
+        weights: HostWeights,
+        max_batch_tokens: usize,
+    ) -> Result<Llama<B>, BackendError> {
+        let max_batch_tokens = max_batch_tokens.max(1);
+        let inv_freq = backend.upload_vector(&config.rope.inv_freq())?;
+        let weights =
+            weights.try_map(|m| backend.upload_matrix(m), |v| backend.upload_vector(&v))?;
+        let (t, h) = (max_batch_tokens, config.hidden_size);
+        let buffers = Buffers {
+            x: backend.alloc(t, h)?,
+            xn: backend.alloc(t, h)?,
+            q: backend.alloc(t, config.q_dim())?,
+            k: backend.alloc(t, config.kv_dim())?,
+            v: backend.alloc(t, config.kv_dim())?,
+            attn: backend.alloc(t, config.q_dim())?,
+            delta: backend.alloc(t, h)?,
+            gate: backend.alloc(t, config.intermediate_size)?,
+            up: backend.alloc(t, config.intermediate_size)?,
+            last: backend.alloc(t, h)?,
+            logits: backend.alloc(t, config.vocab_size)?,
+        };
+        Ok(Llama { config, weights, inv_freq, buffers, max_batch_tokens })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn max_batch_tokens(&self) -> usize {
+        self.max_batch_tokens
+    }
+
+    /// The KV pool layout this model needs for `num_blocks` blocks of `block_size` tokens.
+    pub fn kv_layout(&self, num_blocks: usize, block_size: usize, dtype: KvDtype) -> KvLayout {
+        KvLayout {
+            num_layers: self.config.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+            dtype,
+        }
+    }
+
+    /// Runs every token of `plan`, writing their K/V into `kv`, and leaves the logits of the
+    /// plan's `logits_rows` in `logits` (`[rows, vocab]`, row-major).
+    pub fn forward(
+        &mut self,
+        backend: &B,
+        plan: &BatchPlan,
+        kv: &mut B::KvPool,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        if plan.num_tokens() == 0 || plan.num_tokens() > self.max_batch_tokens {
+            return Err(BackendError::Shape {
+                op: "forward",
+                detail: format!("{} tokens (1 to {} allowed)", plan.num_tokens(), self.max_batch_tokens),
+            });
+        }
+        let step = backend.prepare(plan)?;
+        let (c, w, b) = (&self.config, &self.weights, &mut self.buffers);
+        let eps = c.rms_eps;
+        backend.embedding(&step, &w.embed, &mut b.x)?;
+        backend.rms_norm(&b.x, &w.layers[0].attn_norm, eps, &mut b.xn)?;
+        for (i, layer) in w.layers.iter().enumerate() {
+            attention_block(backend, &step, c, i, layer, &self.inv_freq, kv, b)?;
+            backend.add_rms_norm(&mut b.x, &b.delta, &layer.ffn_norm, eps, &mut b.xn)?;
+            backend.matmul(&b.xn, &layer.w_gate, &mut b.gate)?;
+            backend.matmul(&b.xn, &layer.w_up, &mut b.up)?;
+            backend.silu_mul(&mut b.gate, &b.up)?;
+            backend.matmul(&b.gate, &layer.w_down, &mut b.delta)?;
+            let next_norm = w.layers.get(i + 1).map_or(&w.final_norm, |l| &l.attn_norm);
+            backend.add_rms_norm(&mut b.x, &b.delta, next_norm, eps, &mut b.xn)?;
+        }
+        logits.clear();
+        if plan.logits_rows.is_empty() {
+            return Ok(());
+        }
+        backend.gather_logits_rows(&step, &b.xn, &mut b.last)?;
+        backend.matmul(&b.last, w.output(), &mut b.logits)?;
+        backend.read(&b.logits, logits)
+    }
+}
+
+/// `b.delta = attention(b.xn)` for layer `i`, writing this step's K/V.
+#[allow(clippy::too_many_arguments)]
+fn attention_block<B: Backend>(
+    backend: &B,
+    step: &B::Step<'_>,
+    c: &ModelConfig,
+    i: usize,
+    layer: &super::weights::LayerWeights<B::Matrix, B::Tensor>,
+    inv_freq: &B::Tensor,
+    kv: &mut B::KvPool,
+    b: &mut Buffers<B::Tensor>,
+) -> Result<(), BackendError> {
+    backend.matmul(&b.xn, &layer.wq, &mut b.q)?;
+    backend.matmul(&b.xn, &layer.wk, &mut b.k)?;
+    backend.matmul(&b.xn, &layer.wv, &mut b.v)?;
+    for (x, bias) in [(&mut b.q, &layer.bq), (&mut b.k, &layer.bk), (&mut b.v, &layer.bv)] {
+        if let Some(bias) = bias {
+            backend.add_bias(x, bias)?;
+        }
+    }
+    let rope = |num_heads| RopeShape {
+        num_heads,
+        head_dim: c.head_dim,
+        num_rotary_dims: c.rope.num_rotary_dims,
+        style: c.rope.style,
+    };
+    backend.rope(step, &mut b.q, inv_freq, rope(c.num_heads))?;
+    backend.rope(step, &mut b.k, inv_freq, rope(c.num_kv_heads))?;
+    let shape = AttentionShape {
+        num_heads: c.num_heads,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+    };
+    backend.write_kv(step, i, &b.k, &b.v, kv)?;
+    backend.attention(step, i, &b.q, kv, shape, &mut b.attn)?;
+    backend.matmul(&b.attn, &layer.wo, &mut b.delta)
+}

@@ -1,0 +1,175 @@
+//! Model weights, generic over where they live: `HostWeights` as loaded from a file
+//! (zero-copy views of the mapped file where possible), `ModelWeights<B::Matrix, B::Tensor>`
+//! once a backend has taken them.
+
+use crate::format::bytes::TensorBytes;
+use crate::quant::GgmlType;
+
+/// A weight matrix in host memory: `rows` rows (output features) of `cols` elements
+/// (input features), each row `dtype.row_bytes(cols)` bytes, rows back to back.
+#[derive(Clone)]
+pub struct HostMatrix {
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: TensorBytes,
+}
+
+impl HostMatrix {
+    pub fn row_bytes(&self) -> usize {
+        // Checked when the matrix was built (see `new`).
+        self.dtype.row_bytes(self.cols as u64).unwrap_or(0) as usize
+    }
+
+    /// A matrix over `data`, or a description of why the sizes disagree.
+    pub fn new(
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: TensorBytes,
+    ) -> Result<HostMatrix, String> {
+        let row_bytes = dtype
+            .row_bytes(cols as u64)
+            .ok_or_else(|| format!("{cols} columns is not a whole number of {dtype} blocks"))?;
+        let expected = row_bytes.checked_mul(rows as u64).ok_or("matrix size overflows")?;
+        if data.len() as u64 != expected {
+            return Err(format!("{rows}x{cols} {dtype} needs {expected} bytes, got {}", data.len()));
+        }
+        Ok(HostMatrix { dtype, rows, cols, data })
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data[r * n..(r + 1) * n]
+    }
+}
+
+impl std::fmt::Debug for HostMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostMatrix({} {}x{})", self.dtype, self.rows, self.cols)
+    }
+}
+
+/// One transformer block's weights. `M`: a matrix `[out, in]`; `V`: an f32 vector.
+#[derive(Debug)]
+pub struct LayerWeights<M, V> {
+    /// `[hidden]`
+    pub attn_norm: V,
+    /// `[num_heads * head_dim, hidden]`
+    pub wq: M,
+    /// `[num_kv_heads * head_dim, hidden]`
+    pub wk: M,
+    /// `[num_kv_heads * head_dim, hidden]`
+    pub wv: M,
+    /// `[num_heads * head_dim]`, `[kv_dim]`, `[kv_dim]` when the model has qkv bias.
+    pub bq: Option<V>,
+    pub bk: Option<V>,
+    pub bv: Option<V>,
+    /// `[hidden, num_heads * head_dim]`
+    pub wo: M,
+    /// `[hidden]`
+    pub ffn_norm: V,
+    /// `[intermediate, hidden]`
+    pub w_gate: M,
+    /// `[intermediate, hidden]`
+    pub w_up: M,
+    /// `[hidden, intermediate]`
+    pub w_down: M,
+}
+
+#[derive(Debug)]
+pub struct ModelWeights<M, V> {
+    /// `[vocab, hidden]`
+    pub embed: M,
+    pub layers: Vec<LayerWeights<M, V>>,
+    /// `[hidden]`
+    pub final_norm: V,
+    /// `[vocab, hidden]`; `None` when tied to `embed`.
+    pub lm_head: Option<M>,
+}
+
+pub type HostWeights = ModelWeights<HostMatrix, Vec<f32>>;
+
+impl<M, V> ModelWeights<M, V> {
+    /// Converts every matrix and vector, keeping the structure (e.g. uploading to a device).
+    pub fn try_map<M2, V2, E>(
+        self,
+        mut matrix: impl FnMut(M) -> Result<M2, E>,
+        mut vector: impl FnMut(V) -> Result<V2, E>,
+    ) -> Result<ModelWeights<M2, V2>, E> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in self.layers {
+            layers.push(LayerWeights {
+                attn_norm: vector(l.attn_norm)?,
+                wq: matrix(l.wq)?,
+                wk: matrix(l.wk)?,
+                wv: matrix(l.wv)?,
+                bq: l.bq.map(&mut vector).transpose()?,
+                bk: l.bk.map(&mut vector).transpose()?,
+                bv: l.bv.map(&mut vector).transpose()?,
+                wo: matrix(l.wo)?,
+                ffn_norm: vector(l.ffn_norm)?,
+                w_gate: matrix(l.w_gate)?,
+                w_up: matrix(l.w_up)?,
+                w_down: matrix(l.w_down)?,
+            });
+        }
+        Ok(ModelWeights {
+            embed: matrix(self.embed)?,
+            layers,
+            final_norm: vector(self.final_norm)?,
+            lm_head: self.lm_head.map(matrix).transpose()?,
+        })
+    }
+
+    /// The output projection: the dedicated head, or the tied embedding.
+    pub fn output(&self) -> &M {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+impl HostWeights {
+    /// Checks every shape against `config`; returns the first mismatch.
+    pub fn check_shapes(&self, config: &super::ModelConfig) -> Result<(), String> {
+        let (h, q, kv, ff) =
+            (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
+        let mat = |name: &str, m: &HostMatrix, rows: usize, cols: usize| {
+            if (m.rows, m.cols) == (rows, cols) {
+                Ok(())
+            } else {
+                Err(format!("{name} is {}x{}, expected {rows}x{cols}", m.rows, m.cols))
+            }
+        };
+        let vec = |name: &str, v: &Vec<f32>, len: usize| {
+            if v.len() == len { Ok(()) } else { Err(format!("{name} has {} entries, expected {len}", v.len())) }
+        };
+        mat("token embedding", &self.embed, config.vocab_size, h)?;
+        if let Some(head) = &self.lm_head {
+            mat("output", head, config.vocab_size, h)?;
+        }
+        vec("output norm", &self.final_norm, h)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("layer {i} {s}");
+            vec(&n("attn_norm"), &l.attn_norm, h)?;
+            vec(&n("ffn_norm"), &l.ffn_norm, h)?;
+            mat(&n("q"), &l.wq, q, h)?;
+            mat(&n("k"), &l.wk, kv, h)?;
+            mat(&n("v"), &l.wv, kv, h)?;
+            mat(&n("o"), &l.wo, h, q)?;
+            mat(&n("gate"), &l.w_gate, ff, h)?;
+            mat(&n("up"), &l.w_up, ff, h)?;
+            mat(&n("down"), &l.w_down, h, ff)?;
+            for (b, len, s) in [(&l.bq, q, "q bias"), (&l.bk, kv, "k bias"), (&l.bv, kv, "v bias")] {
+                match b {
+                    Some(b) => vec(&n(s), b, len)?,
+                    None if config.qkv_bias => return Err(format!("{} missing", n(s))),
+                    None => {}
+                }
+            }
+        }
+        if self.layers.len() != config.num_layers {
+            return Err(format!("{} layers, expected {}", self.layers.len(), config.num_layers));
+        }
+        Ok(())
+    }
+}

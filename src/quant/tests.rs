@@ -1,0 +1,120 @@
+//! Cross-type tests: every type's quantize → dequantize error, the fast dot products against
+//! the reference on awkward lengths, the AVX2 copies against their portable twins, and
+//! errors instead of panics on bad buffers.
+
+use super::test_util::Rng;
+use super::*;
+
+const WEIGHT_TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+fn quantized(dtype: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; dtype.row_bytes(x.len() as u64).unwrap() as usize];
+    quantize_row(dtype, x, &mut out).unwrap();
+    out
+}
+
+/// Largest round-trip error relative to the row's max magnitude that each type allows.
+fn round_trip_tolerance(dtype: GgmlType) -> f32 {
+    match dtype {
+        GgmlType::F32 => 0.0,
+        GgmlType::F16 => 1e-3,
+        GgmlType::BF16 => 8e-3,
+        GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8K => 1.0 / 127.0,
+        GgmlType::Q6K => 1.5 / 31.0,
+        GgmlType::Q4_0 | GgmlType::Q4_1 => 1.0 / 7.0,
+        GgmlType::Q4K => 2.5 / 15.0,
+    }
+}
+
+#[test]
+fn every_type_round_trips_within_its_resolution() {
+    let mut rng = Rng::new(11);
+    for dtype in GgmlType::ALL {
+        for num_blocks in [1, 2, 5] {
+            let n = dtype.block_size().max(QK_K) * num_blocks;
+            let x = rng.floats(n, 3.0);
+            let mut back = vec![0.0; n];
+            dequantize_row(dtype, &quantized(dtype, &x), &mut back).unwrap();
+            let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = x.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err <= round_trip_tolerance(dtype) * max + 1e-6, "{dtype}: error {err} of {max}");
+        }
+    }
+}
+
+/// The fast path differs from the reference by the activations' 8-bit rounding: at most
+/// half a step (max|x| / 254) per element, so |Σ w (x - x̂)| ≤ Σ|w| · max|x| / 254.
+#[test]
+fn fast_dot_products_match_the_reference_on_awkward_lengths() {
+    let mut rng = Rng::new(5);
+    for dtype in WEIGHT_TYPES {
+        for num_blocks in [1, 2, 3, 7, 33] {
+            let n = dtype.block_size().max(QK) * num_blocks;
+            let w_bytes = quantized(dtype, &rng.floats(n, 1.0));
+            let x = rng.floats(n, 4.0);
+            let reference = dot_f32(dtype, &w_bytes, &x).unwrap();
+            let act = quantized(vec_dot_type(dtype), &x);
+            let fast = vec_dot(dtype, &w_bytes, &act, n).unwrap();
+            let mut w = vec![0.0; n];
+            dequantize_row(dtype, &w_bytes, &mut w).unwrap();
+            let abs_w: f32 = w.iter().map(|v| v.abs()).sum();
+            let x_max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let bound = if dtype.is_quantized() { abs_w * x_max / 254.0 * 1.05 } else { 0.0 } + 1e-4 * abs_w;
+            assert!((fast - reference).abs() <= bound, "{dtype} n={n}: fast {fast} vs reference {reference} (bound {bound})");
+        }
+    }
+}
+
+#[test]
+fn avx2_kernels_are_bit_identical_to_their_portable_twins() {
+    let mut rng = Rng::new(9);
+    for num_blocks in [1, 3, 18, 48] {
+        let n32 = QK * num_blocks;
+        let x = rng.floats(n32, 2.0);
+        let q8_0 = quantized(GgmlType::Q8_0, &x);
+        let q8_1 = quantized(GgmlType::Q8_1, &x);
+        let w4_0 = quantized(GgmlType::Q4_0, &rng.floats(n32, 1.0));
+        let w4_1 = quantized(GgmlType::Q4_1, &rng.floats(n32, 1.0));
+        let w8_0 = quantized(GgmlType::Q8_0, &rng.floats(n32, 1.0));
+        let c = |b: &[u8]| bytemuck::cast_slice::<u8, BlockQ8_0>(b).to_vec();
+        let (a8, w8) = (c(&q8_0), c(&w8_0));
+        let a81: Vec<BlockQ8_1> = bytemuck::cast_slice(&q8_1).to_vec();
+        let w40: Vec<BlockQ4_0> = bytemuck::cast_slice(&w4_0).to_vec();
+        let w41: Vec<BlockQ4_1> = bytemuck::cast_slice(&w4_1).to_vec();
+        assert_eq!(vec_dot_q8_0_q8_0(&w8, &a8).to_bits(), q8::vec_dot_q8_0_q8_0_portable(&w8, &a8).to_bits());
+        assert_eq!(vec_dot_q4_0_q8_0(&w40, &a8).to_bits(), q4::vec_dot_q4_0_q8_0_portable(&w40, &a8).to_bits());
+        assert_eq!(vec_dot_q4_1_q8_1(&w41, &a81).to_bits(), q4::vec_dot_q4_1_q8_1_portable(&w41, &a81).to_bits());
+
+        let nk = QK_K * num_blocks.div_ceil(8);
+        let xk = rng.floats(nk, 2.0);
+        let ak: Vec<BlockQ8K> = bytemuck::pod_collect_to_vec(&quantized(GgmlType::Q8K, &xk));
+        let w4k: Vec<BlockQ4K> = bytemuck::pod_collect_to_vec(&quantized(GgmlType::Q4K, &rng.floats(nk, 1.0)));
+        let w6k: Vec<BlockQ6K> = bytemuck::pod_collect_to_vec(&quantized(GgmlType::Q6K, &rng.floats(nk, 1.0)));
+        assert_eq!(vec_dot_q4k_q8k(&w4k, &ak).to_bits(), kquants::vec_dot_q4k_q8k_portable(&w4k, &ak).to_bits());
+        assert_eq!(vec_dot_q6k_q8k(&w6k, &ak).to_bits(), kquants::vec_dot_q6k_q8k_portable(&w6k, &ak).to_bits());
+    }
+}
+
+#[test]
+fn bad_buffers_are_errors() {
+    let x = [0.0f32; 33];
+    let mut out = vec![0u8; 64];
+    assert_eq!(quantize_row(GgmlType::Q4_1, &x, &mut out), Err(QuantError::RowLength { dtype: GgmlType::Q4_1, len: 33 }));
+    let mut y = [0.0f32; 32];
+    let err = dequantize_row(GgmlType::Q8_0, &[0u8; 30], &mut y).unwrap_err();
+    assert_eq!(err, QuantError::BufferSize { dtype: GgmlType::Q8_0, expected: 34, found: 30 });
+    // An odd start address cannot hold f16 fields.
+    let buf = vec![0u8; 41];
+    assert_eq!(dequantize_row(GgmlType::Q4_1, &buf[1..41], &mut [0.0; 64]), Err(QuantError::Misaligned { dtype: GgmlType::Q4_1 }));
+    assert!(vec_dot(GgmlType::Q8K, &[0u8; 292], &[0u8; 292], 256).is_err());
+    assert!(dot_f32(GgmlType::Q4_0, &[0u8; 18], &[0.0; 31]).is_err());
+}

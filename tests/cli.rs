@@ -1,0 +1,134 @@
+//! The `ballast` binary end to end: generation on the real model, `inspect`, and bad input
+//! answered with one clear error line and a non-zero exit — never a panic.
+
+mod common;
+
+use ballast::format::gguf::{GgufWriter, MetaValue};
+use ballast::quant::GgmlType;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ballast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .env("BALLAST_LOG", "warn")
+        .output()
+        .expect("run ballast")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A failure: non-zero exit, an `error:` line naming the problem, no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains("error:") && err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+#[test]
+fn generate_json_reproduces_the_golden_greedy_prefix() {
+    let model = model_path();
+    let out = ballast(&[
+        "generate", "--model", model.to_str().unwrap(), "--prompt", "The capital of France is",
+        "--max-tokens", "4", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(ids(&v["prompt_ids"]), vec![504, 3575, 282, 4649, 314]);
+    let output = ids(&v["output_ids"]);
+    assert_eq!(output.len(), 4);
+    assert_eq!(output[0], 7042, "greedy first token is ` Paris`");
+    assert!(v["text"].as_str().unwrap().starts_with(" Paris"));
+}
+
+#[test]
+fn generate_chat_streams_text_and_stops_at_end_of_turn() {
+    let model = model_path();
+    let out = ballast(&[
+        "generate", "--model", model.to_str().unwrap(), "--chat", "What is the capital of France?",
+        "--max-tokens", "40",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert!(!text.contains("<|im_end|>"), "stop token leaked: {text}");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_from_the_command_line() {
+    let model = model_path();
+    let run = || {
+        let out = ballast(&[
+            "generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time",
+            "--max-tokens", "12", "--temperature", "0.9", "--top-p", "0.9", "--seed", "42", "--json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn inspect_prints_metadata_and_tensors() {
+    let model = model_path();
+    let out = ballast(&["inspect", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["GGUF v3", "general.architecture", "llama", "token_embd.weight", "Q8_0", "blk.29.ffn_down.weight", "272 tensors"] {
+        assert!(text.contains(needle), "inspect output lacks {needle}");
+    }
+    let fixture = shared_dir().join("fixtures/tiny-qwen2");
+    let out = ballast(&["inspect", fixture.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8(out.stdout).unwrap().contains("model.layers.1.self_attn.q_proj.bias"));
+}
+
+fn write_gguf(dir: &Path, name: &str, bytes: Vec<u8>) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn bad_models_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = |model: &str| ballast(&["generate", "--model", model, "--prompt", "hi", "--max-tokens", "1"]);
+
+    assert_clean_failure(&gen("/nonexistent/model.gguf"), "No such file");
+
+    let text = write_gguf(dir.path(), "notes.gguf", b"just some text, not a model".to_vec());
+    assert_clean_failure(&gen(&text), "magic");
+
+    let gpt2 = GgufWriter::new(3)
+        .metadata("general.architecture", MetaValue::Str("gpt2".into()))
+        .to_bytes();
+    assert_clean_failure(&gen(&write_gguf(dir.path(), "gpt2.gguf", gpt2)), "unsupported architecture `gpt2`");
+
+    let mut unknown_type = GgufWriter::new(3)
+        .metadata("general.architecture", MetaValue::Str("llama".into()))
+        .tensor("token_embd.weight", &[32, 2], GgmlType::F32, &vec![0u8; 256])
+        .to_bytes();
+    // Patch the tensor's type id (F32 = 0) to one ballast does not know (IQ2_XXS = 16).
+    let pos = unknown_type.windows(17).position(|w| w == b"token_embd.weight").unwrap() + 17 + 4 + 16;
+    unknown_type[pos..pos + 4].copy_from_slice(&16u32.to_le_bytes());
+    assert_clean_failure(&gen(&write_gguf(dir.path(), "iq2.gguf", unknown_type)), "type");
+
+    let empty_dir = tempfile::tempdir().unwrap();
+    assert_clean_failure(&gen(empty_dir.path().to_str().unwrap()), "not a GGUF file or an HF model directory");
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let out = ballast(&["generate", "--model", m, "--prompt", "hi", "--temperature", "-1"]);
+    assert_clean_failure(&out, "temperature");
+    let out = ballast(&["generate", "--model", m]);
+    assert!(!out.status.success() && stderr(&out).contains("--prompt"), "{}", stderr(&out));
+    let out = ballast(&["generate", "--model", m, "--prompt", ""]);
+    assert_clean_failure(&out, "empty");
+}
