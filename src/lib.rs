@@ -35,7 +35,7 @@
 //! let loaded = model::load("models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), LoadOptions::default(), &mut |_, _| {})?;
 //! let tokenizer = loaded.tokenizer.expect("GGUF files carry their tokenizer");
 //! let prompt = tokenizer.encode("The capital of France is", true)?;
-//! let backend = CpuBackend::new(CpuBackend::default_threads(), Precision::Fast)?;
+//! let backend = CpuBackend::new(CpuBackend::default_threads(), Precision::Int16)?;
 //! let options = RunnerOptions { max_batch_tokens: 256, block_size: 16, num_blocks: 64, kv_dtype: KvDtype::F16 };
 //! let mut runner = Runner::new(backend, loaded.config, loaded.weights, options)?;
 //! let request = GenRequest { prompt, params: SamplingParams::greedy(), max_tokens: 16, stop_ids: loaded.info.eos_token_ids };

@@ -31,7 +31,7 @@ fn request(prompt: &[u32], seed: u64) -> GenRequest {
 fn a_sequence_computes_the_same_alone_or_in_a_batch_of_sixteen() {
     let prompts = golden_prompts();
     let loaded = load_model();
-    let mut runner = runner(loaded, Precision::Fast, KvDtype::F16, 16 * 700, 256);
+    let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 16 * 700, 256);
     let requests: Vec<GenRequest> = prompts.iter().enumerate().map(|(i, p)| request(p, i as u64)).collect();
     let mut batched_logits = vec![Vec::new(); requests.len()];
     let batched = runner.generate(&requests, |i, _, l| batched_logits[i].extend_from_slice(l)).unwrap();
@@ -49,7 +49,7 @@ fn decoding_token_by_token_equals_one_prefill_of_the_same_tokens() {
     let loaded = load_model();
     let vocab = loaded.config.vocab_size;
     // Chunks of 7 tokens: the prompt is prefilled across several steps and blocks.
-    let mut runner = runner(loaded, Precision::Fast, KvDtype::F16, 512, 7);
+    let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 512, 7);
     let mut decode_logits = Vec::new();
     let out = runner.generate(&[request(prompt, 0)], |_, _, l| decode_logits.extend_from_slice(l)).unwrap();
     let mut all = prompt.clone();

@@ -96,17 +96,17 @@ fn write_gguf(dir: &Path, name: &str, bytes: Vec<u8>) -> String {
 #[test]
 fn bad_models_fail_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
-    let gen = |model: &str| ballast(&["generate", "--model", model, "--prompt", "hi", "--max-tokens", "1"]);
+    let generate = |model: &str| ballast(&["generate", "--model", model, "--prompt", "hi", "--max-tokens", "1"]);
 
-    assert_clean_failure(&gen("/nonexistent/model.gguf"), "No such file");
+    assert_clean_failure(&generate("/nonexistent/model.gguf"), "No such file");
 
     let text = write_gguf(dir.path(), "notes.gguf", b"just some text, not a model".to_vec());
-    assert_clean_failure(&gen(&text), "magic");
+    assert_clean_failure(&generate(&text), "magic");
 
     let gpt2 = GgufWriter::new(3)
         .metadata("general.architecture", MetaValue::Str("gpt2".into()))
         .to_bytes();
-    assert_clean_failure(&gen(&write_gguf(dir.path(), "gpt2.gguf", gpt2)), "unsupported architecture `gpt2`");
+    assert_clean_failure(&generate(&write_gguf(dir.path(), "gpt2.gguf", gpt2)), "unsupported architecture `gpt2`");
 
     let mut unknown_type = GgufWriter::new(3)
         .metadata("general.architecture", MetaValue::Str("llama".into()))
@@ -115,10 +115,10 @@ fn bad_models_fail_with_one_clear_line() {
     // Patch the tensor's type id (F32 = 0) to one ballast does not know (IQ2_XXS = 16).
     let pos = unknown_type.windows(17).position(|w| w == b"token_embd.weight").unwrap() + 17 + 4 + 16;
     unknown_type[pos..pos + 4].copy_from_slice(&16u32.to_le_bytes());
-    assert_clean_failure(&gen(&write_gguf(dir.path(), "iq2.gguf", unknown_type)), "type");
+    assert_clean_failure(&generate(&write_gguf(dir.path(), "iq2.gguf", unknown_type)), "type");
 
     let empty_dir = tempfile::tempdir().unwrap();
-    assert_clean_failure(&gen(empty_dir.path().to_str().unwrap()), "not a GGUF file or an HF model directory");
+    assert_clean_failure(&generate(empty_dir.path().to_str().unwrap()), "not a GGUF file or an HF model directory");
 }
 
 #[test]

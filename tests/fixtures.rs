@@ -60,7 +60,7 @@ fn check_fixture(name: &str, precision: Precision, quantize: Option<GgmlType>, t
 #[test]
 fn bf16_checkpoints_match_transformers() {
     for name in FIXTURES {
-        check_fixture(name, Precision::Fast, None, 1e-3, true);
+        check_fixture(name, Precision::Int16, None, 1e-3, true);
         check_fixture(name, Precision::Reference, None, 1e-3, true);
     }
 }
@@ -69,7 +69,7 @@ fn bf16_checkpoints_match_transformers() {
 fn quantized_on_load_checkpoints_stay_close() {
     for name in FIXTURES {
         check_fixture(name, Precision::Reference, Some(GgmlType::Q8_0), 2e-2, false);
-        check_fixture(name, Precision::Fast, Some(GgmlType::Q8_0), 3e-2, false);
-        check_fixture(name, Precision::Fast, Some(GgmlType::Q4_1), 2e-1, false);
+        check_fixture(name, Precision::Int16, Some(GgmlType::Q8_0), 3e-2, false);
+        check_fixture(name, Precision::Int16, Some(GgmlType::Q4_1), 2e-1, false);
     }
 }

@@ -36,7 +36,7 @@ fn default_path_agrees_with_the_reference_at_least_as_well_as_llama_cpp() {
     let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
     let cases = golden["cases"].as_array().unwrap();
     let loaded = load_model();
-    let mut runner = runner(loaded, Precision::Fast, KvDtype::F16, 16 * 700, 512);
+    let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 16 * 700, 512);
     let requests: Vec<GenRequest> = cases
         .iter()
         .map(|c| GenRequest {
@@ -68,7 +68,7 @@ fn default_path_step0_logprobs_track_the_reference() {
     let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
     let loaded = load_model();
     let vocab = loaded.config.vocab_size;
-    let mut runner = runner(loaded, Precision::Fast, KvDtype::F16, 1024, 512);
+    let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 1024, 512);
     let mut worst = 0.0f32;
     for case in golden["cases"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);

@@ -14,6 +14,7 @@ const MAX_BATCH_TOKENS: usize = 512;
 
 #[derive(clap::Args, Debug)]
 #[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "chat"]))]
+#[command(allow_negative_numbers = true)]
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,

@@ -22,9 +22,10 @@ pub struct ModelArgs {
     /// CPU worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// CPU arithmetic: `fast` (8-bit activations, integer dot products) or `reference`
-    /// (f32 activations against dequantized weights).
-    #[arg(long, default_value = "fast", value_parser = ["fast", "reference"])]
+    /// CPU arithmetic for quantized weights: `int16` (activations as 16-bit integers,
+    /// integer dot products), `int8` (llama.cpp's 8-bit activations: faster to compute, less
+    /// accurate) or `reference` (f32 activations against dequantized weights).
+    #[arg(long, default_value = "int16", value_parser = ["int16", "int8", "reference"])]
     pub precision: String,
     /// Element type of the KV cache.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
@@ -37,7 +38,7 @@ impl ModelArgs {
     }
 
     pub fn backend(&self) -> anyhow::Result<CpuBackend> {
-        let precision = if self.precision == "reference" { Precision::Reference } else { Precision::Fast };
+        let precision = if self.precision == "reference" { Precision::Reference } else { Precision::Int16 };
         let threads = self.threads.unwrap_or_else(CpuBackend::default_threads);
         if threads == 0 {
             bail!("--threads must be at least 1");

@@ -3,7 +3,8 @@
 
 use super::GgmlType;
 use super::blocks::*;
-use super::{float, kquants, q4, q8};
+use super::q16::{BlockQ16, BlockQ16K};
+use super::{float, kquants, q4, q8, q16};
 use bytemuck::{Pod, try_cast_slice, try_cast_slice_mut};
 use half::{bf16, f16};
 
@@ -17,6 +18,12 @@ pub enum QuantError {
     Unsupported { dtype: GgmlType, op: &'static str },
     #[error("{dtype}: buffer is not aligned for its blocks")]
     Misaligned { dtype: GgmlType },
+    #[error("{act:?} activations: {len} elements is not a whole number of blocks")]
+    ActLength { act: ActType, len: usize },
+    #[error("{act:?} activations: buffer has {found} bytes, expected {expected}")]
+    ActSize { act: ActType, expected: usize, found: usize },
+    #[error("{act:?} activations: buffer is not aligned for its blocks")]
+    ActMisaligned { act: ActType },
 }
 
 /// Checks that `bytes` holds exactly `n` elements of `dtype`.
@@ -93,31 +100,110 @@ pub fn dot_f32(dtype: GgmlType, row: &[u8], x: &[f32]) -> Result<f32, QuantError
     Ok(sum)
 }
 
-/// The activation type of `dtype`'s fast dot product (floats stay f32).
-pub fn vec_dot_type(dtype: GgmlType) -> GgmlType {
-    match dtype {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
-        GgmlType::Q4_1 => GgmlType::Q8_1,
-        GgmlType::Q4K | GgmlType::Q6K => GgmlType::Q8K,
-        _ => GgmlType::F32,
+/// Bits per activation element on the fast path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActBits {
+    /// ggml's 8-bit activation blocks: llama.cpp's arithmetic.
+    Eight,
+    /// 16-bit activation blocks: the default (see `q16.rs`).
+    Sixteen,
+}
+
+/// The format of an activation row handed to the fast dot products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActType {
+    F32,
+    Q8_0,
+    Q8_1,
+    Q8K,
+    Q16,
+    Q16K,
+}
+
+impl ActType {
+    pub fn block_size(self) -> usize {
+        match self {
+            ActType::F32 => 1,
+            ActType::Q8_0 | ActType::Q8_1 | ActType::Q16 => QK,
+            ActType::Q8K | ActType::Q16K => QK_K,
+        }
+    }
+
+    pub fn type_size(self) -> usize {
+        match self {
+            ActType::F32 => 4,
+            ActType::Q8_0 => size_of::<BlockQ8_0>(),
+            ActType::Q8_1 => size_of::<BlockQ8_1>(),
+            ActType::Q8K => size_of::<BlockQ8K>(),
+            ActType::Q16 => size_of::<BlockQ16>(),
+            ActType::Q16K => size_of::<BlockQ16K>(),
+        }
+    }
+
+    /// Bytes of a row of `n` activations, or `None` if `n` is not whole blocks.
+    pub fn row_bytes(self, n: usize) -> Option<usize> {
+        (n % self.block_size() == 0).then(|| n / self.block_size() * self.type_size())
     }
 }
 
-/// The fast dot product: weight row (`dtype`) · activation row of `n` elements already
-/// quantized to [`vec_dot_type`]`(dtype)` (raw f32 bytes for float weights).
-pub fn vec_dot(dtype: GgmlType, row: &[u8], act: &[u8], n: usize) -> Result<f32, QuantError> {
-    let act_type = vec_dot_type(dtype);
-    check(dtype, n, row.len())?;
-    check(act_type, n, act.len())?;
-    Ok(match dtype {
-        GgmlType::F32 => float::dot_f32_f32(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::F16 => float::dot_f16_f32(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::BF16 => float::dot_bf16_f32(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::Q4_0 => q4::vec_dot_q4_0_q8_0(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::Q4_1 => q4::vec_dot_q4_1_q8_1(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::Q8_0 => q8::vec_dot_q8_0_q8_0(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::Q4K => kquants::vec_dot_q4k_q8k(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::Q6K => kquants::vec_dot_q6k_q8k(view(dtype, row)?, view(act_type, act)?),
-        GgmlType::Q8_1 | GgmlType::Q8K => return Err(QuantError::Unsupported { dtype, op: "weight dot products" }),
+/// The activation format of `weight`'s fast dot product (float weights take f32).
+pub fn act_type(weight: GgmlType, bits: ActBits) -> ActType {
+    match (weight, bits) {
+        (GgmlType::Q4_0 | GgmlType::Q8_0, ActBits::Eight) => ActType::Q8_0,
+        (GgmlType::Q4_1, ActBits::Eight) => ActType::Q8_1,
+        (GgmlType::Q4K | GgmlType::Q6K, ActBits::Eight) => ActType::Q8K,
+        (GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0, ActBits::Sixteen) => ActType::Q16,
+        (GgmlType::Q4K | GgmlType::Q6K, ActBits::Sixteen) => ActType::Q16K,
+        _ => ActType::F32,
+    }
+}
+
+fn check_act(act: ActType, n: usize, bytes: usize) -> Result<(), QuantError> {
+    let expected = act.row_bytes(n).ok_or(QuantError::ActLength { act, len: n })?;
+    if bytes != expected {
+        return Err(QuantError::ActSize { act, expected, found: bytes });
+    }
+    Ok(())
+}
+
+fn act_view<T: Pod>(act: ActType, bytes: &[u8]) -> Result<&[T], QuantError> {
+    try_cast_slice(bytes).map_err(|_| QuantError::ActMisaligned { act })
+}
+
+/// Quantizes a row of activations into `act` blocks: `out.len()` is `act.row_bytes(x.len())`.
+pub fn quantize_act(act: ActType, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+    check_act(act, x.len(), out.len())?;
+    let mis = |_| QuantError::ActMisaligned { act };
+    match act {
+        ActType::F32 => try_cast_slice_mut::<u8, f32>(out).map_err(mis)?.copy_from_slice(x),
+        ActType::Q8_0 => q8::quantize_row_q8_0(x, try_cast_slice_mut(out).map_err(mis)?),
+        ActType::Q8_1 => q8::quantize_row_q8_1(x, try_cast_slice_mut(out).map_err(mis)?),
+        ActType::Q8K => q8::quantize_row_q8_k(x, try_cast_slice_mut(out).map_err(mis)?),
+        ActType::Q16 => q16::quantize_row_q16(x, try_cast_slice_mut(out).map_err(mis)?),
+        ActType::Q16K => q16::quantize_row_q16k(x, try_cast_slice_mut(out).map_err(mis)?),
+    }
+    Ok(())
+}
+
+/// The fast dot product: weight row (`weight`, `n` elements) · activation row in `act`
+/// format (which must be `act_type(weight, ..)`).
+pub fn vec_dot(weight: GgmlType, row: &[u8], act: ActType, x: &[u8], n: usize) -> Result<f32, QuantError> {
+    check(weight, n, row.len())?;
+    check_act(act, n, x.len())?;
+    Ok(match (weight, act) {
+        (GgmlType::F32, ActType::F32) => float::dot_f32_f32(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::F16, ActType::F32) => float::dot_f16_f32(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::BF16, ActType::F32) => float::dot_bf16_f32(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4_0, ActType::Q8_0) => q4::vec_dot_q4_0_q8_0(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4_1, ActType::Q8_1) => q4::vec_dot_q4_1_q8_1(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q8_0, ActType::Q8_0) => q8::vec_dot_q8_0_q8_0(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4K, ActType::Q8K) => kquants::vec_dot_q4k_q8k(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q6K, ActType::Q8K) => kquants::vec_dot_q6k_q8k(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4_0, ActType::Q16) => q16::vec_dot_q4_0_q16(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4_1, ActType::Q16) => q16::vec_dot_q4_1_q16(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q8_0, ActType::Q16) => q16::vec_dot_q8_0_q16(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4K, ActType::Q16K) => q16::vec_dot_q4k_q16k(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q6K, ActType::Q16K) => q16::vec_dot_q6k_q16k(view(weight, row)?, act_view(act, x)?),
+        _ => return Err(QuantError::Unsupported { dtype: weight, op: "this activation format" }),
     })
 }

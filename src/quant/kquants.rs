@@ -14,7 +14,7 @@ use half::f16;
 
 /// The 256 signed 6-bit quants (−32..31) of a Q6_K block in element order.
 #[inline(always)]
-fn unpack_q6k(b: &BlockQ6K) -> [i8; QK_K] {
+pub(super) fn unpack_q6k(b: &BlockQ6K) -> [i8; QK_K] {
     let mut q = [0i8; QK_K];
     for n in 0..2 {
         for l in 0..32 {

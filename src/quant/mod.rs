@@ -5,12 +5,15 @@
 //!
 //! Two kinds of dot product per weight type:
 //! - [`dot_f32`]: the plain reference — dequantized weights times f32 activations;
-//! - [`vec_dot`]: the fast path — activations quantized to [`vec_dot_type`] (8-bit blocks),
-//!   integer multiply-accumulate inside each block, one scale per block, as ggml does.
+//! - [`vec_dot`]: the fast path — activations quantized per block to integers
+//!   ([`act_type`]: 16-bit by default, or ggml's 8-bit blocks as llama.cpp uses), integer
+//!   multiply-accumulate inside each block, one scale per block.
 //!
-//! The typed kernels (`vec_dot_q4_1_q8_1`, ...) are what the CPU backend calls in its inner
+//! The typed kernels (`vec_dot_q4_1_q16`, ...) are what the CPU backend calls in its inner
 //! loops; each is compiled twice (portable and AVX2, chosen at run time, bit-identical).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod blocks;
 mod dispatch;
 mod float;
@@ -18,17 +21,24 @@ mod kquants;
 pub(crate) mod multiversion;
 mod q4;
 mod q8;
+mod q16;
 #[cfg(test)]
 mod test_util;
 #[cfg(test)]
 mod tests;
 
 pub use blocks::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K};
-pub use dispatch::{QuantError, dequantize_row, dot_f32, quantize_row, vec_dot, vec_dot_type};
+pub use dispatch::{
+    ActBits, ActType, QuantError, act_type, dequantize_row, dot_f32, quantize_act, quantize_row, vec_dot,
+};
 pub use float::{dot_bf16_f32, dot_f16_f32, dot_f32_f32, f16_to_f32};
 pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
+pub use q16::{
+    BlockQ16, BlockQ16K, quantize_row_q16, quantize_row_q16k, vec_dot_q4_0_q16, vec_dot_q4_1_q16, vec_dot_q4k_q16k,
+    vec_dot_q6k_q16k, vec_dot_q8_0_q16,
+};
 
 use std::fmt;
 

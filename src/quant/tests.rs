@@ -51,27 +51,58 @@ fn every_type_round_trips_within_its_resolution() {
     }
 }
 
-/// The fast path differs from the reference by the activations' 8-bit rounding: at most
-/// half a step (max|x| / 254) per element, so |Σ w (x - x̂)| ≤ Σ|w| · max|x| / 254.
+fn quantized_act(act: ActType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; act.row_bytes(x.len()).unwrap()];
+    quantize_act(act, x, &mut out).unwrap();
+    out
+}
+
+/// The fast path differs from the reference by the activations' rounding: at most half a
+/// step (max|x| / 254 for 8 bits, / 65534 for 16) per element, so
+/// |Σ w (x - x̂)| ≤ Σ|w| · max|x| / steps, plus f32 rounding of the sums.
 #[test]
 fn fast_dot_products_match_the_reference_on_awkward_lengths() {
     let mut rng = Rng::new(5);
-    for dtype in WEIGHT_TYPES {
-        for num_blocks in [1, 2, 3, 7, 33] {
-            let n = dtype.block_size().max(QK) * num_blocks;
-            let w_bytes = quantized(dtype, &rng.floats(n, 1.0));
-            let x = rng.floats(n, 4.0);
-            let reference = dot_f32(dtype, &w_bytes, &x).unwrap();
-            let act = quantized(vec_dot_type(dtype), &x);
-            let fast = vec_dot(dtype, &w_bytes, &act, n).unwrap();
-            let mut w = vec![0.0; n];
-            dequantize_row(dtype, &w_bytes, &mut w).unwrap();
-            let abs_w: f32 = w.iter().map(|v| v.abs()).sum();
-            let x_max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let bound = if dtype.is_quantized() { abs_w * x_max / 254.0 * 1.05 } else { 0.0 } + 1e-4 * abs_w;
-            assert!((fast - reference).abs() <= bound, "{dtype} n={n}: fast {fast} vs reference {reference} (bound {bound})");
+    for (bits, steps) in [(ActBits::Eight, 254.0), (ActBits::Sixteen, 65534.0)] {
+        for dtype in WEIGHT_TYPES {
+            for num_blocks in [1, 2, 3, 7, 33] {
+                let n = dtype.block_size().max(QK) * num_blocks;
+                let w_bytes = quantized(dtype, &rng.floats(n, 1.0));
+                let x = rng.floats(n, 4.0);
+                let reference = dot_f32(dtype, &w_bytes, &x).unwrap();
+                let act = act_type(dtype, bits);
+                let fast = vec_dot(dtype, &w_bytes, act, &quantized_act(act, &x), n).unwrap();
+                let mut w = vec![0.0; n];
+                dequantize_row(dtype, &w_bytes, &mut w).unwrap();
+                let abs_w: f32 = w.iter().map(|v| v.abs()).sum();
+                let x_max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let rounding = if dtype.is_quantized() { abs_w * x_max / steps * 1.05 } else { 0.0 };
+                let bound = rounding + 1e-5 * abs_w * x_max;
+                assert!(
+                    (fast - reference).abs() <= bound,
+                    "{dtype} {bits:?} n={n}: fast {fast} vs reference {reference} (bound {bound})"
+                );
+            }
         }
     }
+}
+
+#[test]
+fn sixteen_bit_activations_are_far_closer_than_eight() {
+    let mut rng = Rng::new(21);
+    let (mut err8, mut err16) = (0.0f64, 0.0f64);
+    for _ in 0..50 {
+        let n = 576;
+        let w_bytes = quantized(GgmlType::Q4_1, &rng.floats(n, 1.0));
+        let x = rng.floats(n, 4.0);
+        let reference = dot_f32(GgmlType::Q4_1, &w_bytes, &x).unwrap() as f64;
+        for (bits, err) in [(ActBits::Eight, &mut err8), (ActBits::Sixteen, &mut err16)] {
+            let act = act_type(GgmlType::Q4_1, bits);
+            let fast = vec_dot(GgmlType::Q4_1, &w_bytes, act, &quantized_act(act, &x), n).unwrap() as f64;
+            *err += (fast - reference).abs();
+        }
+    }
+    assert!(err16 * 50.0 < err8, "16-bit error {err16} vs 8-bit {err8}");
 }
 
 #[test]
@@ -94,6 +125,11 @@ fn avx2_kernels_are_bit_identical_to_their_portable_twins() {
         assert_eq!(vec_dot_q4_0_q8_0(&w40, &a8).to_bits(), q4::vec_dot_q4_0_q8_0_portable(&w40, &a8).to_bits());
         assert_eq!(vec_dot_q4_1_q8_1(&w41, &a81).to_bits(), q4::vec_dot_q4_1_q8_1_portable(&w41, &a81).to_bits());
 
+        let a16: Vec<BlockQ16> = bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16, &x));
+        assert_eq!(vec_dot_q8_0_q16(&w8, &a16).to_bits(), q16::vec_dot_q8_0_q16_portable(&w8, &a16).to_bits());
+        assert_eq!(vec_dot_q4_0_q16(&w40, &a16).to_bits(), q16::vec_dot_q4_0_q16_portable(&w40, &a16).to_bits());
+        assert_eq!(vec_dot_q4_1_q16(&w41, &a16).to_bits(), q16::vec_dot_q4_1_q16_portable(&w41, &a16).to_bits());
+
         let nk = QK_K * num_blocks.div_ceil(8);
         let xk = rng.floats(nk, 2.0);
         let ak: Vec<BlockQ8K> = bytemuck::pod_collect_to_vec(&quantized(GgmlType::Q8K, &xk));
@@ -101,6 +137,9 @@ fn avx2_kernels_are_bit_identical_to_their_portable_twins() {
         let w6k: Vec<BlockQ6K> = bytemuck::pod_collect_to_vec(&quantized(GgmlType::Q6K, &rng.floats(nk, 1.0)));
         assert_eq!(vec_dot_q4k_q8k(&w4k, &ak).to_bits(), kquants::vec_dot_q4k_q8k_portable(&w4k, &ak).to_bits());
         assert_eq!(vec_dot_q6k_q8k(&w6k, &ak).to_bits(), kquants::vec_dot_q6k_q8k_portable(&w6k, &ak).to_bits());
+        let a16k: Vec<BlockQ16K> = bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16K, &xk));
+        assert_eq!(vec_dot_q4k_q16k(&w4k, &a16k).to_bits(), q16::vec_dot_q4k_q16k_portable(&w4k, &a16k).to_bits());
+        assert_eq!(vec_dot_q6k_q16k(&w6k, &a16k).to_bits(), q16::vec_dot_q6k_q16k_portable(&w6k, &a16k).to_bits());
     }
 }
 
@@ -115,6 +154,8 @@ fn bad_buffers_are_errors() {
     // An odd start address cannot hold f16 fields.
     let buf = vec![0u8; 41];
     assert_eq!(dequantize_row(GgmlType::Q4_1, &buf[1..41], &mut [0.0; 64]), Err(QuantError::Misaligned { dtype: GgmlType::Q4_1 }));
-    assert!(vec_dot(GgmlType::Q8K, &[0u8; 292], &[0u8; 292], 256).is_err());
+    assert!(vec_dot(GgmlType::Q8K, &[0u8; 292], ActType::Q8K, &[0u8; 292], 256).is_err());
+    assert!(vec_dot(GgmlType::Q4_1, &[0u8; 20], ActType::Q8_0, &[0u8; 34], 32).is_err(), "wrong pairing");
+    assert!(quantize_act(ActType::Q16, &[0.0; 31], &mut [0u8; 72]).is_err());
     assert!(dot_f32(GgmlType::Q4_0, &[0u8; 18], &[0.0; 31]).is_err());
 }

@@ -10,7 +10,7 @@ use super::par::{SharedOut, chunk_len};
 use super::tensor::CpuTensor;
 use crate::backend::{BackendError, Result};
 use crate::model::weights::HostMatrix;
-use crate::quant::{self, GgmlType};
+use crate::quant::{self, ActBits, ActType, GgmlType};
 use bytemuck::cast_slice;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -43,7 +43,8 @@ pub fn matmul(
             run(pool, w, x.rows(), out, |r, t| dot(w.row(r), bytes_of(x.row(t))));
             Ok(())
         }
-        (Precision::Fast, None) => quantized(pool, x, w, out, scratch),
+        (Precision::Int16, None) => quantized(pool, x, w, out, ActBits::Sixteen, scratch),
+        (Precision::Int8, None) => quantized(pool, x, w, out, ActBits::Eight, scratch),
         (Precision::Reference, None) => dequantized(pool, x, w, out),
     }
 }
@@ -62,14 +63,19 @@ fn float_dot(dtype: GgmlType) -> Option<RowDot> {
     })
 }
 
-/// Integer dot products of quantized weight rows with quantized activation rows.
-fn quant_dot(dtype: GgmlType) -> Option<RowDot> {
-    Some(match dtype {
-        GgmlType::Q4_0 => |w, a| quant::vec_dot_q4_0_q8_0(cast_slice(w), cast_slice(a)),
-        GgmlType::Q4_1 => |w, a| quant::vec_dot_q4_1_q8_1(cast_slice(w), cast_slice(a)),
-        GgmlType::Q8_0 => |w, a| quant::vec_dot_q8_0_q8_0(cast_slice(w), cast_slice(a)),
-        GgmlType::Q4K => |w, a| quant::vec_dot_q4k_q8k(cast_slice(w), cast_slice(a)),
-        GgmlType::Q6K => |w, a| quant::vec_dot_q6k_q8k(cast_slice(w), cast_slice(a)),
+/// Integer dot products of quantized weight rows with activation rows in `act` format.
+fn quant_dot(dtype: GgmlType, act: ActType) -> Option<RowDot> {
+    Some(match (dtype, act) {
+        (GgmlType::Q4_0, ActType::Q16) => |w, a| quant::vec_dot_q4_0_q16(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q4_1, ActType::Q16) => |w, a| quant::vec_dot_q4_1_q16(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q8_0, ActType::Q16) => |w, a| quant::vec_dot_q8_0_q16(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q4K, ActType::Q16K) => |w, a| quant::vec_dot_q4k_q16k(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q6K, ActType::Q16K) => |w, a| quant::vec_dot_q6k_q16k(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q4_0, ActType::Q8_0) => |w, a| quant::vec_dot_q4_0_q8_0(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q4_1, ActType::Q8_1) => |w, a| quant::vec_dot_q4_1_q8_1(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q8_0, ActType::Q8_0) => |w, a| quant::vec_dot_q8_0_q8_0(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q4K, ActType::Q8K) => |w, a| quant::vec_dot_q4k_q8k(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q6K, ActType::Q8K) => |w, a| quant::vec_dot_q6k_q8k(cast_slice(w), cast_slice(a)),
         _ => return None,
     })
 }
@@ -80,17 +86,18 @@ fn quantized(
     x: &CpuTensor,
     w: &HostMatrix,
     out: &mut CpuTensor,
+    bits: ActBits,
     scratch: &mut Vec<u32>,
 ) -> Result<()> {
     let unsupported = || BackendError::Unsupported { op: "matmul", what: format!("{} weights", w.dtype) };
-    let dot = quant_dot(w.dtype).ok_or_else(unsupported)?;
-    let act_type = quant::vec_dot_type(w.dtype);
-    let act_row_bytes = act_type.row_bytes(w.cols as u64).ok_or_else(unsupported)? as usize;
+    let act_type = quant::act_type(w.dtype, bits);
+    let dot = quant_dot(w.dtype, act_type).ok_or_else(unsupported)?;
+    let act_row_bytes = act_type.row_bytes(w.cols).ok_or_else(unsupported)?;
     let total_bytes = act_row_bytes * x.rows();
     scratch.resize(total_bytes.div_ceil(4), 0);
     let acts: &mut [u8] = &mut bytemuck::cast_slice_mut::<u32, u8>(scratch)[..total_bytes];
     for (t, dst) in acts.chunks_mut(act_row_bytes).enumerate() {
-        quant::quantize_row(act_type, x.row(t), dst).map_err(|e| BackendError::Unsupported {
+        quant::quantize_act(act_type, x.row(t), dst).map_err(|e| BackendError::Unsupported {
             op: "matmul",
             what: e.to_string(),
         })?;

@@ -5,7 +5,7 @@
 //! then the data section. Each tensor's offset is relative to the data section.
 //!
 //! [`GgufFile::open`] maps the file read-only and parses everything before the data section
-//! once ([`read`]); [`GgufFile::from_bytes`] runs the same parser over an owned buffer.
+//! once (module `read`); [`GgufFile::from_bytes`] runs the same parser over an owned buffer.
 //!
 //! Invariants of a `GgufFile` (checked at open, relied on afterwards):
 //! - Metadata keys and tensor names are unique and valid UTF-8; every value is fully decoded.

@@ -207,7 +207,7 @@ fn display_is_short() {
     let ints = MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(-2)]);
     assert_eq!(ints.to_string(), "[1, -2]");
     assert_eq!(MetaValue::Array(vec![]).to_string(), "[]");
-    assert_eq!(s("a\"b\n").to_string(), r#""a\"b\n""#);
+    assert_eq!(s("a\"b\n'").to_string(), r#""a\"b\n'""#);
     let long = s(&"é".repeat(100)).to_string();
     assert_eq!(long, format!("\"{}…\"", "é".repeat(64)));
     assert_eq!(MetaValue::F32(0.5).to_string(), "0.5");

@@ -2,7 +2,7 @@
 //! lossless conversions between numeric types, and the short display form `ballast inspect`
 //! prints.
 
-use std::fmt;
+use std::fmt::{self, Write};
 
 /// A metadata value type with its GGUF id (`gguf_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -256,10 +256,16 @@ impl fmt::Display for MetaValue {
 }
 
 fn display_str(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
-    match s.char_indices().nth(DISPLAY_MAX_CHARS) {
-        Some((cut, _)) => write!(f, "\"{}…\"", s[..cut].escape_debug()),
-        None => write!(f, "\"{}\"", s.escape_debug()),
+    let cut = s.char_indices().nth(DISPLAY_MAX_CHARS).map(|(i, _)| i);
+    f.write_char('"')?;
+    for c in s[..cut.unwrap_or(s.len())].chars() {
+        // Escapes as Rust does, except `'`, which needs none inside double quotes.
+        match c {
+            '\'' => f.write_char(c)?,
+            _ => write!(f, "{}", c.escape_debug())?,
+        }
     }
+    f.write_str(if cut.is_some() { "…\"" } else { "\"" })
 }
 
 fn display_array(f: &mut fmt::Formatter<'_>, items: &[MetaValue]) -> fmt::Result {

@@ -1,0 +1,63 @@
+//! Dot-product kernels on one weight matrix (576 rows × 1536, SmolLM2's ffn_down shape),
+//! one thread: the fast integer kernels (16- and 8-bit activations) beside their portable
+//! twins and the f32 reference. Throughput is in bytes of weights read.
+
+use ballast::quant::{self, ActBits, GgmlType};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+const ROWS: usize = 576;
+const COLS: usize = 1536;
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+}
+
+fn bench_type(c: &mut Criterion, dtype: GgmlType) {
+    let row_bytes = dtype.row_bytes(COLS as u64).unwrap() as usize;
+    let mut w = vec![0u8; row_bytes * ROWS];
+    for (r, dst) in w.chunks_mut(row_bytes).enumerate() {
+        quant::quantize_row(dtype, &data(COLS, r as u32), dst).unwrap();
+    }
+    let x = data(COLS, 7);
+    let mut group = c.benchmark_group(format!("matvec_{}", dtype.name()));
+    group.throughput(Throughput::Bytes(w.len() as u64));
+    let bits: &[ActBits] = if dtype.is_quantized() { &[ActBits::Sixteen, ActBits::Eight] } else { &[ActBits::Sixteen] };
+    for &bits in bits {
+        let act = quant::act_type(dtype, bits);
+        let mut a = vec![0u8; act.row_bytes(COLS).unwrap()];
+        quant::quantize_act(act, &x, &mut a).unwrap();
+        group.bench_function(format!("{act:?}"), |b| {
+            b.iter(|| {
+                let mut s = 0.0;
+                for row in w.chunks(row_bytes) {
+                    s += quant::vec_dot(dtype, row, act, &a, COLS).unwrap();
+                }
+                black_box(s)
+            })
+        });
+    }
+    group.bench_function("reference_f32", |b| {
+        b.iter(|| {
+            let mut s = 0.0;
+            for row in w.chunks(row_bytes) {
+                s += quant::dot_f32(dtype, row, &x).unwrap();
+            }
+            black_box(s)
+        })
+    });
+    group.finish();
+}
+
+fn kernels(c: &mut Criterion) {
+    for dtype in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16, GgmlType::BF16] {
+        bench_type(c, dtype);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(1));
+    targets = kernels
+}
+criterion_main!(benches);

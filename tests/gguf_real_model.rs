@@ -1,0 +1,58 @@
+//! Reads the real SmolLM2-135M-Instruct Q4_1 GGUF and checks what we know about it.
+//!
+//! The model path comes from `BALLAST_TEST_MODEL`, else `models/SmolLM2-135M-Instruct.Q4_1.gguf`
+//! under the crate root. A missing file fails the test (it does not skip): a silently skipped
+//! golden test is a test nobody runs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ballast::format::gguf::GgufFile;
+use ballast::quant::GgmlType;
+
+fn model_path() -> PathBuf {
+    match std::env::var_os("BALLAST_TEST_MODEL") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    }
+}
+
+#[test]
+fn smollm2_135m_q4_1() {
+    let path = model_path();
+    assert!(
+        path.is_file(),
+        "test model not found at {}: download SmolLM2-135M-Instruct.Q4_1.gguf there or set \
+         BALLAST_TEST_MODEL to its path",
+        path.display()
+    );
+    let start = Instant::now();
+    let file = GgufFile::open(&path).unwrap();
+    eprintln!("parsed {} in {:?}", path.display(), start.elapsed());
+
+    assert_eq!(file.version(), 3);
+    assert_eq!(file.alignment(), 32);
+    assert_eq!(file.tensors().len(), 272);
+    assert_eq!(file.get_str("general.architecture").unwrap(), Some("llama"));
+    assert_eq!(file.get_u32("llama.block_count").unwrap(), Some(30));
+    let tokens = file.get_str_array("tokenizer.ggml.tokens").unwrap().unwrap();
+    assert_eq!(tokens.len(), 49152);
+    assert_eq!(tokens[0], "<|endoftext|>");
+    let token_types = file.get_i32_array("tokenizer.ggml.token_type").unwrap().unwrap();
+    assert_eq!(token_types.len(), 49152);
+    assert_eq!(file.get_str_array("tokenizer.ggml.merges").unwrap().unwrap().len(), 48900);
+
+    let embd = file.tensor("token_embd.weight").unwrap();
+    assert_eq!((embd.dtype, embd.dims.as_slice()), (GgmlType::Q8_0, &[576, 49152][..]));
+    assert_eq!(embd.num_bytes, 49152 * 576 / 32 * 34);
+    let q = file.tensor("blk.0.attn_q.weight").unwrap();
+    assert_eq!((q.dtype, q.dims.as_slice()), (GgmlType::Q4_1, &[576, 576][..]));
+    assert_eq!((q.row_len(), q.num_rows()), (576, 576));
+    assert_eq!(file.tensor_data(q).len(), 576 * 576 / 32 * 20);
+
+    // Every tensor's view lies inside the map and keeps it alive after the file is dropped.
+    let views: Vec<_> = file.tensors().iter().map(|t| file.tensor_bytes(t)).collect();
+    let last = file.tensors().last().unwrap().num_bytes;
+    drop(file);
+    assert_eq!(views.last().unwrap().len(), last);
+}
