@@ -66,3 +66,26 @@ fn special_tokens_and_bos_follow_the_gguf() {
     assert_eq!(tok.encode("<|im_start|>user", true).unwrap()[0], 1);
     assert_eq!(tok.vocab_size(), 49152);
 }
+
+#[test]
+fn streaming_detokenization_never_splits_a_character() {
+    use ballast::detok::Detokenizer;
+    let tok = tokenizer();
+    let golden = read_json(&shared_dir().join("goldens/public/tokenization.json"));
+    let mut num_multibyte = 0;
+    for case in golden["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = ids(&case["ids"]);
+        let mut detok = Detokenizer::new(false);
+        let mut streamed = String::new();
+        for &id in &ids {
+            let delta = detok.push(&tok, id).unwrap();
+            assert!(!delta.contains('\u{FFFD}'), "{text:?}: partial character emitted");
+            streamed.push_str(&delta);
+        }
+        streamed.push_str(&detok.flush(&tok).unwrap());
+        assert_eq!(streamed, case["decoded"].as_str().unwrap(), "{text:?}");
+        num_multibyte += text.chars().any(|c| c.len_utf8() > 1) as usize;
+    }
+    assert!(num_multibyte > 3, "the goldens exercise multi-byte characters");
+}

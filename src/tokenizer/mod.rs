@@ -44,6 +44,16 @@ pub struct Tokenizer {
     chat_template: Option<String>,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("special", &self.special)
+            .field("chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
 impl Tokenizer {
     /// The tokenizer a GGUF file describes.
     pub fn from_gguf(file: &crate::format::gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
