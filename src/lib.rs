@@ -48,7 +48,6 @@
 pub mod backend;
 pub mod chat_template;
 pub mod detok;
-pub mod error;
 pub mod fetch;
 pub mod format;
 pub mod generate;

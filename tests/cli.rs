@@ -110,7 +110,7 @@ fn bad_models_fail_with_one_clear_line() {
 
     let mut unknown_type = GgufWriter::new(3)
         .metadata("general.architecture", MetaValue::Str("llama".into()))
-        .tensor("token_embd.weight", &[32, 2], GgmlType::F32, &vec![0u8; 256])
+        .tensor("token_embd.weight", &[32, 2], GgmlType::F32, [0u8; 256])
         .to_bytes();
     // Patch the tensor's type id (F32 = 0) to one ballast does not know (IQ2_XXS = 16).
     let pos = unknown_type.windows(17).position(|w| w == b"token_embd.weight").unwrap() + 17 + 4 + 16;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 /// ballast: an LLM inference runtime that stays up under pressure.
 #[derive(Parser, Debug)]
-#[command(name = "ballast", version, about, long_about = None)]
+#[command(name = "ballast", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BALLAST_GIT_COMMIT"), ")"), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

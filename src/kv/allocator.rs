@@ -129,7 +129,7 @@ mod tests {
                 let want = t.capacity() + (state >> 8) as usize % 9;
                 let _ = alloc.reserve(t, want);
             }
-            let mut seen = vec![false; 64];
+            let mut seen = [false; 64];
             for id in tables.iter().flat_map(|t| t.blocks()).chain(alloc.free.iter()) {
                 assert!(!seen[*id as usize], "block {id} held twice");
                 seen[*id as usize] = true;

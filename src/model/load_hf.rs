@@ -220,7 +220,7 @@ impl config::HfConfig {
             other => return Err(ModelError::UnsupportedArch(other.to_string())),
         };
         let num_heads = self.num_attention_heads;
-        let head_dim = self.head_dim.unwrap_or(if num_heads > 0 { self.hidden_size / num_heads } else { 0 });
+        let head_dim = self.head_dim.unwrap_or(self.hidden_size.checked_div(num_heads).unwrap_or(0));
         let rope = self.rope_params();
         let llama3_scaling = match rope.kind() {
             "default" => None,

@@ -6,6 +6,8 @@
 //! low 4 bits from `ql[64n + l]` (g = 0 low nibble, g = 2 high nibble) or `ql[64n + 32 + l]`
 //! (g = 1 low, g = 3 high), and their top 2 bits from bits `2g..2g+2` of `qh[32n + l]`.
 //! Element `e` uses scale `scales[e / 16]`.
+// Kernels index fixed-size blocks by element: clearer than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
 
 use super::blocks::{BlockQ4K, BlockQ6K, BlockQ8K, QK_K, pack_scale_min_k4, scale_min_k4};
 use super::float::f16_to_f32;

@@ -8,6 +8,8 @@
 //!
 //! Sums: a block of 32 products of a 4- or 8-bit weight and a 16-bit activation fits an i32;
 //! k-quant super-blocks multiply sub-block sums by 6/8-bit scales, so they accumulate in i64.
+// Kernels index fixed-size blocks by element: clearer than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, QK, QK_K, scale_min_k4};
 use super::float::f16_to_f32;

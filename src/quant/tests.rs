@@ -152,10 +152,60 @@ fn bad_buffers_are_errors() {
     let err = dequantize_row(GgmlType::Q8_0, &[0u8; 30], &mut y).unwrap_err();
     assert_eq!(err, QuantError::BufferSize { dtype: GgmlType::Q8_0, expected: 34, found: 30 });
     // An odd start address cannot hold f16 fields.
-    let buf = vec![0u8; 41];
+    let buf = [0u8; 41];
     assert_eq!(dequantize_row(GgmlType::Q4_1, &buf[1..41], &mut [0.0; 64]), Err(QuantError::Misaligned { dtype: GgmlType::Q4_1 }));
     assert!(vec_dot(GgmlType::Q8K, &[0u8; 292], ActType::Q8K, &[0u8; 292], 256).is_err());
     assert!(vec_dot(GgmlType::Q4_1, &[0u8; 20], ActType::Q8_0, &[0u8; 34], 32).is_err(), "wrong pairing");
     assert!(quantize_act(ActType::Q16, &[0.0; 31], &mut [0u8; 72]).is_err());
     assert!(dot_f32(GgmlType::Q4_0, &[0u8; 18], &[0.0; 31]).is_err());
+}
+
+/// The activations a quantized row stands for (`q * d`).
+fn dequantized_act(act: ActType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n];
+    match act {
+        ActType::F32 => out.copy_from_slice(bytemuck::cast_slice(bytes)),
+        ActType::Q8_0 => dequantize_row(GgmlType::Q8_0, bytes, &mut out).unwrap(),
+        ActType::Q8_1 => dequantize_row(GgmlType::Q8_1, bytes, &mut out).unwrap(),
+        ActType::Q8K => dequantize_row(GgmlType::Q8K, bytes, &mut out).unwrap(),
+        ActType::Q16 => {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ16>(bytes).iter().zip(out.chunks_mut(QK)) {
+                y.iter_mut().zip(&b.qs).for_each(|(o, &q)| *o = q as f32 * b.d);
+            }
+        }
+        ActType::Q16K => {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ16K>(bytes).iter().zip(out.chunks_mut(QK_K)) {
+                y.iter_mut().zip(&b.qs).for_each(|(o, &q)| *o = q as f32 * b.d);
+            }
+        }
+    }
+    out
+}
+
+/// Given the same (already rounded) activations, a fast kernel and the reference differ
+/// only by f32 rounding of their sums — so this catches a wrong scale, nibble or lane that
+/// the activation-rounding bound above could hide. (Q8_1 also stores `s = d Σq` as f16:
+/// its `m s` term carries up to 2^-11 relative error.)
+#[test]
+fn fast_kernels_equal_the_reference_on_the_same_activations() {
+    let mut rng = Rng::new(17);
+    for bits in [ActBits::Eight, ActBits::Sixteen] {
+        for dtype in WEIGHT_TYPES.into_iter().filter(|t| t.is_quantized()) {
+            for num_blocks in [1, 3, 9] {
+                let n = dtype.block_size().max(QK) * num_blocks;
+                let w_bytes = quantized(dtype, &rng.floats(n, 1.0));
+                let act = act_type(dtype, bits);
+                let a = quantized_act(act, &rng.floats(n, 4.0));
+                let x_hat = dequantized_act(act, &a, n);
+                let fast = vec_dot(dtype, &w_bytes, act, &a, n).unwrap();
+                let reference = dot_f32(dtype, &w_bytes, &x_hat).unwrap();
+                let mut w = vec![0.0; n];
+                dequantize_row(dtype, &w_bytes, &mut w).unwrap();
+                let scale: f32 = w.iter().zip(&x_hat).map(|(a, b)| (a * b).abs()).sum();
+                let s_rounding = if act == ActType::Q8_1 { w.iter().map(|v| v.abs()).sum::<f32>() * 4.0 * 2e-3 } else { 0.0 };
+                let bound = 2e-6 * scale + s_rounding + 1e-6;
+                assert!((fast - reference).abs() <= bound, "{dtype} {bits:?} n={n}: {fast} vs {reference} (bound {bound})");
+            }
+        }
+    }
 }
