@@ -117,6 +117,16 @@ fn bad_models_fail_with_one_clear_line() {
     unknown_type[pos..pos + 4].copy_from_slice(&16u32.to_le_bytes());
     assert_clean_failure(&generate(&write_gguf(dir.path(), "iq2.gguf", unknown_type)), "type");
 
+    // HF directories: malformed config.json, then a truncated safetensors file.
+    let hf = tempfile::tempdir().unwrap();
+    let fixture = shared_dir().join("fixtures/tiny-llama");
+    std::fs::write(hf.path().join("config.json"), b"{\"hidden_size\": ").unwrap();
+    assert_clean_failure(&generate(hf.path().to_str().unwrap()), "config.json");
+    std::fs::copy(fixture.join("config.json"), hf.path().join("config.json")).unwrap();
+    let weights = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    std::fs::write(hf.path().join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    assert_clean_failure(&generate(hf.path().to_str().unwrap()), "safetensors");
+
     let empty_dir = tempfile::tempdir().unwrap();
     assert_clean_failure(&generate(empty_dir.path().to_str().unwrap()), "not a GGUF file or an HF model directory");
 }
