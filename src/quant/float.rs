@@ -42,63 +42,43 @@ pub fn f16_to_f32(x: f16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// `Σ widen(a[i]) * b[i]` in `LANES` lanes: the body of every float dot product.
+#[inline(always)]
+fn dot_lanes<T: Copy>(a: &[T], b: &[f32], widen: impl Fn(T) -> f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            acc[l] += widen(x[l]) * y[l];
+        }
+    }
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] += widen(*x) * y;
+    }
+    sum_lanes(&acc)
+}
+
 multiversion! {
     /// `Σ a[i] * b[i]` over the common length.
     pub fn dot_f32_f32 / dot_f32_f32_portable(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0.0f32; LANES];
-        let mut ca = a.chunks_exact(LANES);
-        let mut cb = b.chunks_exact(LANES);
-        for (x, y) in (&mut ca).zip(&mut cb) {
-            for l in 0..LANES {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-            acc[l] += x * y;
-        }
-        sum_lanes(&acc)
+        dot_lanes(a, b, |x| x)
     }
 }
 
 multiversion! {
     /// `Σ a[i] * b[i]` for f16 weights and f32 activations.
     pub fn dot_f16_f32 / dot_f16_f32_portable(a: &[f16], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0.0f32; LANES];
-        let mut ca = a.chunks_exact(LANES);
-        let mut cb = b.chunks_exact(LANES);
-        for (x, y) in (&mut ca).zip(&mut cb) {
-            for l in 0..LANES {
-                acc[l] += f16_to_f32(x[l]) * y[l];
-            }
-        }
-        for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-            acc[l] += f16_to_f32(*x) * y;
-        }
-        sum_lanes(&acc)
+        dot_lanes(a, b, f16_to_f32)
     }
 }
 
 multiversion! {
     /// `Σ a[i] * b[i]` for bf16 weights and f32 activations.
     pub fn dot_bf16_f32 / dot_bf16_f32_portable(a: &[bf16], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0.0f32; LANES];
-        let mut ca = a.chunks_exact(LANES);
-        let mut cb = b.chunks_exact(LANES);
-        for (x, y) in (&mut ca).zip(&mut cb) {
-            for l in 0..LANES {
-                acc[l] += bf16_to_f32(x[l]) * y[l];
-            }
-        }
-        for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-            acc[l] += bf16_to_f32(*x) * y;
-        }
-        sum_lanes(&acc)
+        dot_lanes(a, b, bf16_to_f32)
     }
 }
 
