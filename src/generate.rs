@@ -7,7 +7,7 @@
 //! engine drives the same model and plan with a real scheduler.
 
 use crate::backend::{Backend, BackendError};
-use crate::kv::{BlockAllocator, BlockTable, KvDtype, KvError};
+use crate::kv::{BlockManager, KvDtype, KvError, SeqBlocks};
 use crate::model::{HostWeights, Llama, ModelConfig};
 use crate::plan::{BatchPlan, LogitsFor, PlanError};
 use crate::sampler::{Sampler, SamplingError, SamplingParams};
@@ -68,10 +68,9 @@ pub struct Runner<B: Backend> {
     backend: B,
     model: Llama<B>,
     kv: B::KvPool,
-    blocks: BlockAllocator,
+    blocks: BlockManager,
     plan: BatchPlan,
     logits: Vec<f32>,
-    block_size: usize,
 }
 
 /// Per-sequence state during [`Runner::generate`].
@@ -79,7 +78,7 @@ struct Live {
     tokens: Vec<u32>,
     num_prompt: usize,
     num_cached: usize,
-    table: BlockTable,
+    table: Option<SeqBlocks>,
     sampler: Sampler,
     finish: Option<FinishReason>,
 }
@@ -95,13 +94,12 @@ impl<B: Backend> Runner<B> {
         let layout = model.kv_layout(options.num_blocks, options.block_size, options.kv_dtype);
         let kv = backend.alloc_kv(&layout)?;
         Ok(Runner {
-            blocks: BlockAllocator::new(&layout),
+            blocks: BlockManager::new(options.num_blocks, options.block_size, false),
             plan: BatchPlan::new(options.block_size, options.num_blocks),
             backend,
             model,
             kv,
             logits: Vec::new(),
-            block_size: options.block_size,
         })
     }
 
@@ -126,23 +124,21 @@ impl<B: Backend> Runner<B> {
     /// `[ids.len() - from, vocab]`.
     pub fn prompt_logits(&mut self, ids: &[u32], from: usize) -> Result<Vec<f32>, GenerateError> {
         self.check_prompt(ids)?;
-        let mut table = BlockTable::new(self.block_size);
-        let result = self.prompt_logits_in(ids, from, &mut table);
-        self.blocks.release(&mut table);
-        result
+        let mut table = self.blocks.table(None);
+        self.prompt_logits_in(ids, from, &mut table)
     }
 
     fn prompt_logits_in(
         &mut self,
         ids: &[u32],
         from: usize,
-        table: &mut BlockTable,
+        table: &mut SeqBlocks,
     ) -> Result<Vec<f32>, GenerateError> {
         let mut all = Vec::with_capacity(ids.len().saturating_sub(from) * self.model.config().vocab_size);
         let mut done = 0;
         while done < ids.len() {
             let n = (ids.len() - done).min(self.model.max_batch_tokens());
-            self.blocks.reserve(table, done + n)?;
+            table.reserve(done, done + n)?;
             self.plan.clear();
             let tail = (done + n).saturating_sub(from.max(done));
             self.plan.push_seq(&ids[done..done + n], done, table.blocks(), LogitsFor::Tail(tail))?;
@@ -178,16 +174,12 @@ impl<B: Backend> Runner<B> {
                 tokens: r.prompt.clone(),
                 num_prompt: r.prompt.len(),
                 num_cached: 0,
-                table: BlockTable::new(self.block_size),
+                table: Some(self.blocks.table(None)),
                 sampler: Sampler::new(r.params.clone())?,
                 finish: (r.max_tokens == 0).then_some(FinishReason::Length),
             });
         }
-        let result = self.run(requests, &mut live, &mut on_token);
-        for l in &mut live {
-            self.blocks.release(&mut l.table);
-        }
-        result?;
+        self.run(requests, &mut live, &mut on_token)?;
         Ok(live
             .into_iter()
             .map(|l| GenOutput { tokens: l.tokens[l.num_prompt..].to_vec(), finish: l.finish.unwrap_or(FinishReason::Length) })
@@ -212,10 +204,11 @@ impl<B: Backend> Runner<B> {
                     break;
                 }
                 let completes = l.num_cached + n == l.tokens.len();
-                self.blocks.reserve(&mut l.table, l.num_cached + n)?;
+                let table = l.table.as_mut().expect("unfinished sequences hold a table");
+                table.reserve(l.num_cached, l.num_cached + n)?;
                 let logits = if completes { LogitsFor::Last } else { LogitsFor::None };
                 let new = &l.tokens[l.num_cached..l.num_cached + n];
-                self.plan.push_seq(new, l.num_cached, l.table.blocks(), logits)?;
+                self.plan.push_seq(new, l.num_cached, table.blocks(), logits)?;
                 stepped.push((i, n, completes));
                 budget -= n;
             }
@@ -227,7 +220,7 @@ impl<B: Backend> Runner<B> {
                 if !completes {
                     continue;
                 }
-                let logits = &self.logits[row * vocab..(row + 1) * vocab];
+                let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
                 row += 1;
                 let token = l.sampler.sample(logits);
                 let r = &requests[i];
@@ -242,7 +235,7 @@ impl<B: Backend> Runner<B> {
                     }
                 }
                 if l.finish.is_some() {
-                    self.blocks.release(&mut l.table);
+                    l.table = None;
                 }
             }
         }

@@ -48,6 +48,7 @@
 pub mod backend;
 pub mod chat_template;
 pub mod detok;
+pub mod engine;
 pub mod fetch;
 pub mod format;
 pub mod generate;
@@ -55,5 +56,7 @@ pub mod kv;
 pub mod model;
 pub mod plan;
 pub mod quant;
+pub mod request;
 pub mod sampler;
+pub mod scheduler;
 pub mod tokenizer;

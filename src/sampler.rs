@@ -1,7 +1,13 @@
-//! Choosing the next token from a row of logits: greedy, or temperature with top-k / top-p
-//! filtering, from a seeded ChaCha stream so a seed reproduces its output exactly.
+//! Choosing the next token from a row of logits, per sequence.
 //!
-//! A sampler keeps its candidate buffer between calls: choosing a token allocates nothing.
+//! Order of processing (as vLLM and llama.cpp): repetition / presence / frequency penalties on
+//! the logits, then greedy (`temperature == 0`) or: top-k, softmax at `temperature`, min-p,
+//! top-p, and a draw from a seeded ChaCha stream, so a seed reproduces its output exactly and
+//! no sequence's draws depend on another's. [`logprobs`] reports the model's own distribution
+//! (before any of this), as vLLM does by default.
+//!
+//! A sampler keeps its candidate buffer between calls: choosing a token allocates nothing
+//! beyond its penalty counts.
 
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -12,6 +18,12 @@ pub enum SamplingError {
     Temperature(f32),
     #[error("top_p must be in (0, 1], got {0}")]
     TopP(f32),
+    #[error("min_p must be in [0, 1], got {0}")]
+    MinP(f32),
+    #[error("repetition_penalty must be a finite number > 0, got {0}")]
+    RepetitionPenalty(f32),
+    #[error("{name} must be in [-2, 2], got {value}")]
+    Penalty { name: &'static str, value: f32 },
 }
 
 /// How to pick tokens. `temperature == 0` is greedy.
@@ -22,13 +34,31 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Keep the smallest set of most likely tokens whose probability reaches `top_p`.
     pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one (0 = off).
+    pub min_p: f32,
+    /// Divides positive (multiplies negative) logits of tokens seen in the prompt or output
+    /// (1 = off; HF / vLLM semantics).
+    pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// Subtracted from a generated token's logit per time it was generated.
+    pub frequency_penalty: f32,
     /// Seed of the random stream; `None` draws one.
     pub seed: Option<u64>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+        }
     }
 }
 
@@ -44,8 +74,54 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(SamplingError::TopP(self.top_p));
         }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(SamplingError::MinP(self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(SamplingError::RepetitionPenalty(self.repetition_penalty));
+        }
+        for (name, value) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&value) {
+                return Err(SamplingError::Penalty { name, value });
+            }
+        }
         Ok(())
     }
+
+    fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+}
+
+/// The log-probability of a chosen token and the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens, most likely first (ties by id).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-softmax of `logits` at `chosen`, with the `top` most likely tokens. NaN logits count
+/// as impossible.
+pub fn logprobs(logits: &[f32], chosen: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().filter(|x| !x.is_nan()).map(|&x| ((x - max) as f64).exp()).sum();
+    let log_z = max as f64 + sum.ln();
+    let lp = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { (x as f64 - log_z) as f32 };
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let mut all: Vec<(u32, f32)> = logits.iter().enumerate().filter(|(_, x)| !x.is_nan()).map(|(i, &x)| (i as u32, x)).collect();
+        let by = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if top < all.len() {
+            all.select_nth_unstable_by(top - 1, by);
+            all.truncate(top);
+        }
+        all.sort_unstable_by(by);
+        best = all.into_iter().map(|(i, x)| (i, lp(x))).collect();
+    }
+    let logprob = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |&x| lp(x));
+    TokenLogprob { id: chosen, logprob, top: best }
 }
 
 pub struct Sampler {
@@ -53,6 +129,10 @@ pub struct Sampler {
     rng: ChaCha8Rng,
     /// (logit, token id) of the tokens still in play.
     candidates: Vec<(f32, u32)>,
+    /// Generated tokens and how often (for presence / frequency penalties).
+    generated: std::collections::HashMap<u32, u32>,
+    /// Prompt tokens (for the repetition penalty; empty unless it is on).
+    prompt: std::collections::HashSet<u32>,
 }
 
 /// The index of the largest logit (the first one on ties); NaNs never win.
@@ -73,11 +153,77 @@ impl Sampler {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
             t.map(|d| d.as_nanos() as u64).unwrap_or(0) ^ std::process::id() as u64
         });
-        Ok(Sampler { params, rng: ChaCha8Rng::seed_from_u64(seed), candidates: Vec::new() })
+        Ok(Sampler {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            candidates: Vec::new(),
+            generated: Default::default(),
+            prompt: Default::default(),
+        })
     }
 
-    /// Picks the next token from `logits` (one row, vocabulary-sized).
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Tells the sampler the prompt (the repetition penalty looks at it).
+    pub fn set_prompt(&mut self, prompt: &[u32]) {
+        if self.params.repetition_penalty != 1.0 {
+            self.prompt = prompt.iter().copied().collect();
+        }
+    }
+
+    /// Records a token that was generated (the penalties look at it). [`Self::sample`] does
+    /// this itself; call it for tokens chosen elsewhere.
+    pub fn observe(&mut self, token: u32) {
+        if self.params.has_penalties() {
+            *self.generated.entry(token).or_insert(0) += 1;
+        }
+    }
+
+    /// A sampler with these params and state but its own random stream (`seed`), for the
+    /// `i`-th of n > 1 choices.
+    pub fn fork(&self, seed: u64) -> Sampler {
+        Sampler {
+            params: self.params.clone(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            candidates: Vec::new(),
+            generated: self.generated.clone(),
+            prompt: self.prompt.clone(),
+        }
+    }
+
+    /// Applies the penalties to `logits` in place (touching only seen tokens; a token in
+    /// both prompt and output gets the repetition penalty once).
+    fn penalize(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let output_only = self.generated.keys().filter(|t| !self.prompt.contains(t));
+            for &t in self.prompt.iter().chain(output_only) {
+                if let Some(x) = logits.get_mut(t as usize) {
+                    *x = if *x > 0.0 { *x / p.repetition_penalty } else { *x * p.repetition_penalty };
+                }
+            }
+        }
+        for (&t, &n) in &self.generated {
+            if let Some(x) = logits.get_mut(t as usize) {
+                *x -= p.presence_penalty + p.frequency_penalty * n as f32;
+            }
+        }
+    }
+
+    /// Picks the next token from `logits` (one row, vocabulary-sized; the penalties are
+    /// applied to it in place) and records it.
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        if self.params.has_penalties() {
+            self.penalize(logits);
+        }
+        let token = self.choose(logits);
+        self.observe(token);
+        token
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.temperature == 0.0 || p.top_k == 1 {
             return argmax(logits);
@@ -100,6 +246,12 @@ impl Sampler {
         for cand in c.iter_mut() {
             cand.0 = ((cand.0 - max) / p.temperature).exp();
             total += cand.0 as f64;
+        }
+        if p.min_p > 0.0 {
+            // c[0] is the most likely (weight 1): keep weights ≥ min_p.
+            let keep = c.iter().position(|x| x.0 < p.min_p).unwrap_or(c.len()).max(1);
+            c.truncate(keep);
+            total = c.iter().map(|x| x.0 as f64).sum();
         }
         if p.top_p < 1.0 {
             let mut mass = 0.0f64;
@@ -133,16 +285,16 @@ mod tests {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
         assert_eq!(argmax(&[f32::NAN, 0.5, 0.1]), 1);
         let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
-        assert_eq!(s.sample(&[0.0, 0.0, 2.0]), 2);
+        assert_eq!(s.sample(&mut [0.0, 0.0, 2.0]), 2);
     }
 
     #[test]
     fn same_seed_same_tokens_and_top_k_bounds_choices() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let params = SamplingParams { temperature: 1.5, top_k: 5, top_p: 1.0, seed: Some(7) };
+        let params = SamplingParams { temperature: 1.5, top_k: 5, seed: Some(7), ..Default::default() };
         let run = || {
             let mut s = Sampler::new(params.clone()).unwrap();
-            (0..200).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+            (0..200).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
         };
         let a = run();
         assert_eq!(a, run());
@@ -156,9 +308,9 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // One token holds ~97% of the mass: top_p 0.9 must always pick it.
         let logits = [10.0, 6.0, 5.0, 4.5];
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, seed: Some(1) };
+        let params = SamplingParams { temperature: 1.0, top_p: 0.9, seed: Some(1), ..Default::default() };
         let mut s = Sampler::new(params).unwrap();
-        assert!((0..100).all(|_| s.sample(&logits) == 0));
+        assert!((0..100).all(|_| s.sample(&mut logits.clone()) == 0));
     }
 
     #[test]
@@ -167,5 +319,60 @@ mod tests {
         assert_eq!(Sampler::new(bad_t).err(), Some(SamplingError::Temperature(-1.0)));
         let bad_p = SamplingParams { top_p: 0.0, ..Default::default() };
         assert_eq!(Sampler::new(bad_p).err(), Some(SamplingError::TopP(0.0)));
+    }
+
+    #[test]
+    fn min_p_drops_the_unlikely_tail() {
+        // Probabilities ~ 0.66, 0.24, 0.09, 0.004: min_p 0.2 keeps only the first two.
+        let logits = [3.0, 2.0, 1.0, -2.0];
+        let params = SamplingParams { temperature: 1.0, min_p: 0.2, seed: Some(3), ..Default::default() };
+        let mut s = Sampler::new(params).unwrap();
+        let picks: std::collections::HashSet<u32> = (0..500).map(|_| s.sample(&mut logits.clone())).collect();
+        assert_eq!(picks, [0, 1].into_iter().collect());
+    }
+
+    #[test]
+    fn penalties_follow_openai_and_hf_semantics() {
+        let params = SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.25, ..Default::default() };
+        let mut s = Sampler::new(params).unwrap();
+        s.observe(1);
+        s.observe(1);
+        let mut logits = [1.0, 1.0, 0.9];
+        s.penalize(&mut logits);
+        assert_eq!(logits, [1.0, 1.0 - 0.5 - 0.5, 0.9]);
+
+        let params = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
+        let mut s = Sampler::new(params).unwrap();
+        s.set_prompt(&[0, 1]);
+        s.observe(1);
+        s.observe(3);
+        let mut logits = [4.0, -1.0, 5.0, 3.0];
+        s.penalize(&mut logits);
+        assert_eq!(logits, [2.0, -2.0, 5.0, 1.5], "each seen token once; positive divided, negative multiplied");
+        // Greedy with a penalty avoids the repeated token.
+        let mut logits = [4.0, -1.0, 3.0, 3.0];
+        assert_eq!(s.sample(&mut logits), 2);
+    }
+
+    #[test]
+    fn logprobs_are_a_normalized_log_softmax() {
+        let logits = [1.0f32, 3.0, 2.0, f32::NAN];
+        let lp = logprobs(&logits, 2, 2);
+        let z: f64 = [1.0f64, 3.0, 2.0].iter().map(|x| x.exp()).sum();
+        assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        let total: f64 = (0..3).map(|i| (logprobs(&logits, i, 0).logprob as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert_eq!(logprobs(&logits, 3, 0).logprob, f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn forks_draw_independently_but_reproducibly() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.7).cos()).collect();
+        let params = SamplingParams { temperature: 1.0, seed: Some(11), ..Default::default() };
+        let base = Sampler::new(params).unwrap();
+        let draw = |mut s: Sampler| (0..50).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>();
+        assert_eq!(draw(base.fork(1)), draw(base.fork(1)));
+        assert_ne!(draw(base.fork(1)), draw(base.fork(2)));
     }
 }

@@ -133,6 +133,9 @@ pub trait Backend: Send {
         shape: AttentionShape,
         out: &mut Self::Tensor,
     ) -> Result<()>;
+    /// Copies whole blocks `src → dst` (every layer, K and V) in order: the copy-on-write of a
+    /// shared partial block.
+    fn copy_blocks(&self, pool: &mut Self::KvPool, pairs: &[(u32, u32)]) -> Result<()>;
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
     /// `out` = the rows of `x` named by the plan's `logits_rows`.

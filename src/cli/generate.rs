@@ -1,23 +1,25 @@
-//! `ballast generate`: one prompt (or chat message) through the model, streamed to stdout.
+//! `ballast generate`: one prompt (or chat message) streamed to stdout, or a JSONL file of
+//! prompts run concurrently through the engine's batcher.
 
 use super::load::ModelArgs;
 use anyhow::{Context, bail};
-use ballast::chat_template::{ChatMessage, ChatTemplate};
-use ballast::detok::Detokenizer;
-use ballast::generate::{GenRequest, Runner, RunnerOptions};
+use ballast::chat_template::ChatMessage;
+use ballast::engine::{Engine, EngineConfig, RequestStream};
+use ballast::request::{Choice, Event, Priority, Prompt, Request};
 use ballast::sampler::SamplingParams;
-use std::io::Write;
+use serde::Deserialize;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::time::Instant;
 
-const BLOCK_SIZE: usize = 16;
-const MAX_BATCH_TOKENS: usize = 512;
-
 #[derive(clap::Args, Debug)]
-#[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "chat"]))]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "chat", "prompts_file"]))]
 #[command(allow_negative_numbers = true)]
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Raw text to continue (special tokens such as <|im_start|> are recognised).
     #[arg(long, short = 'p')]
     prompt: Option<String>,
@@ -27,6 +29,13 @@ pub struct GenerateArgs {
     /// A system message to put before --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// A JSONL file, one request per line: {"prompt": "..."} or {"chat": "..." | [{"role",
+    /// "content"}, ...]} plus any of max_tokens, temperature, top_p, top_k, min_p, seed, stop,
+    /// stop_token_ids, ignore_eos, repetition_penalty, presence_penalty, frequency_penalty,
+    /// logprobs, n, priority. All run concurrently; one JSON line per request is printed, in
+    /// input order, each as --json prints it.
+    #[arg(long, value_name = "FILE.jsonl")]
+    prompts_file: Option<PathBuf>,
     /// Tokens to generate at most.
     #[arg(long, short = 'n', default_value_t = 256)]
     max_tokens: usize,
@@ -39,101 +48,298 @@ pub struct GenerateArgs {
     /// Keep only the K most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalize tokens already in the prompt or output (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
     /// Seed for sampling (the same seed reproduces the same text).
     #[arg(long)]
     seed: Option<u64>,
+    /// Stop when this text appears (not printed); repeatable.
+    #[arg(long)]
+    stop: Vec<String>,
     /// Keep generating past the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
-    /// Print one JSON object {"prompt_ids", "output_ids", "text"} instead of streaming text.
+    /// Print one JSON object {"prompt_ids", "output_ids", "text", "finish_reason", "usage"}
+    /// instead of streaming text.
     #[arg(long)]
     json: bool,
 }
 
+/// Engine sizes (the defaults suit the embedded default model).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Tokens computed per step at most (longer prompts are prefilled in chunks).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Sequences running at once at most.
+    #[arg(long, default_value_t = 64)]
+    max_num_seqs: usize,
+    /// Memory for the KV cache, in MiB.
+    #[arg(long, default_value_t = 256)]
+    kv_cache_mib: usize,
+    /// Turn the automatic prefix cache off.
+    #[arg(long)]
+    no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    pub fn config(&self, model: &ModelArgs) -> EngineConfig {
+        EngineConfig {
+            max_num_batched_tokens: self.max_batch_tokens,
+            max_num_seqs: self.max_num_seqs,
+            kv_cache_bytes: self.kv_cache_mib << 20,
+            kv_dtype: model.kv_dtype(),
+            prefix_caching: !self.no_prefix_caching,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+/// One line of a prompts file.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    prompt: Option<String>,
+    chat: Option<ChatField>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    min_p: Option<f32>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Vec<String>,
+    #[serde(default)]
+    stop_token_ids: Vec<u32>,
+    #[serde(default)]
+    ignore_eos: bool,
+    repetition_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logprobs: Option<usize>,
+    n: Option<usize>,
+    priority: Option<Priority>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum ChatField {
+    User(String),
+    Messages(Vec<ChatMessage>),
+}
+
+impl GenerateArgs {
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+
+    fn request(&self, prompt: Prompt) -> Request {
+        Request {
+            sampling: self.sampling(),
+            max_tokens: Some(self.max_tokens),
+            stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+            ..Request::new(prompt)
+        }
+    }
+
+    /// A line of the prompts file as a request (command-line values are the defaults).
+    fn line_request(&self, line: PromptLine) -> anyhow::Result<Request> {
+        let prompt = match (line.prompt, line.chat) {
+            (Some(p), None) => Prompt::Text(p),
+            (None, Some(ChatField::User(u))) => Prompt::Chat(vec![ChatMessage::new("user", &u)]),
+            (None, Some(ChatField::Messages(m))) => Prompt::Chat(m),
+            _ => bail!("each line needs exactly one of \"prompt\" or \"chat\""),
+        };
+        let d = self.sampling();
+        let sampling = SamplingParams {
+            temperature: line.temperature.unwrap_or(d.temperature),
+            top_k: line.top_k.unwrap_or(d.top_k),
+            top_p: line.top_p.unwrap_or(d.top_p),
+            min_p: line.min_p.unwrap_or(d.min_p),
+            repetition_penalty: line.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: line.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: line.frequency_penalty.unwrap_or(d.frequency_penalty),
+            seed: line.seed.or(d.seed),
+        };
+        let stop = if line.stop.is_empty() { self.stop.clone() } else { line.stop };
+        Ok(Request {
+            sampling,
+            max_tokens: Some(line.max_tokens.unwrap_or(self.max_tokens)),
+            stop,
+            stop_token_ids: line.stop_token_ids,
+            ignore_eos: line.ignore_eos || self.ignore_eos,
+            logprobs: line.logprobs,
+            n: line.n.unwrap_or(1),
+            priority: line.priority.unwrap_or_default(),
+            ..Request::new(prompt)
+        })
+    }
+}
+
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
+    args.sampling().validate()?;
+    let lines = match &args.prompts_file {
+        Some(path) => Some(read_prompts(&args, path)?),
+        None => None,
     };
-    params.validate()?;
     let loaded = args.model.load()?;
-    let tokenizer = loaded.tokenizer.as_ref().context("the model has no tokenizer; give token ids instead")?;
-    let text = match (&args.prompt, &args.chat) {
-        (Some(p), _) => p.clone(),
+    let backend = args.model.backend()?;
+    tracing::info!("backend: {}", ballast::backend::Backend::name(&backend));
+    let engine = Engine::start(backend, loaded, args.engine.config(&args.model))?;
+    match lines {
+        Some(requests) => run_file(&engine, requests),
+        None => run_one(&args, &engine),
+    }
+}
+
+fn read_prompts(args: &GenerateArgs, path: &PathBuf) -> anyhow::Result<Vec<Request>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut requests = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: PromptLine =
+            serde_json::from_str(&line).with_context(|| format!("{}:{}: not a valid request", path.display(), i + 1))?;
+        let request = args.line_request(parsed).with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        request.sampling.validate().with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        requests.push(request);
+    }
+    Ok(requests)
+}
+
+fn json_line(prompt_ids: &[u32], choices: &[Choice]) -> serde_json::Value {
+    let one = |c: &Choice| {
+        let mut v = serde_json::json!({
+            "output_ids": c.ids,
+            "text": c.text,
+            "finish_reason": c.finish.as_ref().map(|f| f.name()),
+            "usage": {
+                "prompt_tokens": c.usage.prompt_tokens,
+                "completion_tokens": c.usage.completion_tokens,
+                "cached_tokens": c.usage.cached_tokens,
+            },
+        });
+        if let Some(ballast::request::FinishReason::Error(e)) = &c.finish {
+            v["error"] = e.clone().into();
+        }
+        if !c.logprobs.is_empty() {
+            v["logprobs"] = c
+                .logprobs
+                .iter()
+                .map(|l| serde_json::json!({"id": l.id, "logprob": l.logprob, "top": l.top}))
+                .collect();
+        }
+        v
+    };
+    let mut v = choices.first().map(one).unwrap_or_else(|| serde_json::json!({}));
+    v["prompt_ids"] = prompt_ids.into();
+    if choices.len() > 1 {
+        v["choices"] = choices.iter().map(one).collect();
+    }
+    v
+}
+
+fn run_file(engine: &Engine, requests: Vec<Request>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut pending: Vec<(Vec<u32>, RequestStream)> = Vec::with_capacity(requests.len());
+    for (i, r) in requests.into_iter().enumerate() {
+        let ids = engine.tokenize(&r.prompt).with_context(|| format!("request {}", i + 1))?;
+        let stream = engine.submit(r).with_context(|| format!("request {}", i + 1))?;
+        pending.push((ids, stream));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut generated = 0;
+    for (ids, stream) in pending {
+        let choices = stream.collect_output();
+        generated += choices.iter().map(|c| c.ids.len()).sum::<usize>();
+        writeln!(stdout, "{}", json_line(&ids, &choices))?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let m = engine.metrics();
+    tracing::info!(
+        "{generated} tokens in {secs:.2} s ({:.1} tok/s); prefix cache hit rate {:.0}%, {} preemptions",
+        generated as f64 / secs,
+        100.0 * m.prefix_cache_hit_rate(),
+        m.preemptions
+    );
+    Ok(())
+}
+
+fn run_one(args: &GenerateArgs, engine: &Engine) -> anyhow::Result<()> {
+    let prompt = match (&args.prompt, &args.chat) {
+        (Some(p), _) => Prompt::Text(p.clone()),
         (None, Some(c)) => {
-            let source = tokenizer.chat_template().context("the model has no chat template; use --prompt")?;
             let mut messages = Vec::new();
             if let Some(s) = &args.system {
                 messages.push(ChatMessage::new("system", s));
             }
             messages.push(ChatMessage::new("user", c));
-            ChatTemplate::new(source)?.render(&messages, true, tokenizer.special())?
+            Prompt::Chat(messages)
         }
-        (None, None) => unreachable!("clap requires --prompt or --chat"),
+        (None, None) => unreachable!("clap requires an input"),
     };
-    let prompt = tokenizer.encode(&text, true)?;
-    if prompt.is_empty() {
-        bail!("the prompt is empty");
-    }
-    let max_context = loaded.config.max_position_embeddings;
-    if prompt.len() >= max_context {
-        bail!("the prompt has {} tokens; the model's context holds {max_context}", prompt.len());
-    }
-    let total = (prompt.len() + args.max_tokens).min(max_context);
-    let options = RunnerOptions {
-        max_batch_tokens: MAX_BATCH_TOKENS,
-        block_size: BLOCK_SIZE,
-        num_blocks: total.div_ceil(BLOCK_SIZE),
-        kv_dtype: args.model.kv_dtype(),
-    };
-    let stop_ids = if args.ignore_eos { Vec::new() } else { loaded.info.eos_token_ids.clone() };
-    let tokenizer = loaded.tokenizer.expect("checked above");
-    let backend = args.model.backend()?;
-    tracing::info!("backend: {}", ballast::backend::Backend::name(&backend));
-    let mut runner = Runner::new(backend, loaded.config, loaded.weights, options)?;
-    let request = GenRequest { prompt: prompt.clone(), params, max_tokens: args.max_tokens, stop_ids };
-
-    let mut detok = Detokenizer::new(false);
-    let mut stdout = std::io::stdout().lock();
-    let mut stream_err = None;
+    let prompt_ids = engine.tokenize(&prompt)?;
     let start = Instant::now();
-    let mut first_token_at = None;
-    let outputs = runner.generate(std::slice::from_ref(&request), |_, token, _| {
-        first_token_at.get_or_insert_with(Instant::now);
-        match detok.push(&tokenizer, token) {
-            Ok(delta) if !args.json => {
-                let _ = stdout.write_all(delta.as_bytes()).and_then(|_| stdout.flush());
-            }
-            Ok(_) => {}
-            Err(e) => stream_err = Some(e),
-        }
-    })?;
-    if let Some(e) = stream_err {
-        return Err(e.into());
-    }
-    let output = &outputs[0];
+    let stream = engine.submit(args.request(prompt))?;
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        let text = tokenizer.decode(&output.tokens, false)?;
-        let obj = serde_json::json!({"prompt_ids": prompt, "output_ids": output.tokens, "text": text});
-        writeln!(stdout, "{obj}")?;
-    } else {
-        write!(stdout, "{}", detok.flush(&tokenizer)?)?;
-        writeln!(stdout)?;
+        let choices = stream.collect_output();
+        writeln!(stdout, "{}", json_line(&prompt_ids, &choices))?;
+        return fail_on_error(&choices[0]);
     }
-    report_speed(prompt.len(), output.tokens.len(), start, first_token_at);
-    Ok(())
+    let mut choice = Choice::default();
+    for event in stream {
+        match event {
+            Event::Token { ids, text, .. } => {
+                choice.ids.extend(ids);
+                stdout.write_all(text.as_bytes())?;
+                stdout.flush()?;
+            }
+            Event::Finish { reason, usage, timings, .. } => {
+                choice.finish = Some(reason);
+                choice.usage = usage;
+                choice.timings = timings;
+            }
+        }
+    }
+    writeln!(stdout)?;
+    report_speed(&choice, start);
+    fail_on_error(&choice)
 }
 
-fn report_speed(num_prompt: usize, num_output: usize, start: Instant, first: Option<Instant>) {
-    let Some(first) = first else { return };
-    let prefill = (first - start).as_secs_f64();
-    let decode = first.elapsed().as_secs_f64();
-    let decode_rate = if num_output > 1 { (num_output - 1) as f64 / decode } else { 0.0 };
+fn fail_on_error(choice: &Choice) -> anyhow::Result<()> {
+    match &choice.finish {
+        Some(ballast::request::FinishReason::Error(e)) => bail!("generation failed: {e}"),
+        _ => Ok(()),
+    }
+}
+
+fn report_speed(choice: &Choice, start: Instant) {
+    let Some(ttft) = choice.timings.time_to_first_token else { return };
+    let prefill = ttft.as_secs_f64();
+    let n = choice.usage.completion_tokens;
+    let decode = choice.timings.decode.as_secs_f64();
+    let decode_rate = if n > 1 && decode > 0.0 { (n - 1) as f64 / decode } else { 0.0 };
     tracing::info!(
-        "prompt {num_prompt} tokens in {:.0} ms ({:.1} tok/s); generated {num_output} tokens ({decode_rate:.1} tok/s)",
+        "prompt {} tokens in {:.0} ms ({:.1} tok/s); generated {n} tokens ({decode_rate:.1} tok/s); total {:.2} s",
+        choice.usage.prompt_tokens,
         prefill * 1e3,
-        num_prompt as f64 / prefill,
+        choice.usage.prompt_tokens as f64 / prefill,
+        start.elapsed().as_secs_f64()
     );
 }

@@ -38,7 +38,11 @@ impl ModelArgs {
     }
 
     pub fn backend(&self) -> anyhow::Result<CpuBackend> {
-        let precision = if self.precision == "reference" { Precision::Reference } else { Precision::Int16 };
+        let precision = match self.precision.as_str() {
+            "reference" => Precision::Reference,
+            "int8" => Precision::Int8,
+            _ => Precision::Int16,
+        };
         let threads = self.threads.unwrap_or_else(CpuBackend::default_threads);
         if threads == 0 {
             bail!("--threads must be at least 1");

@@ -7,12 +7,19 @@
 //! element `layer * layer_stride + slot * token_stride + head * head_dim`. A sequence's token at
 //! position `p` lives in slot `table[p / block_size] * block_size + p % block_size`.
 //!
-//! [`BlockAllocator`] hands out block ids from a free list: allocate and free are O(n) in the
-//! number of blocks moved, and a block id is never held by two tables at once.
+//! [`BlockManager`] hands out block ids with reference counts, keeps the automatic prefix
+//! cache, and gives each sequence a [`SeqBlocks`] table that releases its blocks when dropped;
+//! its module doc states the contract (invariants and the cost of each operation).
 
-mod allocator;
+mod block_manager;
 
-pub use allocator::{BlockAllocator, BlockTable, KvError};
+pub use block_manager::{BlockManager, CacheStats, PrefixHit, SeqBlocks, root_hash};
+
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum KvError {
+    #[error("KV cache full: need {needed} more blocks, {free} free")]
+    OutOfBlocks { needed: usize, free: usize },
+}
 
 /// Element type of the KV pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

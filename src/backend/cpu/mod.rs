@@ -180,6 +180,10 @@ impl Backend for CpuBackend {
         pool.write(plan, layer, k, v)
     }
 
+    fn copy_blocks(&self, pool: &mut CpuKvPool, pairs: &[(u32, u32)]) -> Result<()> {
+        pool.copy_blocks(pairs)
+    }
+
     fn attention(
         &self,
         plan: &&BatchPlan,

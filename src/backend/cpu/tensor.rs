@@ -109,6 +109,38 @@ impl CpuKvPool {
         }
     }
 
+    /// Copies blocks `src → dst` in every layer, K and V.
+    pub fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<()> {
+        let layout = *self.layout();
+        if let Some(&(s, d)) = pairs.iter().find(|(s, d)| *s as usize >= layout.num_blocks || *d as usize >= layout.num_blocks) {
+            return Err(BackendError::Shape {
+                op: "copy_blocks",
+                detail: format!("block pair ({s}, {d}) beyond the pool's {}", layout.num_blocks),
+            });
+        }
+        let block_len = layout.block_size * layout.token_stride();
+        fn copy<T: Copy>(a: &mut [T], layout: &KvLayout, block_len: usize, pairs: &[(u32, u32)]) {
+            for layer in 0..layout.num_layers {
+                for &(s, d) in pairs {
+                    let src = layout.slot_offset(layer, s as usize * layout.block_size);
+                    let dst = layout.slot_offset(layer, d as usize * layout.block_size);
+                    a.copy_within(src..src + block_len, dst);
+                }
+            }
+        }
+        match self {
+            CpuKvPool::F32 { k, v, .. } => {
+                copy(k, &layout, block_len, pairs);
+                copy(v, &layout, block_len, pairs);
+            }
+            CpuKvPool::F16 { k, v, .. } => {
+                copy(k, &layout, block_len, pairs);
+                copy(v, &layout, block_len, pairs);
+            }
+        }
+        Ok(())
+    }
+
     /// Stores row `t` of `k` and `v` in slot `plan.slot_mapping[t]` of `layer`.
     pub fn write(&mut self, plan: &BatchPlan, layer: usize, k: &CpuTensor, v: &CpuTensor) -> Result<()> {
         let layout = *self.layout();

@@ -1,0 +1,753 @@
+//! The engine: one OS thread that owns the model, the backend, the KV pool, the block manager
+//! and the scheduler, and runs steps (schedule → plan → forward → sample → emit) for as long as
+//! there is work. Callers talk to it through [`Engine::submit`], which validates and tokenizes
+//! on the caller's thread and returns a [`RequestStream`] of [`Event`]s; dropping the stream
+//! cancels the request, and its blocks are freed at the start of the engine's next step.
+//!
+//! Batch invariance: on the CPU backend every op computes a row with the same reduction order
+//! whatever else is in the batch, and each sequence samples from its own seeded stream, so a
+//! request's tokens (greedy or seeded) are the same alone or beside any other requests, and
+//! whether its prefix came from the cache or was computed.
+
+mod stream;
+
+pub use stream::{RequestId, RequestStream};
+
+use crate::backend::{Backend, BackendError};
+use crate::chat_template::{ChatTemplate, TemplateError};
+use crate::detok::{Detokenizer, StopStrings};
+use crate::kv::{BlockManager, CacheStats, KvDtype};
+use crate::model::{Llama, LoadedModel, ModelInfo};
+use crate::plan::{BatchPlan, LogitsFor};
+use crate::request::{Event, FinishReason, Prompt, Request, Timings, Usage};
+use crate::sampler::{Sampler, SamplingError, TokenLogprob, logprobs};
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId, SeqSpec};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use stream::EventSender;
+
+/// Sizes and policies of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Tokens computed per step at most (prompts longer than this are prefilled in chunks).
+    pub max_num_batched_tokens: usize,
+    /// Sequences running at once at most.
+    pub max_num_seqs: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Memory for the KV pool; the number of blocks follows from the model's shape.
+    pub kv_cache_bytes: usize,
+    pub kv_dtype: KvDtype,
+    pub prefix_caching: bool,
+    /// Waiting this long raises a request one priority class (zero: never).
+    pub aging: Duration,
+    /// Largest `n` a request may ask for.
+    pub max_n: usize,
+    /// Largest `logprobs` (alternatives per token) a request may ask for.
+    pub max_logprobs: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_num_batched_tokens: 512,
+            max_num_seqs: 64,
+            block_size: 16,
+            kv_cache_bytes: 256 << 20,
+            kv_dtype: KvDtype::F16,
+            prefix_caching: true,
+            aging: Duration::from_secs(10),
+            max_n: 16,
+            max_logprobs: 20,
+        }
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum EngineError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+    #[error("could not start the engine thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Why a request was refused at submission (nothing was queued).
+#[derive(thiserror::Error, Debug)]
+pub enum SubmitError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {tokens} tokens; the model's context holds {max_context}")]
+    PromptTooLong { tokens: usize, max_context: usize },
+    #[error("the prompt has {tokens} tokens; the KV cache holds {capacity}")]
+    ExceedsKvCache { tokens: usize, capacity: usize },
+    #[error("token id {id} out of range (vocabulary of {vocab_size})")]
+    TokenOutOfRange { id: u32, vocab_size: usize },
+    #[error("max_tokens must be at least 1")]
+    ZeroMaxTokens,
+    #[error("n must be between 1 and {max}, got {n}")]
+    InvalidN { n: usize, max: usize },
+    #[error("logprobs must be at most {max}, got {logprobs}")]
+    InvalidLogprobs { logprobs: usize, max: usize },
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error("the model has no tokenizer: give token ids")]
+    NoTokenizer,
+    #[error("the model has no usable chat template")]
+    NoChatTemplate,
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("the engine has stopped")]
+    EngineStopped,
+}
+
+/// Requests finished, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FinishCounts {
+    pub stop: u64,
+    pub length: u64,
+    pub cancelled: u64,
+    pub deadline: u64,
+    pub error: u64,
+}
+
+/// A snapshot of the engine's state, published after every step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Waiting sequences per class, indexed by [`crate::request::Priority::rank`].
+    pub waiting: [usize; 4],
+    pub running: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub prefix_cache: CacheStats,
+    pub preemptions: u64,
+    pub requests_submitted: u64,
+    /// Choices finished, by reason.
+    pub finished: FinishCounts,
+    /// Tokens run through the model (prompt and decode).
+    pub tokens_computed: u64,
+    pub tokens_generated: u64,
+    pub steps: u64,
+}
+
+impl Metrics {
+    /// Fraction of looked-up prompt tokens found in the prefix cache.
+    pub fn prefix_cache_hit_rate(&self) -> f64 {
+        let q = self.prefix_cache.queried_tokens;
+        if q == 0 { 0.0 } else { self.prefix_cache.hit_tokens as f64 / q as f64 }
+    }
+}
+
+pub(crate) enum Command {
+    Submit(Box<Admitted>),
+    Cancel(RequestId),
+    /// Fail what is in flight and stop (the engine handle was dropped).
+    Shutdown,
+}
+
+pub(crate) struct Admitted {
+    id: RequestId,
+    prompt: Vec<u32>,
+    request: Request,
+    max_tokens: usize,
+    stop_ids: Vec<u32>,
+    arrival: Instant,
+    sender: EventSender,
+}
+
+struct Shared {
+    metrics: Mutex<Metrics>,
+    next_request: AtomicU64,
+}
+
+/// What submission checks against.
+struct Limits {
+    max_context: usize,
+    kv_capacity: usize,
+    vocab_size: usize,
+    eos: Vec<u32>,
+}
+
+/// A running engine; see the module doc. Dropping it stops the thread after failing whatever
+/// is still in flight.
+pub struct Engine {
+    commands: Option<Sender<Command>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    template: Option<Arc<ChatTemplate>>,
+    limits: Limits,
+    info: ModelInfo,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// Builds the model on `backend` and starts the engine thread.
+    pub fn start<B: Backend + 'static>(backend: B, model: LoadedModel, config: EngineConfig) -> Result<Engine, EngineError> {
+        if config.block_size == 0 || config.max_num_batched_tokens == 0 || config.max_num_seqs == 0 {
+            return Err(EngineError::Config("block size, token budget and sequence budget must be positive".into()));
+        }
+        let LoadedModel { config: model_config, weights, tokenizer, info } = model;
+        let llama = Llama::new(&backend, model_config, weights, config.max_num_batched_tokens)?;
+        let probe = llama.kv_layout(1, config.block_size, config.kv_dtype);
+        let num_blocks = probe.blocks_for_budget(config.kv_cache_bytes);
+        if num_blocks == 0 {
+            return Err(EngineError::Config(format!(
+                "a KV budget of {} bytes holds no block of {} bytes",
+                config.kv_cache_bytes,
+                probe.bytes_per_block()
+            )));
+        }
+        let layout = llama.kv_layout(num_blocks, config.block_size, config.kv_dtype);
+        let kv = backend.alloc_kv(&layout)?;
+        let template = tokenizer.as_ref().and_then(|t| t.chat_template()).and_then(|src| match ChatTemplate::new(src) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!("the model's chat template does not compile: {e}");
+                None
+            }
+        });
+        let tokenizer = tokenizer.map(Arc::new);
+        let mut eos = info.eos_token_ids.clone();
+        if let Some((id, _)) = tokenizer.as_ref().and_then(|t| t.special().eos.clone()) {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+        let limits = Limits {
+            max_context: llama.config().max_position_embeddings,
+            kv_capacity: num_blocks * config.block_size,
+            vocab_size: llama.config().vocab_size,
+            eos,
+        };
+        let shared = Arc::new(Shared {
+            metrics: Mutex::new(Metrics { kv_blocks_total: num_blocks, ..Metrics::default() }),
+            next_request: AtomicU64::new(0),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let core_parts = CoreParts {
+            backend,
+            model: llama,
+            kv,
+            num_blocks,
+            config: config.clone(),
+            tokenizer: tokenizer.clone(),
+            commands: rx,
+            shared: shared.clone(),
+        };
+        let thread = std::thread::Builder::new().name("ballast-engine".into()).spawn(move || core_parts.run())?;
+        tracing::debug!("engine started: {num_blocks} KV blocks of {} tokens", config.block_size);
+        Ok(Engine { commands: Some(tx), shared, thread: Some(thread), tokenizer, template, limits, info, config })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_deref()
+    }
+
+    /// Tokens the KV pool holds.
+    pub fn kv_capacity(&self) -> usize {
+        self.limits.kv_capacity
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.limits.max_context
+    }
+
+    /// The latest metrics snapshot.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.metrics.lock().clone()
+    }
+
+    /// The token ids a prompt becomes (as [`Self::submit`] would tokenize it).
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, SubmitError> {
+        match prompt {
+            Prompt::Tokens(ids) => {
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.limits.vocab_size) {
+                    return Err(SubmitError::TokenOutOfRange { id, vocab_size: self.limits.vocab_size });
+                }
+                Ok(ids.clone())
+            }
+            Prompt::Text(text) => Ok(self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?.encode(text, true)?),
+            Prompt::Chat(messages) => {
+                let tok = self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?;
+                let template = self.template.as_ref().ok_or(SubmitError::NoChatTemplate)?;
+                let text = template.render(messages, true, tok.special())?;
+                Ok(tok.encode(&text, true)?)
+            }
+        }
+    }
+
+    /// Validates and queues `request`. Errors mean nothing was queued.
+    pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
+        request.sampling.validate()?;
+        if request.n == 0 || request.n > self.config.max_n {
+            return Err(SubmitError::InvalidN { n: request.n, max: self.config.max_n });
+        }
+        if let Some(k) = request.logprobs.filter(|&k| k > self.config.max_logprobs) {
+            return Err(SubmitError::InvalidLogprobs { logprobs: k, max: self.config.max_logprobs });
+        }
+        if request.max_tokens == Some(0) {
+            return Err(SubmitError::ZeroMaxTokens);
+        }
+        let prompt = self.tokenize(&request.prompt)?;
+        let tokens = prompt.len();
+        if tokens == 0 {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if tokens >= self.limits.max_context {
+            return Err(SubmitError::PromptTooLong { tokens, max_context: self.limits.max_context });
+        }
+        if tokens >= self.limits.kv_capacity {
+            return Err(SubmitError::ExceedsKvCache { tokens, capacity: self.limits.kv_capacity });
+        }
+        let room = self.limits.max_context - tokens;
+        let max_tokens = request.max_tokens.unwrap_or(room).min(room);
+        let mut stop_ids = request.stop_token_ids.clone();
+        if !request.ignore_eos {
+            stop_ids.extend(&self.limits.eos);
+        }
+        let commands = self.commands.as_ref().ok_or(SubmitError::EngineStopped)?;
+        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let (sender, stream) = stream::channel(id, commands.clone(), tokens);
+        let admitted = Admitted { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender };
+        commands.send(Command::Submit(Box::new(admitted))).map_err(|_| SubmitError::EngineStopped)?;
+        Ok(stream)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(tx) = self.commands.take() {
+            let _ = tx.send(Command::Shutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the engine thread is built from (moved into it).
+struct CoreParts<B: Backend> {
+    backend: B,
+    model: Llama<B>,
+    kv: B::KvPool,
+    num_blocks: usize,
+    config: EngineConfig,
+    tokenizer: Option<Arc<Tokenizer>>,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+}
+
+impl<B: Backend> CoreParts<B> {
+    fn run(self) {
+        let blocks = BlockManager::new(self.num_blocks, self.config.block_size, self.config.prefix_caching);
+        let sched_config = SchedulerConfig {
+            max_num_batched_tokens: self.config.max_num_batched_tokens,
+            max_num_seqs: self.config.max_num_seqs,
+            aging: self.config.aging,
+        };
+        let mut core = Core {
+            plan: BatchPlan::new(self.config.block_size, self.num_blocks),
+            scheduler: Scheduler::new(sched_config, blocks.clone()),
+            blocks,
+            backend: self.backend,
+            model: self.model,
+            kv: self.kv,
+            tokenizer: self.tokenizer,
+            commands: self.commands,
+            shared: self.shared,
+            logits: Vec::new(),
+            scratch: Vec::new(),
+            requests: HashMap::new(),
+            seqs: HashMap::new(),
+            next_seq: 0,
+            metrics: Metrics { kv_blocks_total: self.num_blocks, ..Metrics::default() },
+        };
+        core.run();
+    }
+}
+
+struct RequestState {
+    sender: EventSender,
+    n: usize,
+    /// Choices not finished yet.
+    remaining: usize,
+    seq_ids: Vec<SeqId>,
+    prompt_tokens: usize,
+    arrival: Instant,
+}
+
+struct SeqState {
+    request: RequestId,
+    index: usize,
+    sampler: Sampler,
+    /// Seed the choices forked from this sequence derive theirs from.
+    seed: u64,
+    detok: Detokenizer,
+    stops: StopStrings,
+    stop_ids: Arc<[u32]>,
+    max_tokens: usize,
+    logprobs: Option<usize>,
+    num_generated: usize,
+    /// Choices still to fork from this sequence once its prompt is computed.
+    pending_forks: usize,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+struct Core<B: Backend> {
+    backend: B,
+    model: Llama<B>,
+    kv: B::KvPool,
+    blocks: BlockManager,
+    scheduler: Scheduler,
+    plan: BatchPlan,
+    logits: Vec<f32>,
+    scratch: Vec<f32>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    requests: HashMap<RequestId, RequestState>,
+    seqs: HashMap<SeqId, SeqState>,
+    next_seq: SeqId,
+    metrics: Metrics,
+}
+
+impl<B: Backend> Core<B> {
+    fn run(&mut self) {
+        loop {
+            let idle = self.seqs.is_empty();
+            // Block for work when idle; otherwise take what has arrived and run a step.
+            let first = if idle {
+                match self.commands.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                }
+            } else {
+                None
+            };
+            let mut disconnected = false;
+            if let Some(cmd) = first {
+                disconnected |= !self.handle(cmd);
+            }
+            while !disconnected {
+                match self.commands.try_recv() {
+                    Ok(cmd) => disconnected |= !self.handle(cmd),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            if disconnected {
+                break;
+            }
+            let worked = self.step();
+            self.publish();
+            if !worked && !self.seqs.is_empty() {
+                // Nothing could run (e.g. everything waits on a deadline check): wait a little
+                // for commands instead of spinning.
+                if let Ok(cmd) = self.commands.recv_timeout(Duration::from_millis(2))
+                    && !self.handle(cmd)
+                {
+                    break;
+                }
+            }
+        }
+        let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
+        for id in ids {
+            self.finish_seq(id, FinishReason::Error("the engine shut down".into()));
+        }
+        self.publish();
+    }
+
+    /// False on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit(a) => self.admit(*a),
+            Command::Cancel(id) => self.cancel(id),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn admit(&mut self, a: Admitted) {
+        self.metrics.requests_submitted += 1;
+        let seq_id = self.next_seq;
+        self.next_seq += 1;
+        let r = &a.request;
+        let seed = r.sampling.seed.unwrap_or_else(random_seed);
+        let mut sampling = r.sampling.clone();
+        sampling.seed = Some(seed);
+        let mut sampler = Sampler::new(sampling).expect("validated at submission");
+        sampler.set_prompt(&a.prompt);
+        self.seqs.insert(seq_id, SeqState {
+            request: a.id,
+            index: 0,
+            sampler,
+            seed,
+            detok: Detokenizer::new(r.skip_special_tokens),
+            stops: StopStrings::new(&r.stop),
+            stop_ids: a.stop_ids.into(),
+            max_tokens: a.max_tokens,
+            logprobs: r.logprobs,
+            num_generated: 0,
+            pending_forks: r.n - 1,
+            first_scheduled: None,
+            first_token: None,
+        });
+        self.scheduler.add(SeqSpec {
+            id: seq_id,
+            priority: r.priority,
+            arrival: a.arrival,
+            prompt: a.prompt.clone(),
+            salt: r.cache_salt.clone(),
+            deadline: r.deadline,
+            extra_slots: r.n - 1,
+        });
+        self.requests.insert(a.id, RequestState {
+            sender: a.sender,
+            n: r.n,
+            remaining: r.n,
+            seq_ids: vec![seq_id],
+            prompt_tokens: a.prompt.len(),
+            arrival: a.arrival,
+        });
+    }
+
+    /// Drops every sequence of a request whose caller has gone; its blocks are free now.
+    fn cancel(&mut self, id: RequestId) {
+        let Some(req) = self.requests.remove(&id) else { return };
+        for seq in req.seq_ids {
+            if self.seqs.remove(&seq).is_some() {
+                self.scheduler.remove(seq);
+            }
+        }
+        self.metrics.finished.cancelled += req.remaining as u64;
+    }
+
+    fn step(&mut self) -> bool {
+        let now = Instant::now();
+        let out = self.scheduler.schedule(now);
+        for &id in &out.expired {
+            self.finish_seq(id, FinishReason::Deadline);
+        }
+        for &id in &out.out_of_memory {
+            self.finish_seq(id, FinishReason::Length);
+        }
+        if out.scheduled.is_empty() {
+            return false;
+        }
+        for s in &out.scheduled {
+            if let Some(st) = self.seqs.get_mut(&s.id) {
+                st.first_scheduled.get_or_insert(now);
+            }
+        }
+        if let Err(e) = self.forward(&out) {
+            tracing::error!("step failed: {e}");
+            for s in &out.scheduled {
+                self.finish_seq(s.id, FinishReason::Error(e.to_string()));
+            }
+            return true;
+        }
+        let elapsed = now.elapsed().as_secs_f64();
+        let num_tokens = out.num_tokens();
+        if num_tokens >= 32 {
+            self.scheduler.set_prefill_rate(num_tokens as f64 / elapsed.max(1e-9));
+        }
+        self.metrics.steps += 1;
+        self.metrics.tokens_computed += num_tokens as u64;
+        self.scheduler.complete_step(&out);
+        let vocab = self.model.config().vocab_size;
+        let mut row = 0;
+        for s in out.scheduled.iter().filter(|s| s.sample) {
+            let range = row * vocab..(row + 1) * vocab;
+            row += 1;
+            if self.seqs.contains_key(&s.id) {
+                self.on_logits(s.id, range);
+            }
+        }
+        true
+    }
+
+    fn forward(&mut self, out: &crate::scheduler::StepOutput) -> Result<(), BackendError> {
+        let copies = self.blocks.take_copies();
+        if !copies.is_empty() {
+            self.backend.copy_blocks(&mut self.kv, &copies)?;
+        }
+        self.plan.clear();
+        for s in &out.scheduled {
+            let tokens = &self.scheduler.tokens(s.id)[s.start..s.start + s.num_tokens];
+            let logits = if s.sample { LogitsFor::Last } else { LogitsFor::None };
+            self.plan
+                .push_seq(tokens, s.start, self.scheduler.block_table(s.id), logits)
+                .map_err(|e| BackendError::Shape { op: "plan", detail: e.to_string() })?;
+        }
+        self.model.forward(&self.backend, &self.plan, &mut self.kv, &mut self.logits)
+    }
+
+    /// A sequence's logits are ready (`self.logits[range]`): fork pending choices, sample.
+    fn on_logits(&mut self, id: SeqId, range: std::ops::Range<usize>) {
+        let st = self.seqs.get_mut(&id).expect("checked");
+        let forks = std::mem::take(&mut st.pending_forks);
+        let mut choices = vec![id];
+        if forks > 0 {
+            let req = st.request;
+            for i in 1..=forks {
+                let child = self.next_seq;
+                self.next_seq += 1;
+                self.scheduler.fork(id, child);
+                let parent = &self.seqs[&id];
+                let seed = parent.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let state = SeqState {
+                    request: req,
+                    index: i,
+                    sampler: parent.sampler.fork(seed),
+                    seed,
+                    detok: parent.detok.clone(),
+                    stops: parent.stops.clone(),
+                    stop_ids: parent.stop_ids.clone(),
+                    max_tokens: parent.max_tokens,
+                    logprobs: parent.logprobs,
+                    num_generated: 0,
+                    pending_forks: 0,
+                    first_scheduled: parent.first_scheduled,
+                    first_token: None,
+                };
+                self.seqs.insert(child, state);
+                self.requests.get_mut(&req).expect("live request").seq_ids.push(child);
+                choices.push(child);
+            }
+        }
+        for choice in choices {
+            // Each choice samples from its own copy (penalties edit the row in place).
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.logits[range.clone()]);
+            // A failed delivery cancels the whole request, siblings included.
+            let Some(st) = self.seqs.get_mut(&choice) else { continue };
+            let top = st.logprobs;
+            let raw = top.map(|_| self.scratch.clone());
+            let token = st.sampler.sample(&mut self.scratch);
+            let lp = match (top, raw) {
+                (Some(k), Some(raw)) => Some(logprobs(&raw, token, k)),
+                _ => None,
+            };
+            self.on_token(choice, token, lp);
+        }
+    }
+
+    fn on_token(&mut self, id: SeqId, token: u32, lp: Option<TokenLogprob>) {
+        let max_context = self.model.config().max_position_embeddings;
+        let st = self.seqs.get_mut(&id).expect("live sequence");
+        st.num_generated += 1;
+        st.first_token.get_or_insert_with(Instant::now);
+        self.metrics.tokens_generated += 1;
+        let (ids, finish) = if st.stop_ids.contains(&token) {
+            (Vec::new(), Some(FinishReason::Stop))
+        } else {
+            self.scheduler.append_token(id, token);
+            let length = st.num_generated >= st.max_tokens || self.scheduler.tokens(id).len() >= max_context;
+            (vec![token], length.then_some(FinishReason::Length))
+        };
+        let mut text = String::new();
+        let mut finish = finish;
+        if let Some(tok) = &self.tokenizer {
+            let mut delta = match ids.first() {
+                Some(&t) => st.detok.push(tok, t).unwrap_or_default(),
+                None => String::new(),
+            };
+            if finish.is_some() {
+                delta += &st.detok.flush(tok).unwrap_or_default();
+            }
+            let (released, stopped) = st.stops.push(&delta);
+            text = released;
+            if stopped {
+                finish = Some(FinishReason::Stop);
+            } else if finish.is_some() {
+                text += &st.stops.flush();
+            }
+        }
+        let logprobs = if ids.is_empty() { Vec::new() } else { lp.into_iter().collect() };
+        let index = st.index;
+        let request = st.request;
+        let delivered = if ids.is_empty() && text.is_empty() {
+            true
+        } else {
+            let req = self.requests.get(&request).expect("live request");
+            req.sender.send(Event::Token { index, ids, text, logprobs })
+        };
+        if !delivered {
+            self.cancel(request);
+        } else if let Some(reason) = finish {
+            self.finish_seq(id, reason);
+        }
+    }
+
+    /// Ends one choice: frees its blocks, sends its `Finish` (and those of choices that will
+    /// now never fork from it), and closes the stream after the last.
+    fn finish_seq(&mut self, id: SeqId, reason: FinishReason) {
+        let Some(st) = self.seqs.remove(&id) else { return };
+        let cached_tokens = self.scheduler.num_cached_prompt(id);
+        let preemptions = self.scheduler.num_preemptions_of(id);
+        self.scheduler.remove(id);
+        let Some(req) = self.requests.get_mut(&st.request) else { return };
+        let now = Instant::now();
+        let usage = Usage { prompt_tokens: req.prompt_tokens, completion_tokens: st.num_generated, cached_tokens };
+        let timings = Timings {
+            queued: st.first_scheduled.unwrap_or(now) - req.arrival,
+            time_to_first_token: st.first_token.map(|t| t - req.arrival),
+            decode: st.first_token.map_or(Duration::ZERO, |t| now - t),
+            preemptions,
+        };
+        let counter = match reason {
+            FinishReason::Stop => &mut self.metrics.finished.stop,
+            FinishReason::Length => &mut self.metrics.finished.length,
+            FinishReason::Cancelled => &mut self.metrics.finished.cancelled,
+            FinishReason::Deadline => &mut self.metrics.finished.deadline,
+            FinishReason::Error(_) => &mut self.metrics.finished.error,
+        };
+        *counter += 1 + st.pending_forks as u64;
+        let never_forked = req.n - st.pending_forks..req.n;
+        for index in std::iter::once(st.index).chain(never_forked) {
+            let usage = if index == st.index { usage } else { Usage { completion_tokens: 0, ..usage } };
+            req.sender.send(Event::Finish { index, reason: reason.clone(), usage, timings });
+        }
+        req.remaining -= 1 + st.pending_forks;
+        if req.remaining == 0 {
+            self.requests.remove(&st.request);
+        }
+    }
+
+    fn publish(&mut self) {
+        let m = &mut self.metrics;
+        m.waiting = self.scheduler.waiting_by_class();
+        m.running = self.scheduler.num_running();
+        m.kv_blocks_used = self.blocks.num_used();
+        m.prefix_cache = self.blocks.stats();
+        m.preemptions = self.scheduler.num_preemptions();
+        self.shared.metrics.lock().clone_from(m);
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}

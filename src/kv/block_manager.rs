@@ -1,0 +1,443 @@
+//! Block ids with reference counts, per-sequence tables that free themselves, and the
+//! automatic prefix cache.
+//!
+//! # Contract
+//!
+//! A [`BlockManager`] is a handle to one pool of `num_blocks` ids (cheap to clone, single
+//! thread: the engine thread owns it). Every id is in exactly one of two states:
+//! - **referenced**: `ref_count > 0`, held by that many [`SeqBlocks`] tables;
+//! - **queued**: `ref_count == 0`, in the *free queue*, an intrusive doubly linked list whose
+//!   head is reused first. Uncached blocks enter at the head (they are worth nothing), cached
+//!   ones at the tail (least recently used first out), a table's last block first so a
+//!   sequence's tail goes before its prefix.
+//!
+//! A block is *cached* when it is full, its K/V have been computed, and it is registered under
+//! its chained hash `h_i = H(h_{i-1}, tokens of block i)` (`h_{-1}` = hash of the tenant salt,
+//! so tenants with different salts never share entries). A lookup walks a prompt's full blocks
+//! and accepts a block only if its stored parent hash and token ids equal the prompt's: a hash
+//! collision can cost a miss, never a wrong hit. Cached blocks are never written again.
+//!
+//! Sharing: a block is held by several tables only as part of a shared prefix — a cached
+//! block (prefix reuse) or a block copied by [`SeqBlocks::fork`] — so it sits at the same
+//! logical index in each. Before a table writes into a
+//! shared block, [`SeqBlocks::reserve`] gives it a private copy (copy-on-write) and records the
+//! `(src, dst)` pair, which the engine copies on the device before the step runs
+//! ([`BlockManager::take_copies`]).
+//!
+//! # Complexity
+//! - allocate / free / evict one block: O(1) (list splice, hash-map removal);
+//! - [`BlockManager::lookup`] of `n` tokens: O(n) hashing, O(n / block_size) map probes;
+//! - [`SeqBlocks::commit`]: O(tokens newly completed);
+//! - [`SeqBlocks::fork`]: O(blocks of the table); dropping a table: O(its blocks).
+
+use super::KvError;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::rc::Rc;
+
+const NIL: u32 = u32::MAX;
+
+/// A prefix-cache key of one full block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BlockKey {
+    hash: u64,
+    parent: u64,
+    tokens: Box<[u32]>,
+}
+
+#[derive(Debug, Clone)]
+struct BlockMeta {
+    ref_count: u32,
+    key: Option<BlockKey>,
+    prev: u32,
+    next: u32,
+    queued: bool,
+}
+
+/// Prefix-cache counters, in tokens (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Prompt tokens of admitted sequences that were looked up.
+    pub queried_tokens: u64,
+    /// Of those, tokens found in the cache.
+    pub hit_tokens: u64,
+    /// Cached blocks evicted to make room.
+    pub evictions: u64,
+}
+
+#[derive(Debug)]
+struct Pool {
+    block_size: usize,
+    meta: Vec<BlockMeta>,
+    head: u32,
+    tail: u32,
+    num_queued: usize,
+    cache: HashMap<u64, u32>,
+    copies: Vec<(u32, u32)>,
+    stats: CacheStats,
+    caching: bool,
+}
+
+impl Pool {
+    fn unlink(&mut self, id: u32) {
+        let (prev, next) = {
+            let m = &mut self.meta[id as usize];
+            debug_assert!(m.queued);
+            m.queued = false;
+            (std::mem::replace(&mut m.prev, NIL), std::mem::replace(&mut m.next, NIL))
+        };
+        if prev == NIL { self.head = next } else { self.meta[prev as usize].next = next }
+        if next == NIL { self.tail = prev } else { self.meta[next as usize].prev = prev }
+        self.num_queued -= 1;
+    }
+
+    fn push_front(&mut self, id: u32) {
+        let old = self.head;
+        let m = &mut self.meta[id as usize];
+        (m.prev, m.next, m.queued) = (NIL, old, true);
+        if old == NIL { self.tail = id } else { self.meta[old as usize].prev = id }
+        self.head = id;
+        self.num_queued += 1;
+    }
+
+    fn push_back(&mut self, id: u32) {
+        let old = self.tail;
+        let m = &mut self.meta[id as usize];
+        (m.prev, m.next, m.queued) = (old, NIL, true);
+        if old == NIL { self.head = id } else { self.meta[old as usize].next = id }
+        self.tail = id;
+        self.num_queued += 1;
+    }
+
+    /// Takes the head of the free queue, evicting its cache entry.
+    fn pop(&mut self) -> Option<u32> {
+        let id = self.head;
+        if id == NIL {
+            return None;
+        }
+        self.unlink(id);
+        if let Some(key) = self.meta[id as usize].key.take() {
+            if self.cache.get(&key.hash) == Some(&id) {
+                self.cache.remove(&key.hash);
+            }
+            self.stats.evictions += 1;
+        }
+        self.meta[id as usize].ref_count = 1;
+        Some(id)
+    }
+
+    /// Adds a reference to `id`, taking it out of the free queue if it was there.
+    fn retain(&mut self, id: u32) {
+        if self.meta[id as usize].queued {
+            self.unlink(id);
+        }
+        self.meta[id as usize].ref_count += 1;
+    }
+
+    fn release(&mut self, id: u32) {
+        let m = &mut self.meta[id as usize];
+        debug_assert!(m.ref_count > 0, "block {id} released twice");
+        m.ref_count -= 1;
+        if m.ref_count == 0 {
+            if m.key.is_some() { self.push_back(id) } else { self.push_front(id) }
+        }
+    }
+}
+
+/// The chained hash of one block.
+fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
+    let mut h = DefaultHasher::new();
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
+}
+
+/// `h_{-1}`: the chain's root for a tenant salt (`None` is the shared namespace).
+pub fn root_hash(salt: Option<&str>) -> u64 {
+    let mut h = DefaultHasher::new();
+    "ballast-prefix".hash(&mut h);
+    salt.hash(&mut h);
+    h.finish()
+}
+
+/// A prompt's cached prefix, found by [`BlockManager::lookup`]; valid until the pool next
+/// changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixHit {
+    pub blocks: Vec<u32>,
+    hashes: Vec<u64>,
+    root: u64,
+    /// Hit blocks currently unreferenced (taking them uses up free-queue entries).
+    pub num_queued: usize,
+}
+
+impl PrefixHit {
+    pub fn num_tokens(&self, block_size: usize) -> usize {
+        self.blocks.len() * block_size
+    }
+}
+
+/// A handle to the pool; see the module doc for the contract.
+#[derive(Debug, Clone)]
+pub struct BlockManager {
+    pool: Rc<RefCell<Pool>>,
+}
+
+impl BlockManager {
+    /// A pool of `num_blocks` blocks of `block_size` tokens; `prefix_caching` turns the cache
+    /// on (off: blocks are never registered and lookups always miss).
+    pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> BlockManager {
+        assert!(block_size > 0, "block size must be positive");
+        assert!(num_blocks < NIL as usize, "too many blocks");
+        let meta = (0..num_blocks as u32)
+            .map(|i| BlockMeta {
+                ref_count: 0,
+                key: None,
+                prev: if i == 0 { NIL } else { i - 1 },
+                next: if i + 1 == num_blocks as u32 { NIL } else { i + 1 },
+                queued: true,
+            })
+            .collect();
+        let pool = Pool {
+            block_size,
+            meta,
+            head: if num_blocks == 0 { NIL } else { 0 },
+            tail: if num_blocks == 0 { NIL } else { num_blocks as u32 - 1 },
+            num_queued: num_blocks,
+            cache: HashMap::new(),
+            copies: Vec::new(),
+            stats: CacheStats::default(),
+            caching: prefix_caching,
+        };
+        BlockManager { pool: Rc::new(RefCell::new(pool)) }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.pool.borrow().block_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.pool.borrow().meta.len()
+    }
+
+    /// Blocks that can be handed out now (free or evictable).
+    pub fn num_free(&self) -> usize {
+        self.pool.borrow().num_queued
+    }
+
+    /// Blocks held by at least one table.
+    pub fn num_used(&self) -> usize {
+        self.num_blocks() - self.num_free()
+    }
+
+    /// Blocks registered in the prefix cache (referenced or not).
+    pub fn num_cached(&self) -> usize {
+        self.pool.borrow().cache.len()
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.pool.borrow().stats
+    }
+
+    /// An empty table.
+    pub fn table(&self, salt: Option<&str>) -> SeqBlocks {
+        SeqBlocks { pool: self.pool.clone(), blocks: Vec::new(), hashes: Vec::new(), root: root_hash(salt) }
+    }
+
+    /// The longest cached prefix of `tokens` made of full blocks, at most `max_blocks` of them.
+    pub fn lookup(&self, tokens: &[u32], salt: Option<&str>, max_blocks: usize) -> PrefixHit {
+        let pool = self.pool.borrow();
+        let root = root_hash(salt);
+        let mut hit = PrefixHit { root, ..PrefixHit::default() };
+        if !pool.caching {
+            return hit;
+        }
+        let mut parent = root;
+        for chunk in tokens.chunks_exact(pool.block_size).take(max_blocks) {
+            let hash = block_hash(parent, chunk);
+            let Some(&id) = pool.cache.get(&hash) else { break };
+            let m = &pool.meta[id as usize];
+            let verified = m.key.as_ref().is_some_and(|k| k.parent == parent && *k.tokens == *chunk);
+            if !verified {
+                break;
+            }
+            hit.blocks.push(id);
+            hit.hashes.push(hash);
+            hit.num_queued += m.queued as usize;
+            parent = hash;
+        }
+        hit
+    }
+
+    /// A table starting with the blocks of `hit` (which must come from [`Self::lookup`] with
+    /// no pool change since), counting `num_prompt_tokens` looked up for the hit rate.
+    pub fn take_hit(&self, hit: PrefixHit, num_prompt_tokens: usize) -> SeqBlocks {
+        let mut pool = self.pool.borrow_mut();
+        for &id in &hit.blocks {
+            pool.retain(id);
+        }
+        pool.stats.queried_tokens += num_prompt_tokens as u64;
+        pool.stats.hit_tokens += (hit.blocks.len() * pool.block_size) as u64;
+        drop(pool);
+        SeqBlocks { pool: self.pool.clone(), blocks: hit.blocks, hashes: hit.hashes, root: hit.root }
+    }
+
+    /// The `(src, dst)` block copies recorded since the last call; the caller must perform
+    /// them before the step that writes `dst`.
+    pub fn take_copies(&self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.pool.borrow_mut().copies)
+    }
+
+    /// Checks every invariant of the module doc against the given live tables (all of them);
+    /// a description of the first violation otherwise. O(blocks + table entries).
+    pub fn check(&self, tables: &[&SeqBlocks]) -> Result<(), String> {
+        let pool = self.pool.borrow();
+        let n = pool.meta.len();
+        let mut refs = vec![0u32; n];
+        for t in tables {
+            for &b in &t.blocks {
+                refs[b as usize] += 1;
+            }
+        }
+        let mut queued = vec![false; n];
+        let (mut id, mut prev, mut count) = (pool.head, NIL, 0);
+        while id != NIL {
+            let m = &pool.meta[id as usize];
+            if queued[id as usize] || m.prev != prev || !m.queued {
+                return Err(format!("free queue corrupt at block {id}"));
+            }
+            queued[id as usize] = true;
+            (prev, id, count) = (id, m.next, count + 1);
+        }
+        if prev != pool.tail || count != pool.num_queued {
+            return Err(format!("free queue holds {count} blocks, counted {}", pool.num_queued));
+        }
+        for (i, m) in pool.meta.iter().enumerate() {
+            if m.ref_count != refs[i] {
+                return Err(format!("block {i}: ref count {} but {} tables hold it", m.ref_count, refs[i]));
+            }
+            if (m.ref_count == 0) != queued[i] || m.queued != queued[i] {
+                return Err(format!("block {i}: ref count {} but queued = {}", m.ref_count, queued[i]));
+            }
+            if refs[i] > 1 {
+                let mut at = tables.iter().filter_map(|t| t.blocks.iter().position(|&b| b as usize == i));
+                let first = at.next();
+                if at.any(|p| Some(p) != first) {
+                    return Err(format!("block {i} is shared at different positions"));
+                }
+            }
+        }
+        for (&hash, &id) in &pool.cache {
+            if pool.meta[id as usize].key.as_ref().map(|k| k.hash) != Some(hash) {
+                return Err(format!("cache entry {hash:x} points at block {id} with another key"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One sequence's blocks in logical order. Dropping it releases them (cached blocks stay
+/// cached until evicted).
+#[derive(Debug)]
+pub struct SeqBlocks {
+    pool: Rc<RefCell<Pool>>,
+    blocks: Vec<u32>,
+    /// Chained hashes of the leading full, computed blocks registered so far.
+    hashes: Vec<u64>,
+    root: u64,
+}
+
+impl SeqBlocks {
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    fn block_size(&self) -> usize {
+        self.pool.borrow().block_size
+    }
+
+    /// Tokens the table holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.blocks.len() * self.block_size()
+    }
+
+    /// New blocks (from the free queue) that [`Self::reserve`]`(start, end)` would take.
+    pub fn blocks_needed(&self, start: usize, end: usize) -> usize {
+        let pool = self.pool.borrow();
+        let bs = pool.block_size;
+        let grow = end.div_ceil(bs).saturating_sub(self.blocks.len());
+        let cow = start < end
+            && self.blocks.get(start / bs).is_some_and(|&b| pool.meta[b as usize].ref_count > 1);
+        grow + cow as usize
+    }
+
+    /// Makes positions `start..end` writable: grows the table and gives it a private copy of a
+    /// shared block in that range. All or nothing.
+    pub fn reserve(&mut self, start: usize, end: usize) -> Result<(), KvError> {
+        let needed = self.blocks_needed(start, end);
+        let mut pool = self.pool.borrow_mut();
+        if needed > pool.num_queued {
+            return Err(KvError::OutOfBlocks { needed, free: pool.num_queued });
+        }
+        let bs = pool.block_size;
+        if start < end
+            && let Some(&src) = self.blocks.get(start / bs)
+            && pool.meta[src as usize].ref_count > 1
+        {
+            let dst = pool.pop().expect("counted above");
+            pool.release(src);
+            pool.copies.push((src, dst));
+            self.blocks[start / bs] = dst;
+        }
+        while self.blocks.len() < end.div_ceil(bs) {
+            let id = pool.pop().expect("counted above");
+            self.blocks.push(id);
+        }
+        Ok(())
+    }
+
+    /// Registers the full blocks among the first `num_computed` of `tokens` (the sequence's
+    /// ids, whose K/V are now in the cache) in the prefix cache.
+    pub fn commit(&mut self, tokens: &[u32], num_computed: usize) {
+        let mut pool = self.pool.borrow_mut();
+        if !pool.caching {
+            return;
+        }
+        let bs = pool.block_size;
+        let full = (num_computed / bs).min(self.blocks.len());
+        while self.hashes.len() < full {
+            let i = self.hashes.len();
+            let parent = self.hashes.last().copied().unwrap_or(self.root);
+            let chunk = &tokens[i * bs..(i + 1) * bs];
+            let hash = block_hash(parent, chunk);
+            let id = self.blocks[i];
+            if pool.meta[id as usize].key.is_none() && !pool.cache.contains_key(&hash) {
+                pool.meta[id as usize].key = Some(BlockKey { hash, parent, tokens: chunk.into() });
+                pool.cache.insert(hash, id);
+            }
+            self.hashes.push(hash);
+        }
+    }
+
+    /// A second table sharing every block of this one (n > 1 sampling).
+    pub fn fork(&self) -> SeqBlocks {
+        let mut pool = self.pool.borrow_mut();
+        for &b in &self.blocks {
+            pool.retain(b);
+        }
+        SeqBlocks { pool: self.pool.clone(), blocks: self.blocks.clone(), hashes: self.hashes.clone(), root: self.root }
+    }
+}
+
+impl Drop for SeqBlocks {
+    fn drop(&mut self) {
+        let mut pool = self.pool.borrow_mut();
+        for &b in self.blocks.iter().rev() {
+            pool.release(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

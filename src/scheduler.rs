@@ -1,0 +1,438 @@
+//! Iteration-level scheduling: which sequences compute how many tokens in the next step.
+//!
+//! Each [`Scheduler::schedule`] call builds one step under two budgets, tokens
+//! (`max_num_batched_tokens`) and sequence slots (`max_num_seqs`):
+//!
+//! 1. **Running** sequences, highest class first (FIFO within a class), each get their next
+//!    tokens: one for a decoding sequence, the next chunk of a prompt still being prefilled.
+//!    A sequence that needs a KV block when none is free preempts the lowest running sequence
+//!    (possibly itself).
+//! 2. **Waiting** sequences, by *effective* class (base class raised one level per `aging`
+//!    waited, so nothing waits forever), then arrival, are admitted with as much of their
+//!    prompt as the token budget allows (chunked prefill), after a prefix-cache lookup so
+//!    cached blocks are not recomputed. If slots or blocks are short, a waiting sequence
+//!    preempts running ones of a *strictly lower* class, lowest and newest first; if that is
+//!    not enough, admission stops (no lower class overtakes it).
+//!
+//! A preempted sequence drops its blocks (the full ones stay in the prefix cache), keeps its
+//! generated tokens, and waits again; on resumption it recomputes only `prompt + output`
+//! beyond what is still cached. A waiting sequence whose first token can no longer be produced
+//! before its deadline (at the measured prefill rate) is expired without computing anything.
+//!
+//! The scheduler knows nothing of the model: the engine runs the step, then calls
+//! [`Scheduler::complete_step`] and appends sampled tokens. Time is passed in, so tests run in
+//! virtual time.
+
+use crate::kv::{BlockManager, SeqBlocks};
+use crate::request::Priority;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+pub type SeqId = u64;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    /// Tokens computed per step at most.
+    pub max_num_batched_tokens: usize,
+    /// Sequences running at once at most.
+    pub max_num_seqs: usize,
+    /// Waiting this long raises a sequence one class (`Duration::ZERO`: no aging).
+    pub aging: Duration,
+}
+
+/// A sequence to schedule.
+#[derive(Clone, Debug)]
+pub struct SeqSpec {
+    pub id: SeqId,
+    pub priority: Priority,
+    pub arrival: Instant,
+    pub prompt: Vec<u32>,
+    pub salt: Option<String>,
+    pub deadline: Option<Instant>,
+    /// Slots reserved for choices that will fork from this sequence (n - 1).
+    pub extra_slots: usize,
+}
+
+#[derive(Debug)]
+struct Seq {
+    priority: Priority,
+    arrival: Instant,
+    tokens: Vec<u32>,
+    num_prompt: usize,
+    num_computed: usize,
+    salt: Option<String>,
+    deadline: Option<Instant>,
+    extra_slots: usize,
+    blocks: Option<SeqBlocks>,
+    /// Effective rank when admitted (running sequences keep it).
+    rank: u8,
+    /// Tokens scheduled in the step being built.
+    scheduled: usize,
+    num_preemptions: u32,
+    /// Prompt tokens found in the prefix cache at first admission.
+    num_cached_prompt: Option<usize>,
+}
+
+/// One sequence's share of a step: tokens `start .. start + num_tokens` of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    pub id: SeqId,
+    pub start: usize,
+    pub num_tokens: usize,
+    /// The step reaches the sequence's last known token: sample from its logits.
+    pub sample: bool,
+}
+
+/// What [`Scheduler::schedule`] decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepOutput {
+    pub scheduled: Vec<Scheduled>,
+    /// Sequences preempted this step (now waiting).
+    pub preempted: Vec<SeqId>,
+    /// Sequences removed because their deadline can no longer be met.
+    pub expired: Vec<SeqId>,
+    /// Sequences removed because they alone outgrow the whole KV pool.
+    pub out_of_memory: Vec<SeqId>,
+}
+
+impl StepOutput {
+    pub fn num_tokens(&self) -> usize {
+        self.scheduled.iter().map(|s| s.num_tokens).sum()
+    }
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    blocks: BlockManager,
+    seqs: HashMap<SeqId, Seq>,
+    waiting: Vec<SeqId>,
+    running: Vec<SeqId>,
+    /// Measured prompt tokens per second (for deadlines); `None` until known.
+    prefill_rate: Option<f64>,
+    num_preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig, blocks: BlockManager) -> Scheduler {
+        assert!(config.max_num_batched_tokens > 0 && config.max_num_seqs > 0, "budgets must be positive");
+        Scheduler {
+            config,
+            blocks,
+            seqs: HashMap::new(),
+            waiting: Vec::new(),
+            running: Vec::new(),
+            prefill_rate: None,
+            num_preemptions: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    pub fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    /// Queues a new sequence (its prompt must be non-empty).
+    pub fn add(&mut self, spec: SeqSpec) {
+        assert!(!spec.prompt.is_empty(), "empty prompt");
+        let seq = Seq {
+            priority: spec.priority,
+            arrival: spec.arrival,
+            num_prompt: spec.prompt.len(),
+            tokens: spec.prompt,
+            num_computed: 0,
+            salt: spec.salt,
+            deadline: spec.deadline,
+            extra_slots: spec.extra_slots,
+            blocks: None,
+            rank: spec.priority.rank(),
+            scheduled: 0,
+            num_preemptions: 0,
+            num_cached_prompt: None,
+        };
+        let old = self.seqs.insert(spec.id, seq);
+        assert!(old.is_none(), "sequence id {} reused", spec.id);
+        self.waiting.push(spec.id);
+    }
+
+    /// Removes a sequence (finished, cancelled or failed), freeing its blocks now. False if it
+    /// was not there.
+    pub fn remove(&mut self, id: SeqId) -> bool {
+        if self.seqs.remove(&id).is_none() {
+            return false;
+        }
+        self.running.retain(|&r| r != id);
+        self.waiting.retain(|&w| w != id);
+        true
+    }
+
+    /// A new running sequence `child` sharing `parent`'s tokens and blocks (one of its
+    /// reserved slots).
+    pub fn fork(&mut self, parent: SeqId, child: SeqId) {
+        let p = self.seqs.get_mut(&parent).expect("fork of an unknown sequence");
+        assert!(p.blocks.is_some(), "fork of a sequence that is not running");
+        p.extra_slots = p.extra_slots.saturating_sub(1);
+        let seq = Seq {
+            priority: p.priority,
+            arrival: p.arrival,
+            tokens: p.tokens.clone(),
+            num_prompt: p.num_prompt,
+            num_computed: p.num_computed,
+            salt: p.salt.clone(),
+            deadline: None,
+            extra_slots: 0,
+            blocks: p.blocks.as_ref().map(SeqBlocks::fork),
+            rank: p.rank,
+            scheduled: 0,
+            num_preemptions: 0,
+            num_cached_prompt: p.num_cached_prompt,
+        };
+        self.seqs.insert(child, seq);
+        self.running.push(child);
+    }
+
+    /// Appends a sampled token to a sequence (computed in its next step).
+    pub fn append_token(&mut self, id: SeqId, token: u32) {
+        self.seqs.get_mut(&id).expect("unknown sequence").tokens.push(token);
+    }
+
+    pub fn tokens(&self, id: SeqId) -> &[u32] {
+        &self.seqs[&id].tokens
+    }
+
+    pub fn num_prompt(&self, id: SeqId) -> usize {
+        self.seqs[&id].num_prompt
+    }
+
+    /// The block table of a running sequence.
+    pub fn block_table(&self, id: SeqId) -> &[u32] {
+        self.seqs[&id].blocks.as_ref().map_or(&[], |b| b.blocks())
+    }
+
+    pub fn num_preemptions_of(&self, id: SeqId) -> u32 {
+        self.seqs.get(&id).map_or(0, |s| s.num_preemptions)
+    }
+
+    /// Prompt tokens the prefix cache supplied when the sequence was first admitted.
+    pub fn num_cached_prompt(&self, id: SeqId) -> usize {
+        self.seqs.get(&id).and_then(|s| s.num_cached_prompt).unwrap_or(0)
+    }
+
+    pub fn contains(&self, id: SeqId) -> bool {
+        self.seqs.contains_key(&id)
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Waiting sequences per base class, indexed by [`Priority::rank`].
+    pub fn waiting_by_class(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for id in &self.waiting {
+            n[self.seqs[id].priority.rank() as usize] += 1;
+        }
+        n
+    }
+
+    pub fn num_preemptions(&self) -> u64 {
+        self.num_preemptions
+    }
+
+    /// Tells the scheduler the measured prefill rate (prompt tokens per second).
+    pub fn set_prefill_rate(&mut self, tokens_per_second: f64) {
+        if tokens_per_second.is_finite() && tokens_per_second > 0.0 {
+            self.prefill_rate = Some(tokens_per_second);
+        }
+    }
+
+    fn effective_rank(&self, seq: &Seq, now: Instant) -> u8 {
+        let aging = self.config.aging;
+        let boost = if aging.is_zero() {
+            0
+        } else {
+            (now.saturating_duration_since(seq.arrival).as_nanos() / aging.as_nanos()).min(3) as u8
+        };
+        (seq.priority.rank() + boost).min(Priority::Critical.rank())
+    }
+
+    fn slots_used(&self) -> usize {
+        self.running.iter().map(|id| 1 + self.seqs[id].extra_slots).sum()
+    }
+
+    /// Whether a waiting sequence can no longer produce its first token in time.
+    fn missed_deadline(&self, seq: &Seq, now: Instant) -> bool {
+        let Some(deadline) = seq.deadline else { return false };
+        if seq.tokens.len() > seq.num_prompt {
+            return false; // already produced tokens: it runs to completion
+        }
+        let prefill = self.prefill_rate.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(seq.tokens.len() as f64 / rate)
+        });
+        now + prefill > deadline
+    }
+
+    fn preempt(&mut self, id: SeqId, budget: &mut usize, out: &mut StepOutput) {
+        let seq = self.seqs.get_mut(&id).expect("running sequence");
+        seq.blocks = None;
+        seq.num_computed = 0;
+        seq.num_preemptions += 1;
+        if seq.scheduled > 0 {
+            *budget += seq.scheduled;
+            seq.scheduled = 0;
+            out.scheduled.retain(|s| s.id != id);
+        }
+        self.running.retain(|&r| r != id);
+        self.waiting.push(id);
+        self.num_preemptions += 1;
+        out.preempted.push(id);
+    }
+
+    /// The running sequence to preempt first: lowest rank, newest arrival.
+    fn lowest_running(&self) -> Option<(SeqId, u8)> {
+        self.running
+            .iter()
+            .map(|&id| (id, &self.seqs[&id]))
+            .min_by(|a, b| a.1.rank.cmp(&b.1.rank).then(b.1.arrival.cmp(&a.1.arrival)).then(b.0.cmp(&a.0)))
+            .map(|(id, s)| (id, s.rank))
+    }
+
+    /// Plans the next step (see the module doc).
+    pub fn schedule(&mut self, now: Instant) -> StepOutput {
+        let mut out = StepOutput::default();
+        let mut budget = self.config.max_num_batched_tokens;
+        let bs = self.blocks.block_size();
+
+        let expired: Vec<SeqId> = self.waiting.iter().copied().filter(|id| self.missed_deadline(&self.seqs[id], now)).collect();
+        for id in expired {
+            self.remove(id);
+            out.expired.push(id);
+        }
+
+        // 1. Running sequences, highest rank first.
+        let seqs = &self.seqs;
+        self.running.sort_by(|a, b| {
+            let (x, y) = (&seqs[a], &seqs[b]);
+            y.rank.cmp(&x.rank).then(x.arrival.cmp(&y.arrival)).then(a.cmp(b))
+        });
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let seq = &self.seqs[&id];
+            let start = seq.num_computed;
+            let n = (seq.tokens.len() - start).min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            loop {
+                let seq = self.seqs.get_mut(&id).expect("running");
+                let table = seq.blocks.as_mut().expect("running sequences hold blocks");
+                if table.reserve(start, start + n).is_ok() {
+                    seq.scheduled = n;
+                    let sample = start + n == seq.tokens.len();
+                    out.scheduled.push(Scheduled { id, start, num_tokens: n, sample });
+                    budget -= n;
+                    i += 1;
+                    break;
+                }
+                let last = *self.running.last().expect("non-empty");
+                if last != id {
+                    self.preempt(last, &mut budget, &mut out);
+                } else if self.running.len() == 1 {
+                    // Alone and still out of blocks: it outgrew the whole pool.
+                    self.remove(id);
+                    out.out_of_memory.push(id);
+                    break;
+                } else {
+                    self.preempt(id, &mut budget, &mut out);
+                    break;
+                }
+            }
+        }
+
+        // 2. Waiting sequences by effective rank, then arrival.
+        let mut order: Vec<(u8, Instant, SeqId)> =
+            self.waiting.iter().map(|&id| (self.effective_rank(&self.seqs[&id], now), self.seqs[&id].arrival, id)).collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        'admit: for (rank, _, id) in order {
+            if budget == 0 {
+                break;
+            }
+            loop {
+                let seq = &self.seqs[&id];
+                let len = seq.tokens.len();
+                if len.div_ceil(bs) > self.blocks.num_blocks() {
+                    self.remove(id);
+                    out.out_of_memory.push(id);
+                    continue 'admit;
+                }
+                // Keep at least one token to compute: its logits are what we sample from.
+                let hit = self.blocks.lookup(&seq.tokens, seq.salt.as_deref(), (len - 1) / bs);
+                let cached = hit.blocks.len() * bs;
+                let n = (len - cached).min(budget);
+                let new_blocks = (cached + n).div_ceil(bs) - hit.blocks.len() + hit.num_queued;
+                let slots_ok = self.slots_used() + 1 + seq.extra_slots <= self.config.max_num_seqs;
+                if slots_ok && new_blocks <= self.blocks.num_free() {
+                    let mut table = self.blocks.take_hit(hit, len);
+                    table.reserve(cached, cached + n).expect("counted above");
+                    let seq = self.seqs.get_mut(&id).expect("waiting");
+                    seq.num_cached_prompt.get_or_insert(cached.min(seq.num_prompt));
+                    seq.blocks = Some(table);
+                    seq.num_computed = cached;
+                    seq.rank = rank;
+                    seq.scheduled = n;
+                    out.scheduled.push(Scheduled { id, start: cached, num_tokens: n, sample: cached + n == len });
+                    budget -= n;
+                    self.waiting.retain(|&w| w != id);
+                    self.running.push(id);
+                    break;
+                }
+                match self.lowest_running() {
+                    Some((victim, victim_rank)) if victim_rank < rank => self.preempt(victim, &mut budget, &mut out),
+                    _ => break 'admit,
+                }
+            }
+        }
+        for s in &out.scheduled {
+            self.seqs.get_mut(&s.id).expect("scheduled").scheduled = 0;
+        }
+        out
+    }
+
+    /// Records that the step of `out` ran: its tokens' K/V are in the cache (full blocks are
+    /// registered in the prefix cache).
+    pub fn complete_step(&mut self, out: &StepOutput) {
+        for s in &out.scheduled {
+            let Some(seq) = self.seqs.get_mut(&s.id) else { continue };
+            seq.num_computed = s.start + s.num_tokens;
+            if let Some(table) = seq.blocks.as_mut() {
+                table.commit(&seq.tokens, seq.num_computed);
+            }
+        }
+    }
+
+    /// Checks the block manager's invariants against the live tables (tests).
+    pub fn check(&self) -> Result<(), String> {
+        let tables: Vec<&SeqBlocks> = self.seqs.values().filter_map(|s| s.blocks.as_ref()).collect();
+        self.blocks.check(&tables)?;
+        for id in &self.waiting {
+            if self.seqs[id].blocks.is_some() {
+                return Err(format!("waiting sequence {id} holds blocks"));
+            }
+        }
+        if self.running.len() + self.waiting.len() != self.seqs.len() {
+            return Err("a sequence is neither running nor waiting".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
