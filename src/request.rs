@@ -192,7 +192,8 @@ pub enum Event {
     Token {
         /// The choice (0..n).
         index: usize,
-        /// Tokens generated since the previous event of this choice.
+        /// Tokens generated since the previous event of this choice (a final stop token
+        /// included, as vLLM does; its text never is).
         ids: Vec<u32>,
         /// Text they completed (may be empty: a character or stop string still pending).
         text: String,

@@ -25,7 +25,7 @@
 
 use crate::kv::{BlockManager, SeqBlocks};
 use crate::request::Priority;
-use std::collections::HashMap;
+use crate::idmap::IdMap;
 use std::time::{Duration, Instant};
 
 pub type SeqId = u64;
@@ -104,7 +104,7 @@ impl StepOutput {
 pub struct Scheduler {
     config: SchedulerConfig,
     blocks: BlockManager,
-    seqs: HashMap<SeqId, Seq>,
+    seqs: IdMap<SeqId, Seq>,
     waiting: Vec<SeqId>,
     running: Vec<SeqId>,
     /// Measured prompt tokens per second (for deadlines); `None` until known.
@@ -118,7 +118,7 @@ impl Scheduler {
         Scheduler {
             config,
             blocks,
-            seqs: HashMap::new(),
+            seqs: IdMap::default(),
             waiting: Vec::new(),
             running: Vec::new(),
             prefill_rate: None,
@@ -317,9 +317,9 @@ impl Scheduler {
 
         // 1. Running sequences, highest rank first.
         let seqs = &self.seqs;
-        self.running.sort_by(|a, b| {
-            let (x, y) = (&seqs[a], &seqs[b]);
-            y.rank.cmp(&x.rank).then(x.arrival.cmp(&y.arrival)).then(a.cmp(b))
+        self.running.sort_by_cached_key(|id| {
+            let s = &seqs[id];
+            (std::cmp::Reverse(s.rank), s.arrival, *id)
         });
         let mut i = 0;
         while i < self.running.len() && budget > 0 {

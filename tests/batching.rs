@@ -22,7 +22,7 @@ fn request(prompt: &[u32], seed: u64) -> GenRequest {
     let params = if seed % 2 == 0 {
         SamplingParams::greedy()
     } else {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: Some(seed) }
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: Some(seed), ..Default::default() }
     };
     GenRequest { prompt: prompt.to_vec(), params, max_tokens: NEW_TOKENS, stop_ids: vec![] }
 }

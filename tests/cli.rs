@@ -142,3 +142,57 @@ fn bad_arguments_fail_cleanly() {
     let out = ballast(&["generate", "--model", m, "--prompt", ""]);
     assert_clean_failure(&out, "empty");
 }
+
+#[test]
+fn prompts_file_runs_concurrently_and_prints_in_input_order() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.jsonl");
+    let lines = [
+        r#"{"prompt": "The capital of France is", "max_tokens": 4}"#,
+        r#"{"chat": "Count from one to five.", "max_tokens": 30, "priority": "low"}"#,
+        "",
+        r#"{"chat": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}], "max_tokens": 8, "priority": "critical"}"#,
+        r#"{"prompt": "1, 2, 3,", "max_tokens": 20, "stop": [" 6"], "logprobs": 2}"#,
+        r#"{"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0.9, "seed": 3, "n": 2}"#,
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = ballast(&["generate", "--model", m, "--prompts-file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(rows.len(), 5, "one line per request, blank lines skipped");
+    assert_eq!(ids(&rows[0]["prompt_ids"]), vec![504, 3575, 282, 4649, 314], "input order");
+    assert_eq!(ids(&rows[0]["output_ids"])[0], 7042);
+    assert_eq!(rows[3]["finish_reason"], "stop");
+    assert!(rows[3]["text"].as_str().unwrap().ends_with(" 4, 5,"), "{}", rows[3]["text"]);
+    assert_eq!(rows[3]["logprobs"].as_array().unwrap().len(), ids(&rows[3]["output_ids"]).len());
+    assert_eq!(rows[4]["choices"].as_array().unwrap().len(), 2);
+
+    // Each line gives what the same request gives alone (batch invariance through the CLI).
+    let alone = ballast(&["generate", "--model", m, "--chat", "Count from one to five.", "--max-tokens", "30", "--json"]);
+    assert!(alone.status.success(), "{}", stderr(&alone));
+    let alone: serde_json::Value = serde_json::from_slice(&alone.stdout).unwrap();
+    assert_eq!(alone["output_ids"], rows[1]["output_ids"]);
+}
+
+#[test]
+fn bad_prompts_files_fail_with_the_line_number() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |content: &str| {
+        let file = dir.path().join("p.jsonl");
+        std::fs::write(&file, content).unwrap();
+        ballast(&["generate", "--model", m, "--prompts-file", file.to_str().unwrap()])
+    };
+    assert_clean_failure(&run("{\"prompt\": \"ok\"}\n{not json}\n"), "p.jsonl:2");
+    assert_clean_failure(&run("{\"prompt\": \"ok\", \"temprature\": 1}\n"), "p.jsonl:1");
+    assert_clean_failure(&run("{\"max_tokens\": 3}\n"), "exactly one of");
+    assert_clean_failure(&run("{\"prompt\": \"x\", \"top_p\": 7}\n"), "top_p");
+    assert_clean_failure(&run("{\"prompt\": \"x\", \"priority\": \"urgent\"}\n"), "p.jsonl:1");
+    assert_clean_failure(&run("{\"prompt\": \"x\", \"n\": 100}\n"), "n must be");
+    let missing = ballast(&["generate", "--model", m, "--prompts-file", "/nonexistent/p.jsonl"]);
+    assert_clean_failure(&missing, "/nonexistent/p.jsonl");
+}

@@ -288,3 +288,25 @@ fn dropping_the_engine_ends_open_streams() {
     let c = stream.collect_output().remove(0);
     assert!(matches!(c.finish, Some(FinishReason::Error(_))), "{:?}", c.finish);
 }
+
+/// Streamed text deltas, joined, are exactly the decoded output — also where characters span
+/// several byte-level tokens (CJK, emoji) — and no delta ever carries a broken character.
+#[test]
+fn streamed_text_never_splits_a_character() {
+    let engine = default_engine();
+    let tok = engine.tokenizer().unwrap();
+    for prompt in ["<|im_start|>user\n用中文介绍一下你自己。<|im_end|>\n<|im_start|>assistant\n", "Emoji story: 🐱🐶🦊🐻 then", "Ünïcödé façade — naïve café:"] {
+        let ids = tok.encode(prompt, true).unwrap();
+        let mut text = String::new();
+        let mut out_ids = Vec::new();
+        for event in engine.submit(greedy(ids, 40)).unwrap() {
+            if let Event::Token { ids, text: delta, .. } = event {
+                assert!(!delta.contains('\u{FFFD}'), "a broken character in {delta:?}");
+                text += &delta;
+                out_ids.extend(ids);
+            }
+        }
+        assert_eq!(text, tok.decode(&out_ids, true).unwrap(), "{prompt}");
+        assert!(!text.is_ascii() || prompt.starts_with("Ü"), "the test exercised multi-byte text: {text:?}");
+    }
+}

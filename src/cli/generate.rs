@@ -258,9 +258,8 @@ fn run_file(engine: &Engine, requests: Vec<Request>) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pending: Vec<(Vec<u32>, RequestStream)> = Vec::with_capacity(requests.len());
     for (i, r) in requests.into_iter().enumerate() {
-        let ids = engine.tokenize(&r.prompt).with_context(|| format!("request {}", i + 1))?;
         let stream = engine.submit(r).with_context(|| format!("request {}", i + 1))?;
-        pending.push((ids, stream));
+        pending.push((stream.prompt_ids().to_vec(), stream));
     }
     let mut stdout = std::io::stdout().lock();
     let mut generated = 0;
@@ -293,9 +292,9 @@ fn run_one(args: &GenerateArgs, engine: &Engine) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires an input"),
     };
-    let prompt_ids = engine.tokenize(&prompt)?;
     let start = Instant::now();
     let stream = engine.submit(args.request(prompt))?;
+    let prompt_ids = stream.prompt_ids().to_vec();
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let choices = stream.collect_output();

@@ -17,8 +17,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Generate text from a prompt or a chat message, streaming it to stdout.
-    Generate(generate::GenerateArgs),
+    /// Generate text from a prompt or a chat message (streamed to stdout), or from a JSONL
+    /// file of requests run concurrently through the engine.
+    Generate(Box<generate::GenerateArgs>),
     /// Print a model file's metadata and tensor table.
     Inspect(inspect::InspectArgs),
     /// Download the models of models/manifest.json (default: the default model) and verify them.
@@ -33,7 +34,7 @@ pub fn init_logging() {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
     }

@@ -325,7 +325,7 @@ impl Engine {
         }
         let commands = self.commands.as_ref().ok_or(SubmitError::EngineStopped)?;
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let (sender, stream) = stream::channel(id, commands.clone(), tokens);
+        let (sender, stream) = stream::channel(id, commands.clone(), prompt.clone());
         let admitted = Admitted { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender };
         commands.send(Command::Submit(Box::new(admitted))).map_err(|_| SubmitError::EngineStopped)?;
         Ok(stream)
@@ -577,10 +577,8 @@ impl<B: Backend> Core<B> {
         self.metrics.tokens_computed += num_tokens as u64;
         self.scheduler.complete_step(&out);
         let vocab = self.model.config().vocab_size;
-        let mut row = 0;
-        for s in out.scheduled.iter().filter(|s| s.sample) {
+        for (row, s) in out.scheduled.iter().filter(|s| s.sample).enumerate() {
             let range = row * vocab..(row + 1) * vocab;
-            row += 1;
             if self.seqs.contains_key(&s.id) {
                 self.on_logits(s.id, range);
             }
@@ -660,20 +658,19 @@ impl<B: Backend> Core<B> {
         st.num_generated += 1;
         st.first_token.get_or_insert_with(Instant::now);
         self.metrics.tokens_generated += 1;
-        let (ids, finish) = if st.stop_ids.contains(&token) {
-            (Vec::new(), Some(FinishReason::Stop))
+        // A stop token is reported (ids, usage) but adds no text and is never computed.
+        let is_stop = st.stop_ids.contains(&token);
+        let mut finish = if is_stop {
+            Some(FinishReason::Stop)
         } else {
             self.scheduler.append_token(id, token);
             let length = st.num_generated >= st.max_tokens || self.scheduler.tokens(id).len() >= max_context;
-            (vec![token], length.then_some(FinishReason::Length))
+            length.then_some(FinishReason::Length)
         };
+        let ids = vec![token];
         let mut text = String::new();
-        let mut finish = finish;
         if let Some(tok) = &self.tokenizer {
-            let mut delta = match ids.first() {
-                Some(&t) => st.detok.push(tok, t).unwrap_or_default(),
-                None => String::new(),
-            };
+            let mut delta = if is_stop { String::new() } else { st.detok.push(tok, token).unwrap_or_default() };
             if finish.is_some() {
                 delta += &st.detok.flush(tok).unwrap_or_default();
             }
@@ -685,15 +682,10 @@ impl<B: Backend> Core<B> {
                 text += &st.stops.flush();
             }
         }
-        let logprobs = if ids.is_empty() { Vec::new() } else { lp.into_iter().collect() };
-        let index = st.index;
-        let request = st.request;
-        let delivered = if ids.is_empty() && text.is_empty() {
-            true
-        } else {
-            let req = self.requests.get(&request).expect("live request");
-            req.sender.send(Event::Token { index, ids, text, logprobs })
-        };
+        let logprobs = lp.into_iter().collect();
+        let (index, request) = (st.index, st.request);
+        let req = self.requests.get(&request).expect("live request");
+        let delivered = req.sender.send(Event::Token { index, ids, text, logprobs });
         if !delivered {
             self.cancel(request);
         } else if let Some(reason) = finish {

@@ -70,16 +70,16 @@ pub struct RequestStream {
     id: RequestId,
     shared: Arc<Shared>,
     commands: crossbeam_channel::Sender<Command>,
-    prompt_tokens: usize,
+    prompt_ids: Vec<u32>,
 }
 
 pub(super) fn channel(
     id: RequestId,
     commands: crossbeam_channel::Sender<Command>,
-    prompt_tokens: usize,
+    prompt_ids: Vec<u32>,
 ) -> (EventSender, RequestStream) {
     let shared = Arc::new(Shared::default());
-    (EventSender { shared: shared.clone() }, RequestStream { id, shared, commands, prompt_tokens })
+    (EventSender { shared: shared.clone() }, RequestStream { id, shared, commands, prompt_ids })
 }
 
 impl RequestStream {
@@ -87,9 +87,9 @@ impl RequestStream {
         self.id
     }
 
-    /// Length of the tokenized prompt.
-    pub fn prompt_tokens(&self) -> usize {
-        self.prompt_tokens
+    /// The tokenized prompt.
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
     }
 
     /// Cancels the request (the same as dropping the stream).

@@ -32,7 +32,7 @@
 
 use super::KvError;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use crate::idmap::IdMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 
@@ -73,7 +73,7 @@ struct Pool {
     head: u32,
     tail: u32,
     num_queued: usize,
-    cache: HashMap<u64, u32>,
+    cache: IdMap<u64, u32>,
     copies: Vec<(u32, u32)>,
     stats: CacheStats,
     caching: bool,
@@ -205,7 +205,7 @@ impl BlockManager {
             head: if num_blocks == 0 { NIL } else { 0 },
             tail: if num_blocks == 0 { NIL } else { num_blocks as u32 - 1 },
             num_queued: num_blocks,
-            cache: HashMap::new(),
+            cache: IdMap::default(),
             copies: Vec::new(),
             stats: CacheStats::default(),
             caching: prefix_caching,

@@ -154,13 +154,11 @@ fn aging_lets_a_starved_low_request_through() {
         let t0 = Instant::now();
         let mut s = sched(64, 1, 64, aging);
         s.add(spec(1, Priority::Low, t0, 4));
-        let mut next = 2;
         let mut low_ran_at = None;
         // A steady stream of normal requests, each finishing after one step.
         for tick in 0..40u64 {
             let now = t0 + Duration::from_millis(100 * tick);
-            s.add(spec(next, Priority::Normal, now, 4));
-            next += 1;
+            s.add(spec(tick + 2, Priority::Normal, now, 4));
             let out = step(&mut s, now);
             if ids(&out).contains(&1) {
                 low_ran_at.get_or_insert(tick);
