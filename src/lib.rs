@@ -92,4 +92,5 @@ pub mod quant;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
+pub mod server;
 pub mod tokenizer;

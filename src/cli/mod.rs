@@ -4,6 +4,7 @@ mod fetch;
 mod generate;
 mod inspect;
 mod load;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,10 @@ enum Command {
     /// Generate text from a prompt or a chat message (streamed to stdout), or from a JSONL
     /// file of requests run concurrently through the engine.
     Generate(Box<generate::GenerateArgs>),
+    /// Serve an OpenAI-compatible HTTP API with priorities, tenants and overload shedding.
+    Serve(Box<serve::ServeArgs>),
+    /// Validate a server configuration file and explain each problem.
+    CheckConfig(serve::CheckConfigArgs),
     /// Print a model file's metadata and tensor table.
     Inspect(inspect::InspectArgs),
     /// Download the models of models/manifest.json (default: the default model) and verify them.
@@ -35,6 +40,8 @@ pub fn init_logging() {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::Serve(args) => serve::run(*args),
+        Command::CheckConfig(args) => serve::check_config(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
     }

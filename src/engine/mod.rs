@@ -270,6 +270,14 @@ impl Engine {
         self.limits.max_context
     }
 
+    /// Stops the engine thread without waiting: what is in flight finishes with an error and
+    /// later submissions are refused. (Dropping the engine does the same and waits.)
+    pub fn shutdown(&self) {
+        if let Some(tx) = &self.commands {
+            let _ = tx.send(Command::Shutdown);
+        }
+    }
+
     /// The latest metrics snapshot.
     pub fn metrics(&self) -> Metrics {
         self.shared.metrics.lock().clone()

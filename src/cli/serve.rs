@@ -1,0 +1,86 @@
+//! `ballast serve` and `ballast check-config`.
+
+use super::generate::EngineArgs;
+use super::load::ModelArgs;
+use anyhow::Context;
+use ballast::engine::Engine;
+use ballast::server::config::ServerConfig;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port, printed at startup).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Tenants, limits and overload targets (TOML; see `ballast check-config`). Without it
+    /// the server has one open tenant. SIGHUP reloads it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The model id clients use (default: the model file's name without extension).
+    #[arg(long)]
+    served_model_name: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckConfigArgs {
+    /// The TOML file to validate.
+    file: PathBuf,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => ServerConfig::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?,
+        None => ServerConfig::default(),
+    };
+    let loaded = args.model.load()?;
+    let name = args.served_model_name.clone().unwrap_or_else(|| {
+        let stem = loaded.info.path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        stem.filter(|s| !s.is_empty()).unwrap_or_else(|| loaded.info.name.clone())
+    });
+    let backend = args.model.backend()?;
+    let engine = Engine::start(backend, loaded, args.engine.config(&args.model))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ballast-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        tracing::info!("serving {name} on http://{addr} ({} KV tokens)", engine.kv_capacity());
+        eprintln!("listening on http://{addr}");
+        let state = ballast::server::State::new(engine, name, config);
+        ballast::server::serve(state, listener, args.config).await.context("serving")
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    match ServerConfig::load(&args.file) {
+        Ok(c) => {
+            println!(
+                "{}: ok — {} tenant(s), {} API key(s){}",
+                args.file.display(),
+                c.tenants.len(),
+                c.keys.len(),
+                if c.requires_keys() { "" } else { " (open: no key needed)" }
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let n = e.0.len();
+            anyhow::bail!("{}: {n} problem(s):\n  {}", args.file.display(), e.0.join("\n  "))
+        }
+    }
+}

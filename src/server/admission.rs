@@ -1,0 +1,306 @@
+//! Admission: tenant limits and the overload ladder. A pure state machine over explicit
+//! signals and an explicit clock, so it is tested (and simulated) in virtual time.
+//!
+//! For each request, in order:
+//! 1. **Draining** → 503.
+//! 2. **Tenant limits** → 429: concurrent requests, requests per minute, tokens per minute
+//!    (token buckets; prompt tokens are charged at admission, completion tokens when they are
+//!    known, so a tenant can go into debt by one request and then waits).
+//! 3. **The ladder** for the request's class. The estimated queue wait of a class is the work
+//!    queued at or above it divided by the measured drain rate. Each class below `critical`
+//!    has a level — `normal`, `degrade` (above half its `max_queue` target) or `shed` (above
+//!    it) — with hysteresis (it steps down only once the wait falls well below the threshold
+//!    that raised it), and a class is never at a lower level than the class above it: the
+//!    lowest class degrades and sheds first. `critical` is never degraded or shed here; it is
+//!    refused only when the hardware cannot hold it (the engine's own checks).
+//!
+//! Every refusal carries a `Retry-After` estimated from the drain rate.
+
+use super::config::ServerConfig;
+use crate::request::Priority;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The state of the system the ladder looks at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Signals {
+    /// Requests queued per class (waiting in the engine or about to be), by rank.
+    pub waiting: [usize; 4],
+    pub running: usize,
+    /// Fraction of KV blocks in use (0–1).
+    pub kv_usage: f64,
+    /// Requests finishing per second, recently (0: not measured yet).
+    pub drain_rate: f64,
+}
+
+impl Signals {
+    /// Estimated wait before a new request of class `p` starts.
+    pub fn queue_wait(&self, p: Priority) -> Duration {
+        let ahead: usize = self.waiting[p.rank() as usize..].iter().sum();
+        if ahead == 0 || self.drain_rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((ahead as f64 / self.drain_rate).min(3600.0))
+    }
+
+    /// Time to finish everything queued and running at the current drain rate.
+    pub fn time_to_drain(&self) -> Duration {
+        let all = self.waiting.iter().sum::<usize>() + self.running;
+        if all == 0 || self.drain_rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((all as f64 / self.drain_rate).min(3600.0))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Normal = 0,
+    Degrade = 1,
+    Shed = 2,
+}
+
+/// Why a request was refused (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    Draining,
+    TenantConcurrency,
+    TenantRequests,
+    TenantTokens,
+    Overload,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Draining,
+        RejectReason::TenantConcurrency,
+        RejectReason::TenantRequests,
+        RejectReason::TenantTokens,
+        RejectReason::Overload,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::Draining => "draining",
+            RejectReason::TenantConcurrency => "tenant_concurrency",
+            RejectReason::TenantRequests => "tenant_requests_per_minute",
+            RejectReason::TenantTokens => "tenant_tokens_per_minute",
+            RejectReason::Overload => "overload",
+        }
+    }
+
+    /// 429 for a tenant over its own limits, 503 for a server under pressure.
+    pub fn status(self) -> u16 {
+        match self {
+            RejectReason::TenantConcurrency | RejectReason::TenantRequests | RejectReason::TenantTokens => 429,
+            RejectReason::Draining | RejectReason::Overload => 503,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Run it; `degrade` says whether to apply the degraded limits.
+    Admit { degrade: bool },
+    Reject { reason: RejectReason, retry_after: Duration, message: String },
+}
+
+/// A token bucket refilled continuously; may go negative (debt).
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    level: f64,
+    capacity: f64,
+    per_second: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: f64, now: Instant) -> Bucket {
+        Bucket { level: per_minute, capacity: per_minute, per_second: per_minute / 60.0, at: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.level = (self.level + dt * self.per_second).min(self.capacity);
+        self.at = now;
+    }
+
+    /// Time until the level reaches `want`.
+    fn wait_for(&self, want: f64) -> Duration {
+        Duration::from_secs_f64(((want - self.level) / self.per_second).clamp(0.0, 3600.0))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct TenantState {
+    in_flight: usize,
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+}
+
+/// Admission state: per-tenant usage and the ladder's levels. One per server, behind a mutex.
+pub struct Admission {
+    config: std::sync::Arc<ServerConfig>,
+    /// By tenant name (so a reload keeps usage and in-flight counts).
+    tenants: HashMap<String, TenantState>,
+    levels: [Level; 4],
+    draining: bool,
+}
+
+fn tenant_state(t: &super::config::Tenant, now: Instant) -> TenantState {
+    TenantState {
+        in_flight: 0,
+        requests: t.requests_per_minute.map(|r| Bucket::new(r, now)),
+        tokens: t.tokens_per_minute.map(|r| Bucket::new(r, now)),
+    }
+}
+
+impl Admission {
+    pub fn new(config: std::sync::Arc<ServerConfig>, now: Instant) -> Admission {
+        let tenants = config.tenants.iter().map(|t| (t.name.clone(), tenant_state(t, now))).collect();
+        Admission { config, tenants, levels: [Level::Normal; 4], draining: false }
+    }
+
+    pub fn config(&self) -> &std::sync::Arc<ServerConfig> {
+        &self.config
+    }
+
+    /// Swaps in a new configuration. A tenant that keeps its name keeps its in-flight count
+    /// and bucket levels (capped at the new capacities).
+    pub fn reload(&mut self, config: std::sync::Arc<ServerConfig>, now: Instant) {
+        let mut tenants = HashMap::new();
+        for t in &config.tenants {
+            let mut fresh = tenant_state(t, now);
+            if let Some(old) = self.tenants.get(&t.name) {
+                fresh.in_flight = old.in_flight;
+                for (new, old) in [(&mut fresh.requests, &old.requests), (&mut fresh.tokens, &old.tokens)] {
+                    if let (Some(n), Some(o)) = (new.as_mut(), old) {
+                        let mut o = *o;
+                        o.refill(now);
+                        n.level = o.level.min(n.capacity);
+                    }
+                }
+            }
+            tenants.insert(t.name.clone(), fresh);
+        }
+        self.tenants = tenants;
+        self.config = config;
+    }
+
+    pub fn set_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    pub fn level(&self, p: Priority) -> Level {
+        self.levels[p.rank() as usize]
+    }
+
+    /// Moves the ladder to the levels the signals call for (with hysteresis).
+    pub fn update(&mut self, signals: &Signals) {
+        let mut floor = Level::Normal;
+        for p in [Priority::High, Priority::Normal, Priority::Low] {
+            let i = p.rank() as usize;
+            let level = match self.config.classes[i].max_queue {
+                None => Level::Normal,
+                Some(target) => {
+                    let wait = signals.queue_wait(p).as_secs_f64();
+                    let t = target.as_secs_f64();
+                    match self.levels[i] {
+                        Level::Normal if wait > t => Level::Shed,
+                        Level::Normal if wait > 0.5 * t => Level::Degrade,
+                        Level::Degrade if wait > t => Level::Shed,
+                        Level::Degrade if wait < 0.35 * t => Level::Normal,
+                        Level::Shed if wait < 0.35 * t => Level::Normal,
+                        Level::Shed if wait < 0.7 * t => Level::Degrade,
+                        same => same,
+                    }
+                }
+            };
+            // KV nearly full: the lowest class degrades (shorter outputs hold fewer blocks).
+            let level = if p == Priority::Low && signals.kv_usage > 0.95 { level.max(Level::Degrade) } else { level };
+            self.levels[i] = level.max(floor);
+            floor = self.levels[i];
+        }
+        self.levels[Priority::Critical.rank() as usize] = Level::Normal;
+    }
+
+    /// Decides on a request of tenant `tenant` (index into the current config's tenants) at
+    /// class `p` with `prompt_tokens` tokens. On `Admit`, the caller must call
+    /// [`Self::finish`] with the tenant's name once the request ends.
+    pub fn admit(&mut self, tenant: usize, p: Priority, prompt_tokens: usize, signals: &Signals, now: Instant) -> Decision {
+        if self.draining {
+            let retry_after = self.config.drain_timeout.max(Duration::from_secs(1));
+            return Decision::Reject { reason: RejectReason::Draining, retry_after, message: "the server is shutting down".into() };
+        }
+        let limits = &self.config.tenants[tenant];
+        let st = self.tenants.get_mut(&limits.name).expect("every configured tenant has a state");
+        if let Some(max) = limits.max_concurrent
+            && st.in_flight >= max
+        {
+            let retry_after = Duration::from_secs(1);
+            let message = format!("tenant {:?} has {max} requests in flight, its limit", limits.name);
+            return Decision::Reject { reason: RejectReason::TenantConcurrency, retry_after, message };
+        }
+        if let Some(b) = st.requests.as_mut() {
+            b.refill(now);
+            if b.level < 1.0 {
+                let message = format!("tenant {:?} is over its {} requests per minute", limits.name, b.capacity);
+                return Decision::Reject { reason: RejectReason::TenantRequests, retry_after: b.wait_for(1.0), message };
+            }
+        }
+        if let Some(b) = st.tokens.as_mut() {
+            b.refill(now);
+            if b.level <= 0.0 {
+                let message = format!("tenant {:?} is over its {} tokens per minute", limits.name, b.capacity);
+                return Decision::Reject { reason: RejectReason::TenantTokens, retry_after: b.wait_for(1.0), message };
+            }
+        }
+        self.update(signals);
+        let level = self.level(p);
+        if level == Level::Shed {
+            let target = self.config.classes[p.rank() as usize].max_queue.unwrap_or_default();
+            let wait = signals.queue_wait(p);
+            // Back when the queue should have drained below the level's exit threshold.
+            let retry_after = wait.saturating_sub(target.mul_f64(0.7)).max(Duration::from_secs(1));
+            let message = format!(
+                "the server is overloaded for {} priority (estimated queue wait {:.1} s, target {:.1} s)",
+                p.name(),
+                wait.as_secs_f64(),
+                target.as_secs_f64()
+            );
+            return Decision::Reject { reason: RejectReason::Overload, retry_after, message };
+        }
+        let name = &self.config.tenants[tenant].name;
+        let st = self.tenants.get_mut(name).expect("every configured tenant has a state");
+        st.in_flight += 1;
+        if let Some(b) = st.requests.as_mut() {
+            b.level -= 1.0;
+        }
+        if let Some(b) = st.tokens.as_mut() {
+            b.level -= prompt_tokens as f64;
+        }
+        Decision::Admit { degrade: level == Level::Degrade }
+    }
+
+    /// An admitted request of tenant `name` ended having generated `completion_tokens`.
+    pub fn finish(&mut self, name: &str, completion_tokens: usize) {
+        if let Some(st) = self.tenants.get_mut(name) {
+            st.in_flight = st.in_flight.saturating_sub(1);
+            if let Some(b) = st.tokens.as_mut() {
+                b.level -= completion_tokens as f64;
+            }
+        }
+    }
+
+    /// Requests in flight across all tenants.
+    pub fn in_flight(&self) -> usize {
+        self.tenants.values().map(|t| t.in_flight).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

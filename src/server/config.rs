@@ -1,0 +1,326 @@
+//! The server's TOML configuration: tenants (API keys and limits) and the per-class targets
+//! of the overload ladder. Parsed into raw structs, then validated into [`ServerConfig`] with
+//! every problem listed (not just the first), each naming its place in the file.
+//!
+//! ```toml
+//! [server]
+//! max_body_bytes = 1048576     # larger bodies get 413
+//! drain_timeout_secs = 30      # SIGTERM: how long in-flight requests may finish
+//! degrade_max_tokens = 128     # max_tokens cap applied to degraded requests
+//!
+//! [[tenants]]
+//! name = "batch-jobs"
+//! api_keys = ["sk-batch-1"]
+//! max_priority = "normal"      # highest class its requests may ask for
+//! tokens_per_minute = 200000   # prompt + completion tokens (token bucket)
+//! requests_per_minute = 600
+//! max_concurrent = 32
+//! cache_salt = "batch-jobs"    # prefix-cache namespace (default: the tenant's name)
+//!
+//! [classes.low]
+//! max_queue_ms = 2000          # estimated queue wait above which new requests are shed
+//! deadline_ms = 30000          # queued longer than this without a first token: fail early
+//! ```
+//!
+//! Without a file there is one open tenant (no key, every class allowed, no limits).
+
+use crate::request::Priority;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
+    classes: HashMap<String, RawClass>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_body_bytes: Option<u64>,
+    drain_timeout_secs: Option<f64>,
+    degrade_max_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: String,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    max_priority: Option<String>,
+    tokens_per_minute: Option<f64>,
+    requests_per_minute: Option<f64>,
+    max_concurrent: Option<u64>,
+    cache_salt: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClass {
+    max_queue_ms: Option<f64>,
+    deadline_ms: Option<f64>,
+}
+
+/// One tenant: who may use the server and how much.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tenant {
+    pub name: String,
+    pub max_priority: Priority,
+    pub tokens_per_minute: Option<f64>,
+    pub requests_per_minute: Option<f64>,
+    pub max_concurrent: Option<usize>,
+    /// `None`: share the common prefix-cache namespace (only the open tenant).
+    pub cache_salt: Option<String>,
+}
+
+/// Targets of one priority class.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClassTargets {
+    /// Estimated queue wait above which new requests of this class are shed (`None`: never);
+    /// above half of it they are degraded.
+    pub max_queue: Option<Duration>,
+    /// Requests still without a first token this long after arrival fail early.
+    pub deadline: Option<Duration>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    pub max_body_bytes: usize,
+    pub drain_timeout: Duration,
+    pub degrade_max_tokens: usize,
+    pub tenants: Vec<Tenant>,
+    /// API key → index into `tenants`. Empty: the server is open (one tenant, no key).
+    pub keys: HashMap<String, usize>,
+    /// Indexed by [`Priority::rank`].
+    pub classes: [ClassTargets; 4],
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let open = Tenant {
+            name: "default".into(),
+            max_priority: Priority::Critical,
+            tokens_per_minute: None,
+            requests_per_minute: None,
+            max_concurrent: None,
+            cache_salt: None,
+        };
+        ServerConfig {
+            max_body_bytes: 1 << 20,
+            drain_timeout: Duration::from_secs(30),
+            degrade_max_tokens: 128,
+            tenants: vec![open],
+            keys: HashMap::new(),
+            classes: default_classes(),
+        }
+    }
+}
+
+/// Low and normal traffic is shed when its queue wait is estimated above 2 s / 10 s; high
+/// above 30 s; critical never.
+fn default_classes() -> [ClassTargets; 4] {
+    let ms = |v: u64| Some(Duration::from_millis(v));
+    [
+        ClassTargets { max_queue: ms(2_000), deadline: ms(30_000) },
+        ClassTargets { max_queue: ms(10_000), deadline: ms(60_000) },
+        ClassTargets { max_queue: ms(30_000), deadline: None },
+        ClassTargets { max_queue: None, deadline: None },
+    ]
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(thiserror::Error, Debug, Clone, PartialEq)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+fn secs(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms / 1000.0)
+}
+
+impl ServerConfig {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string().trim_end().to_string()]))?;
+        let mut errors = Vec::new();
+        let mut cfg = ServerConfig::default();
+        if let Some(b) = raw.server.max_body_bytes {
+            if b < 1024 {
+                errors.push(format!("server.max_body_bytes = {b}: must be at least 1024"));
+            }
+            cfg.max_body_bytes = b as usize;
+        }
+        if let Some(t) = raw.server.drain_timeout_secs {
+            if !(0.0..=3600.0).contains(&t) {
+                errors.push(format!("server.drain_timeout_secs = {t}: must be between 0 and 3600"));
+            } else {
+                cfg.drain_timeout = Duration::from_secs_f64(t);
+            }
+        }
+        if let Some(m) = raw.server.degrade_max_tokens {
+            if m == 0 {
+                errors.push("server.degrade_max_tokens = 0: must be at least 1".into());
+            }
+            cfg.degrade_max_tokens = m as usize;
+        }
+        if !raw.tenants.is_empty() {
+            cfg.tenants.clear();
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in raw.tenants.into_iter().enumerate() {
+            let at = format!("tenants[{i}] ({:?})", t.name);
+            if t.name.trim().is_empty() {
+                errors.push(format!("tenants[{i}].name is empty"));
+            }
+            if !names.insert(t.name.clone()) {
+                errors.push(format!("{at}: the name is used twice"));
+            }
+            if t.api_keys.is_empty() {
+                errors.push(format!("{at}: api_keys is empty (a tenant without keys cannot be reached)"));
+            }
+            for key in &t.api_keys {
+                if key.len() < 8 {
+                    errors.push(format!("{at}: api key {:?}… is shorter than 8 characters", &key[..key.len().min(2)]));
+                }
+                if let Some(&other) = cfg.keys.get(key) {
+                    errors.push(format!("{at}: an api key is also listed by tenants[{other}]"));
+                }
+                cfg.keys.insert(key.clone(), cfg.tenants.len());
+            }
+            let max_priority = match t.max_priority.as_deref().map(str::parse::<Priority>) {
+                None => Priority::Normal,
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    errors.push(format!("{at}.max_priority: {e}"));
+                    Priority::Normal
+                }
+            };
+            let positive = |v: Option<f64>, field: &str, errors: &mut Vec<String>| {
+                if let Some(x) = v.filter(|x| !(x.is_finite() && *x > 0.0)) {
+                    errors.push(format!("{at}.{field} = {x}: must be a positive number"));
+                }
+                v
+            };
+            let tokens_per_minute = positive(t.tokens_per_minute, "tokens_per_minute", &mut errors);
+            let requests_per_minute = positive(t.requests_per_minute, "requests_per_minute", &mut errors);
+            if t.max_concurrent == Some(0) {
+                errors.push(format!("{at}.max_concurrent = 0: must be at least 1"));
+            }
+            cfg.tenants.push(Tenant {
+                cache_salt: Some(t.cache_salt.unwrap_or_else(|| t.name.clone())),
+                name: t.name,
+                max_priority,
+                tokens_per_minute,
+                requests_per_minute,
+                max_concurrent: t.max_concurrent.map(|c| c as usize),
+            });
+        }
+        for (name, c) in raw.classes {
+            let Ok(p) = name.parse::<Priority>() else {
+                errors.push(format!("classes.{name}: unknown class (critical, high, normal or low)"));
+                continue;
+            };
+            let target = &mut cfg.classes[p.rank() as usize];
+            for (field, v, slot) in [("max_queue_ms", c.max_queue_ms, &mut target.max_queue), ("deadline_ms", c.deadline_ms, &mut target.deadline)] {
+                match v {
+                    Some(x) if !(x.is_finite() && x > 0.0) => errors.push(format!("classes.{name}.{field} = {x}: must be a positive number of milliseconds")),
+                    Some(x) => *slot = Some(secs(x)),
+                    None => {}
+                }
+            }
+        }
+        if errors.is_empty() { Ok(cfg) } else { Err(ConfigError(errors)) }
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
+        ServerConfig::from_toml(&text)
+    }
+
+    /// Whether requests need an API key.
+    pub fn requires_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses() {
+        let cfg = ServerConfig::from_toml(
+            r#"
+            [server]
+            max_body_bytes = 65536
+            drain_timeout_secs = 5
+            [[tenants]]
+            name = "a"
+            api_keys = ["sk-aaaaaaaa", "sk-aaaaaaab"]
+            max_priority = "critical"
+            tokens_per_minute = 1000
+            max_concurrent = 2
+            [[tenants]]
+            name = "b"
+            api_keys = ["sk-bbbbbbbb"]
+            [classes.low]
+            max_queue_ms = 500
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.max_body_bytes, 65536);
+        assert_eq!(cfg.tenants.len(), 2);
+        assert_eq!(cfg.keys["sk-aaaaaaab"], 0);
+        assert_eq!(cfg.tenants[1].max_priority, Priority::Normal);
+        assert_eq!(cfg.tenants[1].cache_salt.as_deref(), Some("b"));
+        assert_eq!(cfg.classes[0].max_queue, Some(Duration::from_millis(500)));
+        assert_eq!(cfg.classes[0].deadline, Some(Duration::from_secs(30)), "unset fields keep their defaults");
+        assert!(cfg.requires_keys());
+        assert!(!ServerConfig::default().requires_keys());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_place() {
+        let err = ServerConfig::from_toml(
+            r#"
+            [[tenants]]
+            name = "a"
+            api_keys = ["short"]
+            max_priority = "urgent"
+            tokens_per_minute = -5
+            [[tenants]]
+            name = "a"
+            api_keys = []
+            [classes.extreme]
+            max_queue_ms = 1
+            [classes.high]
+            deadline_ms = 0
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "shorter than 8",
+            "tenants[0] (\"a\").max_priority: unknown priority \"urgent\"",
+            "tokens_per_minute = -5",
+            "the name is used twice",
+            "api_keys is empty",
+            "classes.extreme: unknown class",
+            "classes.high.deadline_ms = 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let syntax = ServerConfig::from_toml("[server\nport = 1").unwrap_err().to_string();
+        assert!(syntax.contains("line 1"), "{syntax}");
+        let unknown = ServerConfig::from_toml("[server]\nmax_bodybytes = 5").unwrap_err().to_string();
+        assert!(unknown.contains("unknown field `max_bodybytes`"), "{unknown}");
+    }
+}

@@ -1,0 +1,126 @@
+//! `ballast serve`: an OpenAI-compatible HTTP server (axum on tokio) over the engine, with
+//! tenants, the overload ladder ([`admission`]), Prometheus metrics ([`metrics`]), graceful
+//! drain on SIGTERM/SIGINT and configuration reload on SIGHUP.
+
+pub mod admission;
+pub mod config;
+mod http;
+pub mod metrics;
+pub mod openai;
+
+use crate::engine::Engine;
+use admission::Admission;
+use config::ServerConfig;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What every handler shares.
+pub struct State {
+    pub engine: Engine,
+    /// The id clients must use in `model` (when they send one).
+    pub model_name: String,
+    pub admission: Mutex<Admission>,
+    pub metrics: metrics::ServerMetrics,
+    started_unix: u64,
+    /// When recent requests finished (the drain rate's window).
+    finishes: Mutex<VecDeque<Instant>>,
+}
+
+const DRAIN_WINDOW: Duration = Duration::from_secs(30);
+
+impl State {
+    pub fn new(engine: Engine, model_name: String, config: ServerConfig) -> Arc<State> {
+        let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Arc::new(State {
+            engine,
+            model_name,
+            admission: Mutex::new(Admission::new(Arc::new(config), Instant::now())),
+            metrics: Default::default(),
+            started_unix,
+            finishes: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    fn note_finish(&self) {
+        let now = Instant::now();
+        let mut f = self.finishes.lock();
+        f.push_back(now);
+        while f.front().is_some_and(|t| now.duration_since(*t) > DRAIN_WINDOW) {
+            f.pop_front();
+        }
+    }
+
+    /// Requests finished per second over the recent window (0 before any finished).
+    pub fn drain_rate(&self) -> f64 {
+        let now = Instant::now();
+        let mut f = self.finishes.lock();
+        while f.front().is_some_and(|t| now.duration_since(*t) > DRAIN_WINDOW) {
+            f.pop_front();
+        }
+        let Some(oldest) = f.front() else { return 0.0 };
+        let span = now.duration_since(*oldest).clamp(Duration::from_secs(1), DRAIN_WINDOW);
+        f.len() as f64 / span.as_secs_f64()
+    }
+}
+
+/// Serves until SIGTERM/SIGINT, then drains: readiness drops, new requests get 503, in-flight
+/// ones may finish for the configured drain timeout, the rest end with an error finish.
+/// SIGHUP reloads `config_path` (an invalid file is logged and counted; the running
+/// configuration stays).
+pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener, config_path: Option<PathBuf>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let reload_state = state.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload(&reload_state, config_path.as_deref());
+        }
+    });
+    let drain_state = state.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        let timeout = {
+            let mut a = drain_state.admission.lock();
+            a.set_draining();
+            a.config().drain_timeout
+        };
+        let start = Instant::now();
+        while drain_state.admission.lock().in_flight() > 0 && start.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = drain_state.admission.lock().in_flight();
+        if left > 0 {
+            tracing::warn!("drain timeout: ending {left} requests still in flight");
+        }
+        // Ends whatever is still running (its streams finish with an error) so connections close.
+        drain_state.engine.shutdown();
+    };
+    let app = http::router(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+fn reload(state: &State, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: no --config file to reload");
+        return;
+    };
+    match ServerConfig::load(path) {
+        Ok(cfg) => {
+            state.admission.lock().reload(Arc::new(cfg), Instant::now());
+            state.metrics.config_reload(true);
+            tracing::info!("SIGHUP: reloaded {}", path.display());
+        }
+        Err(e) => {
+            state.metrics.config_reload(false);
+            tracing::error!("SIGHUP: {} rejected, the running configuration stays:\n{e}", path.display());
+        }
+    }
+}

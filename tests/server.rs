@@ -1,0 +1,211 @@
+//! `ballast serve` on the real model, end to end: the official `openai` Python client, client
+//! disconnects freeing KV blocks, tenants (401, 429 + Retry-After, class limits), body limits,
+//! SIGTERM drain, and SIGHUP reloads of good and bad configurations.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let model = model_path();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["serve", "--port", "0", "--model", model.to_str().unwrap(), "--kv-cache-mib", "64"])
+            .args(extra)
+            .env("BALLAST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ballast serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("the server printed its address").expect("stderr");
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                break a.trim().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client: status, headers (lower-cased), body.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "content-type: application/json\r\n\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn completion(prompt: &str, max_tokens: usize) -> String {
+    serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true}).to_string()
+}
+
+/// A metric's value from `/metrics` (the first series whose line starts with `series`).
+fn metric(addr: &str, series: &str) -> f64 {
+    let (_, _, body) = http(addr, "GET", "/metrics", &[], "");
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {series}"))
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_official_openai_client_works_against_the_server() {
+    let server = Server::start(&[]);
+    let model = model_path().file_stem().unwrap().to_string_lossy().into_owned();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let out = Command::new("python3").arg(&script).arg(format!("http://{}", server.addr)).arg(&model).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all openai client checks passed"));
+}
+
+#[test]
+fn a_client_that_disconnects_frees_its_blocks() {
+    let server = Server::start(&[]);
+    let addr = &server.addr;
+    for stream in [true, false] {
+        let body = serde_json::json!({"prompt": "Tell me a long story.", "max_tokens": 4000, "ignore_eos": true, "stream": stream}).to_string();
+        let mut s = TcpStream::connect(addr).unwrap();
+        let req = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        s.write_all(req.as_bytes()).unwrap();
+        wait_until("the request to run", || metric(addr, "vllm:num_requests_running") == 1.0);
+        assert!(metric(addr, "ballast_kv_blocks_used") > 0.0);
+        drop(s);
+        wait_until("the blocks to be freed", || metric(addr, "ballast_kv_blocks_used") == 0.0 && metric(addr, "vllm:num_requests_running") == 0.0);
+    }
+    let cancelled = metric(addr, "ballast_requests_finished_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"normal\",finish_reason=\"cancelled\"}");
+    assert_eq!(cancelled, 2.0);
+}
+
+#[test]
+fn tenants_limits_and_config_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ballast.toml");
+    let tenants = r#"
+        [server]
+        max_body_bytes = 2048
+        [[tenants]]
+        name = "alpha"
+        api_keys = ["sk-alpha-0001"]
+        max_priority = "normal"
+        requests_per_minute = 3
+    "#;
+    std::fs::write(&cfg, tenants).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_ballast")).args(["check-config", cfg.to_str().unwrap()]).output().unwrap();
+    assert!(check.status.success() && String::from_utf8_lossy(&check.stdout).contains("ok"));
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let addr = &server.addr;
+    let alpha = [("authorization", "Bearer sk-alpha-0001")];
+    let beta = [("authorization", "Bearer sk-beta-00001")];
+
+    let (status, _, body) = http(addr, "POST", "/v1/completions", &[], &completion("Hi", 2));
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("authentication_error"));
+    assert_eq!(http(addr, "POST", "/v1/completions", &alpha, &completion("Hi", 2)).0, 200);
+    let high = serde_json::json!({"prompt": "Hi", "max_tokens": 2, "priority": "high"}).to_string();
+    let (status, _, body) = http(addr, "POST", "/v1/completions", &alpha, &high);
+    assert_eq!(status, 400, "above the tenant's class: {body}");
+    let (status, _, body) = http(addr, "POST", "/v1/completions", &alpha, &completion(&"long ".repeat(1000), 2));
+    assert_eq!(status, 413, "{body}");
+    for _ in 0..2 {
+        assert_eq!(http(addr, "POST", "/v1/completions", &alpha, &completion("Hi", 2)).0, 200);
+    }
+    let (status, headers, body) = http(addr, "POST", "/v1/completions", &alpha, &completion("Hi", 2));
+    assert_eq!(status, 429, "the fourth request in a minute: {body}");
+    let retry: u64 = header(&headers, "retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=20).contains(&retry), "one request refills in 20 s: {retry}");
+    assert!(body.contains("requests per minute"));
+
+    // A bad configuration is rejected and the running one stays.
+    std::fs::write(&cfg, "[[tenants]]\nname = \"beta\"\napi_keys = [\"short\"]\n").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_ballast")).args(["check-config", cfg.to_str().unwrap()]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("shorter than 8"));
+    server.signal("-HUP");
+    wait_until("the failed reload", || metric(addr, "ballast_config_reload_failures_total") == 1.0);
+    assert_eq!(http(addr, "POST", "/v1/completions", &beta, &completion("Hi", 2)).0, 401);
+    assert_eq!(http(addr, "GET", "/ready", &[], "").0, 200, "still serving");
+
+    // A good one takes effect atomically: beta exists, alpha keeps its (exhausted) budget.
+    std::fs::write(&cfg, format!("{tenants}\n[[tenants]]\nname = \"beta\"\napi_keys = [\"sk-beta-00001\"]\nmax_priority = \"critical\"\n")).unwrap();
+    server.signal("-HUP");
+    wait_until("the reload", || metric(addr, "ballast_config_reloads_total") == 1.0);
+    let critical = serde_json::json!({"prompt": "Hi", "max_tokens": 2, "priority": "critical"}).to_string();
+    let (status, headers, _) = http(addr, "POST", "/v1/completions", &beta, &critical);
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ballast-priority"), Some("critical"));
+    assert_eq!(http(addr, "POST", "/v1/completions", &alpha, &completion("Hi", 2)).0, 429);
+}
+
+#[test]
+fn sigterm_drains_in_flight_work_and_refuses_new_work() {
+    let mut server = Server::start(&[]);
+    let addr = server.addr.clone();
+    let long = std::thread::spawn({
+        let addr = addr.clone();
+        move || http(&addr, "POST", "/v1/completions", &[], &completion("Count slowly:", 120))
+    });
+    wait_until("the request to run", || metric(&addr, "vllm:num_requests_running") == 1.0);
+    server.signal("-TERM");
+    wait_until("readiness to drop", || http(&addr, "GET", "/ready", &[], "").0 == 503);
+    let (status, headers, body) = http(&addr, "POST", "/v1/completions", &[], &completion("Hi", 2));
+    assert_eq!(status, 503, "{body}");
+    assert!(header(&headers, "retry-after").is_some());
+    let (status, _, body) = long.join().unwrap();
+    assert_eq!(status, 200, "the in-flight request finished: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 120);
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}
