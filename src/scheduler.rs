@@ -83,6 +83,14 @@ pub struct Scheduled {
     pub sample: bool,
 }
 
+/// A sequence the scheduler removed on its own, with what it had recorded about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub id: SeqId,
+    pub num_cached_prompt: usize,
+    pub num_preemptions: u32,
+}
+
 /// What [`Scheduler::schedule`] decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepOutput {
@@ -90,9 +98,10 @@ pub struct StepOutput {
     /// Sequences preempted this step (now waiting).
     pub preempted: Vec<SeqId>,
     /// Sequences removed because their deadline can no longer be met.
-    pub expired: Vec<SeqId>,
-    /// Sequences removed because they alone outgrow the whole KV pool.
-    pub out_of_memory: Vec<SeqId>,
+    pub expired: Vec<Ended>,
+    /// Sequences removed because they can never fit: alone they outgrow the KV pool, or they
+    /// need more sequence slots (n) than there are.
+    pub out_of_memory: Vec<Ended>,
 }
 
 impl StepOutput {
@@ -155,6 +164,14 @@ impl Scheduler {
         let old = self.seqs.insert(spec.id, seq);
         assert!(old.is_none(), "sequence id {} reused", spec.id);
         self.waiting.push(spec.id);
+    }
+
+    /// Removes a sequence on the scheduler's own decision.
+    fn end(&mut self, id: SeqId) -> Ended {
+        let seq = &self.seqs[&id];
+        let ended = Ended { id, num_cached_prompt: seq.num_cached_prompt.unwrap_or(0), num_preemptions: seq.num_preemptions };
+        self.remove(id);
+        ended
     }
 
     /// Removes a sequence (finished, cancelled or failed), freeing its blocks now. False if it
@@ -294,11 +311,13 @@ impl Scheduler {
         out.preempted.push(id);
     }
 
-    /// The running sequence to preempt first: lowest rank, newest arrival.
-    fn lowest_running(&self) -> Option<(SeqId, u8)> {
+    /// The running sequence to preempt first among those `eligible`: lowest rank, newest
+    /// arrival.
+    fn lowest_running(&self, eligible: impl Fn(&Seq) -> bool) -> Option<(SeqId, u8)> {
         self.running
             .iter()
             .map(|&id| (id, &self.seqs[&id]))
+            .filter(|(_, s)| eligible(s))
             .min_by(|a, b| a.1.rank.cmp(&b.1.rank).then(b.1.arrival.cmp(&a.1.arrival)).then(b.0.cmp(&a.0)))
             .map(|(id, s)| (id, s.rank))
     }
@@ -311,8 +330,8 @@ impl Scheduler {
 
         let expired: Vec<SeqId> = self.waiting.iter().copied().filter(|id| self.missed_deadline(&self.seqs[id], now)).collect();
         for id in expired {
-            self.remove(id);
-            out.expired.push(id);
+            let ended = self.end(id);
+            out.expired.push(ended);
         }
 
         // 1. Running sequences, highest rank first.
@@ -347,8 +366,8 @@ impl Scheduler {
                     self.preempt(last, &mut budget, &mut out);
                 } else if self.running.len() == 1 {
                     // Alone and still out of blocks: it outgrew the whole pool.
-                    self.remove(id);
-                    out.out_of_memory.push(id);
+                    let ended = self.end(id);
+                    out.out_of_memory.push(ended);
                     break;
                 } else {
                     self.preempt(id, &mut budget, &mut out);
@@ -362,15 +381,12 @@ impl Scheduler {
             self.waiting.iter().map(|&id| (self.effective_rank(&self.seqs[&id], now), self.seqs[&id].arrival, id)).collect();
         order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         'admit: for (rank, _, id) in order {
-            if budget == 0 {
-                break;
-            }
             loop {
                 let seq = &self.seqs[&id];
                 let len = seq.tokens.len();
-                if len.div_ceil(bs) > self.blocks.num_blocks() {
-                    self.remove(id);
-                    out.out_of_memory.push(id);
+                if len.div_ceil(bs) > self.blocks.num_blocks() || 1 + seq.extra_slots > self.config.max_num_seqs {
+                    let ended = self.end(id);
+                    out.out_of_memory.push(ended);
                     continue 'admit;
                 }
                 // Keep at least one token to compute: its logits are what we sample from.
@@ -379,8 +395,9 @@ impl Scheduler {
                 let n = (len - cached).min(budget);
                 let new_blocks = (cached + n).div_ceil(bs) - hit.blocks.len() + hit.num_queued;
                 let slots_ok = self.slots_used() + 1 + seq.extra_slots <= self.config.max_num_seqs;
-                if slots_ok && new_blocks <= self.blocks.num_free() {
-                    let mut table = self.blocks.take_hit(hit, len);
+                if n > 0 && slots_ok && new_blocks <= self.blocks.num_free() {
+                    let first = seq.num_cached_prompt.is_none();
+                    let mut table = self.blocks.take_hit(hit, first.then_some(seq.num_prompt));
                     table.reserve(cached, cached + n).expect("counted above");
                     let seq = self.seqs.get_mut(&id).expect("waiting");
                     seq.num_cached_prompt.get_or_insert(cached.min(seq.num_prompt));
@@ -394,7 +411,12 @@ impl Scheduler {
                     self.running.push(id);
                     break;
                 }
-                match self.lowest_running() {
+                // Short of tokens, slots or blocks: take them from strictly lower classes,
+                // lowest and newest first (when only tokens are short, from sequences that
+                // hold some of this step's budget).
+                let only_budget = n == 0 && slots_ok;
+                let victim = self.lowest_running(|s| !only_budget || s.scheduled > 0);
+                match victim {
                     Some((victim, victim_rank)) if victim_rank < rank => self.preempt(victim, &mut budget, &mut out),
                     _ => break 'admit,
                 }

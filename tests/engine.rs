@@ -310,3 +310,27 @@ fn streamed_text_never_splits_a_character() {
         assert!(!text.is_ascii() || prompt.starts_with("Ü"), "the test exercised multi-byte text: {text:?}");
     }
 }
+
+/// A choice that ends outside the token path (here: alone, it outgrows a tiny KV pool) still
+/// releases the text it held back (a possible stop string, a partial character).
+#[test]
+fn held_back_text_is_released_when_a_choice_ends_early() {
+    let probe = start(EngineConfig { kv_cache_bytes: 1 << 20, ..EngineConfig::default() });
+    let bytes_per_token = (1usize << 20) / probe.kv_capacity();
+    drop(probe);
+    let engine = start(EngineConfig { kv_cache_bytes: bytes_per_token * 64 + 1, ..EngineConfig::default() });
+    let capacity = engine.kv_capacity();
+    assert!(capacity <= 96, "a tiny pool: {capacity}");
+    let tok = engine.tokenizer().unwrap();
+    let prompt = tok.encode("Once upon a time there was", true).unwrap();
+    // Every printable character followed by \u{1} is a stop string: the last character is always held back.
+    let stop: Vec<String> = (0x20u8..0x7f).map(|c| format!("{}\u{1}", c as char)).collect();
+    let c = run_one(&engine, Request { stop, ..greedy(prompt.clone(), 1000) });
+    assert_eq!(c.finish, Some(FinishReason::Length));
+    assert_eq!(c.ids.len(), capacity + 1 - prompt.len(), "it filled the pool (the last token needs no KV)");
+    assert_eq!(c.text, tok.decode(&c.ids, true).unwrap());
+    // n larger than the sequence budget is refused up front instead of waiting forever.
+    let small = start(EngineConfig { kv_cache_bytes: 16 << 20, max_num_seqs: 2, ..EngineConfig::default() });
+    let r = Request { n: 3, ..greedy(vec![1, 2, 3], 4) };
+    assert!(matches!(small.submit(r).err(), Some(SubmitError::InvalidN { max: 2, .. })));
+}

@@ -100,6 +100,8 @@ pub enum SubmitError {
     Sampling(#[from] SamplingError),
     #[error("the model has no tokenizer: give token ids")]
     NoTokenizer,
+    #[error("stop strings need the model's tokenizer (use stop token ids)")]
+    StopWithoutTokenizer,
     #[error("the model has no usable chat template")]
     NoChatTemplate,
     #[error(transparent)]
@@ -285,28 +287,32 @@ impl Engine {
 
     /// The token ids a prompt becomes (as [`Self::submit`] would tokenize it).
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, SubmitError> {
-        match prompt {
-            Prompt::Tokens(ids) => {
-                if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.limits.vocab_size) {
-                    return Err(SubmitError::TokenOutOfRange { id, vocab_size: self.limits.vocab_size });
-                }
-                Ok(ids.clone())
-            }
-            Prompt::Text(text) => Ok(self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?.encode(text, true)?),
+        let ids = match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?.encode(text, true)?,
             Prompt::Chat(messages) => {
                 let tok = self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?;
                 let template = self.template.as_ref().ok_or(SubmitError::NoChatTemplate)?;
                 let text = template.render(messages, true, tok.special())?;
-                Ok(tok.encode(&text, true)?)
+                tok.encode(&text, true)?
             }
+        };
+        // Also for text: a tokenizer may know more ids than the model has embeddings.
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.limits.vocab_size) {
+            return Err(SubmitError::TokenOutOfRange { id, vocab_size: self.limits.vocab_size });
         }
+        Ok(ids)
     }
 
     /// Validates and queues `request`. Errors mean nothing was queued.
     pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
         request.sampling.validate()?;
-        if request.n == 0 || request.n > self.config.max_n {
-            return Err(SubmitError::InvalidN { n: request.n, max: self.config.max_n });
+        let max_n = self.config.max_n.min(self.config.max_num_seqs);
+        if request.n == 0 || request.n > max_n {
+            return Err(SubmitError::InvalidN { n: request.n, max: max_n });
+        }
+        if !request.stop.is_empty() && self.tokenizer.is_none() {
+            return Err(SubmitError::StopWithoutTokenizer);
         }
         if let Some(k) = request.logprobs.filter(|&k| k > self.config.max_logprobs) {
             return Err(SubmitError::InvalidLogprobs { logprobs: k, max: self.config.max_logprobs });
@@ -555,11 +561,11 @@ impl<B: Backend> Core<B> {
     fn step(&mut self) -> bool {
         let now = Instant::now();
         let out = self.scheduler.schedule(now);
-        for &id in &out.expired {
-            self.finish_seq(id, FinishReason::Deadline);
+        for e in &out.expired {
+            self.finish_ended(e, FinishReason::Deadline);
         }
-        for &id in &out.out_of_memory {
-            self.finish_seq(id, FinishReason::Length);
+        for e in &out.out_of_memory {
+            self.finish_ended(e, FinishReason::Length);
         }
         if out.scheduled.is_empty() {
             return false;
@@ -701,14 +707,35 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// A sequence the scheduler removed itself.
+    fn finish_ended(&mut self, e: &crate::scheduler::Ended, reason: FinishReason) {
+        self.finish_with(e.id, reason, e.num_cached_prompt, e.num_preemptions);
+    }
+
     /// Ends one choice: frees its blocks, sends its `Finish` (and those of choices that will
     /// now never fork from it), and closes the stream after the last.
     fn finish_seq(&mut self, id: SeqId, reason: FinishReason) {
-        let Some(st) = self.seqs.remove(&id) else { return };
-        let cached_tokens = self.scheduler.num_cached_prompt(id);
+        let cached = self.scheduler.num_cached_prompt(id);
         let preemptions = self.scheduler.num_preemptions_of(id);
+        self.finish_with(id, reason, cached, preemptions);
+    }
+
+    fn finish_with(&mut self, id: SeqId, reason: FinishReason, cached_tokens: usize, preemptions: u32) {
+        let Some(mut st) = self.seqs.remove(&id) else { return };
         self.scheduler.remove(id);
         let Some(req) = self.requests.get_mut(&st.request) else { return };
+        // Text held back (a partial character, a possible stop string) is released unless the
+        // choice stopped on a stop string (then the tail was dropped already) or was cancelled.
+        if !matches!(reason, FinishReason::Stop | FinishReason::Cancelled)
+            && let Some(tok) = &self.tokenizer
+        {
+            let tail = st.detok.flush(tok).unwrap_or_default();
+            let (mut text, _) = st.stops.push(&tail);
+            text += &st.stops.flush();
+            if !text.is_empty() {
+                req.sender.send(Event::Token { index: st.index, ids: Vec::new(), text, logprobs: Vec::new() });
+            }
+        }
         let now = Instant::now();
         let usage = Usage { prompt_tokens: req.prompt_tokens, completion_tokens: st.num_generated, cached_tokens };
         let timings = Timings {

@@ -42,10 +42,12 @@ impl EventSender {
         }
         let mut q = self.shared.queue.lock();
         q.events.push_back(event);
-        if let Some(w) = q.waker.take() {
+        let waker = q.waker.take();
+        drop(q);
+        // Woken outside the lock: a waker may poll the stream at once.
+        if let Some(w) = waker {
             w.wake();
         }
-        drop(q);
         self.shared.ready.notify_one();
         true
     }
@@ -55,10 +57,11 @@ impl Drop for EventSender {
     fn drop(&mut self) {
         let mut q = self.shared.queue.lock();
         q.closed = true;
-        if let Some(w) = q.waker.take() {
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
             w.wake();
         }
-        drop(q);
         self.shared.ready.notify_all();
     }
 }

@@ -271,14 +271,17 @@ impl BlockManager {
     }
 
     /// A table starting with the blocks of `hit` (which must come from [`Self::lookup`] with
-    /// no pool change since), counting `num_prompt_tokens` looked up for the hit rate.
-    pub fn take_hit(&self, hit: PrefixHit, num_prompt_tokens: usize) -> SeqBlocks {
+    /// no pool change since). `count_prompt`: the prompt's length, to count this lookup in the
+    /// hit rate (`None` for a lookup that should not count, such as a resumption).
+    pub fn take_hit(&self, hit: PrefixHit, count_prompt: Option<usize>) -> SeqBlocks {
         let mut pool = self.pool.borrow_mut();
         for &id in &hit.blocks {
             pool.retain(id);
         }
-        pool.stats.queried_tokens += num_prompt_tokens as u64;
-        pool.stats.hit_tokens += (hit.blocks.len() * pool.block_size) as u64;
+        if let Some(n) = count_prompt {
+            pool.stats.queried_tokens += n as u64;
+            pool.stats.hit_tokens += (hit.blocks.len() * pool.block_size).min(n) as u64;
+        }
         drop(pool);
         SeqBlocks { pool: self.pool.clone(), blocks: hit.blocks, hashes: hit.hashes, root: hit.root }
     }

@@ -139,12 +139,12 @@ fn deadlines_expire_requests_that_can_no_longer_start_in_time() {
     feasible.deadline = Some(t0 + Duration::from_secs(1));
     s.add(feasible);
     let out = step(&mut s, t0);
-    assert_eq!(out.expired, vec![2]);
+    assert_eq!(out.expired.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2]);
     assert!(!s.contains(2));
     let out = step(&mut s, t0 + Duration::from_millis(400));
     assert!(out.expired.is_empty(), "0.4 + 0.5 s is still in time");
     let out = step(&mut s, t0 + Duration::from_millis(600));
-    assert_eq!(out.expired, vec![3], "0.6 + 0.5 s is not");
+    assert_eq!(out.expired.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3], "0.6 + 0.5 s is not");
     s.check().unwrap();
 }
 
@@ -253,8 +253,8 @@ fn random_workload_never_leaks_or_deadlocks() {
             s.remove(id);
         }
         let out = step(&mut s, now);
-        for id in out.out_of_memory.iter().chain(&out.expired) {
-            live.retain(|l| l.0 != *id);
+        for e in out.out_of_memory.iter().chain(&out.expired) {
+            live.retain(|l| l.0 != e.id);
         }
         live.retain(|&(id, want)| {
             let done = s.tokens(id).len() - s.num_prompt(id) >= want;
@@ -267,4 +267,37 @@ fn random_workload_never_leaks_or_deadlocks() {
     assert!(live.is_empty(), "every sequence finished: {} left", live.len());
     assert_eq!(s.blocks().num_used(), 0);
     assert!(s.num_preemptions() > 0, "the workload exercised preemption");
+}
+
+#[test]
+fn a_waiting_higher_class_takes_token_budget_from_lower_classes() {
+    let t0 = Instant::now();
+    let mut s = sched(2, 8, 64, Duration::ZERO);
+    s.add(spec(1, Priority::Low, t0, 2));
+    s.add(spec(2, Priority::Low, t0, 2));
+    step(&mut s, t0);
+    step(&mut s, t0);
+    assert_eq!(step(&mut s, t0).num_tokens(), 2, "two low decodes use the whole budget");
+    s.add(spec(3, Priority::Critical, t0, 3));
+    let out = step(&mut s, t0);
+    assert!(ids(&out).contains(&3), "the critical request runs at once: {out:?}");
+    assert_eq!(out.preempted.len(), 1);
+    // An equal class waits for budget instead.
+    let mut s = sched(2, 8, 64, Duration::ZERO);
+    s.add(spec(1, Priority::Normal, t0, 2));
+    s.add(spec(2, Priority::Normal, t0, 2));
+    step(&mut s, t0);
+    s.add(spec(3, Priority::Normal, t0, 3));
+    assert!(step(&mut s, t0).preempted.is_empty());
+}
+
+#[test]
+fn a_sequence_needing_more_slots_than_exist_is_ended_not_stuck() {
+    let t0 = Instant::now();
+    let mut s = sched(64, 2, 64, Duration::ZERO);
+    s.add(SeqSpec { extra_slots: 2, ..spec(1, Priority::Normal, t0, 5) });
+    s.add(spec(2, Priority::Normal, t0 + Duration::from_millis(1), 5));
+    let out = step(&mut s, t0);
+    assert_eq!(out.out_of_memory.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(ids(&out), vec![2], "the queue behind it moves");
 }

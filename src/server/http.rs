@@ -169,6 +169,7 @@ fn submit_error(e: SubmitError) -> ApiError {
             crate::sampler::SamplingError::Penalty { name, .. } => name,
         },
         SubmitError::NoTokenizer | SubmitError::NoChatTemplate | SubmitError::Template(_) => "messages",
+        SubmitError::StopWithoutTokenizer => "stop",
         SubmitError::Tokenizer(_) => "prompt",
         SubmitError::EngineStopped => return ApiError { retry_after: Some(5), ..ApiError::new(503, "server_error", e.to_string()) },
     };

@@ -55,7 +55,7 @@ fn a_committed_prefix_is_found_verified_and_salted() {
     let hit = m.lookup(&tokens, None, usize::MAX);
     assert_eq!(hit.blocks, blocks[..2], "freed cached blocks stay cached");
     assert_eq!(hit.num_queued, 2);
-    let b = m.take_hit(hit, tokens.len());
+    let b = m.take_hit(hit, Some(tokens.len()));
     assert_eq!(m.num_free(), 6);
     assert_eq!(m.stats().hit_tokens, 8);
     assert_eq!(m.stats().queried_tokens, 11);
@@ -144,12 +144,12 @@ fn randomized_operations_keep_every_invariant() {
                 let needed = tokens.len().div_ceil(BS) - hit.blocks.len() + hit.num_queued;
                 if needed <= m.num_free() {
                     hits += !hit.blocks.is_empty() as usize;
-                    let mut table = m.take_hit(hit, tokens.len());
+                    let mut table = m.take_hit(hit, Some(tokens.len()));
                     table.reserve(cached, tokens.len()).expect("counted above");
                     table.commit(&tokens, tokens.len());
                     live.push(Live { table, computed: tokens.len(), tokens, salt });
                 } else {
-                    let mut table = m.take_hit(hit, tokens.len());
+                    let mut table = m.take_hit(hit, Some(tokens.len()));
                     assert!(table.reserve(cached, tokens.len()).is_err());
                 }
             }
