@@ -8,7 +8,8 @@
 //!    A sequence that needs a KV block when none is free preempts the lowest running sequence
 //!    (possibly itself).
 //! 2. **Waiting** sequences, by *effective* class (base class raised one level per `aging`
-//!    waited, so nothing waits forever), then arrival, are admitted with as much of their
+//!    waited, up to `high`, so nothing below the top waits forever behind newer work; aged
+//!    traffic never competes with `critical`), then arrival, are admitted with as much of their
 //!    prompt as the token budget allows (chunked prefill), after a prefix-cache lookup so
 //!    cached blocks are not recomputed. If slots or blocks are short, a waiting sequence
 //!    preempts running ones of a *strictly lower* class, lowest and newest first; if that is
@@ -36,7 +37,8 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     /// Sequences running at once at most.
     pub max_num_seqs: usize,
-    /// Waiting this long raises a sequence one class (`Duration::ZERO`: no aging).
+    /// Waiting this long raises a sequence one class, up to `high` (`Duration::ZERO`: no
+    /// aging).
     pub aging: Duration,
 }
 
@@ -119,6 +121,8 @@ pub struct Scheduler {
     /// Measured prompt tokens per second (for deadlines); `None` until known.
     prefill_rate: Option<f64>,
     num_preemptions: u64,
+    /// By the preempted sequence's base class.
+    preemptions_by_class: [u64; 4],
 }
 
 impl Scheduler {
@@ -132,6 +136,7 @@ impl Scheduler {
             running: Vec::new(),
             prefill_rate: None,
             num_preemptions: 0,
+            preemptions_by_class: [0; 4],
         }
     }
 
@@ -262,6 +267,11 @@ impl Scheduler {
         self.num_preemptions
     }
 
+    /// Preemptions by the preempted sequence's class, indexed by [`Priority::rank`].
+    pub fn preemptions_by_class(&self) -> [u64; 4] {
+        self.preemptions_by_class
+    }
+
     /// Tells the scheduler the measured prefill rate (prompt tokens per second).
     pub fn set_prefill_rate(&mut self, tokens_per_second: f64) {
         if tokens_per_second.is_finite() && tokens_per_second > 0.0 {
@@ -269,14 +279,17 @@ impl Scheduler {
         }
     }
 
+    /// The class a waiting sequence competes as: its own, raised one per `aging` waited, up
+    /// to `high` — aged traffic never overtakes `critical`, and a class already at `high` or
+    /// above is not raised.
     fn effective_rank(&self, seq: &Seq, now: Instant) -> u8 {
         let aging = self.config.aging;
-        let boost = if aging.is_zero() {
-            0
-        } else {
-            (now.saturating_duration_since(seq.arrival).as_nanos() / aging.as_nanos()).min(3) as u8
-        };
-        (seq.priority.rank() + boost).min(Priority::Critical.rank())
+        let base = seq.priority.rank();
+        if aging.is_zero() || base >= Priority::High.rank() {
+            return base;
+        }
+        let boost = (now.saturating_duration_since(seq.arrival).as_nanos() / aging.as_nanos()).min(3) as u8;
+        (base + boost).min(Priority::High.rank())
     }
 
     fn slots_used(&self) -> usize {
@@ -305,6 +318,7 @@ impl Scheduler {
             seq.scheduled = 0;
             out.scheduled.retain(|s| s.id != id);
         }
+        self.preemptions_by_class[seq.priority.rank() as usize] += 1;
         self.running.retain(|&r| r != id);
         self.waiting.push(id);
         self.num_preemptions += 1;

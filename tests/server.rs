@@ -209,3 +209,28 @@ fn sigterm_drains_in_flight_work_and_refuses_new_work() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// `ballast bench` against the live server: every request answered, the JSON summary sane.
+#[test]
+fn the_load_generator_reports_per_class() {
+    let server = Server::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["bench", &format!("http://{}", server.addr), "--concurrency", "3", "--num-requests", "6"])
+        .args(["--prompt-words", "8", "--max-tokens", "5", "--class-mix", "high=1,low=1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let classes = v["classes"].as_object().unwrap();
+    let ok: u64 = classes.values().map(|c| c["ok"].as_u64().unwrap()).sum();
+    assert_eq!(ok, 6, "{v}");
+    assert!(classes.keys().all(|k| k == "high" || k == "low"));
+    for c in classes.values() {
+        assert!(c["ttft_p50_s"].as_f64().unwrap() > 0.0);
+        assert!(c["itl_p50_s"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["output_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let (status, _, body) = http(&server.addr, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("ballast_requests_admitted_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"high\"}"), "per-class counters");
+}

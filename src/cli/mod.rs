@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch (the binary's side; `anyhow` lives only here).
 
+mod bench;
 mod fetch;
 mod generate;
 mod inspect;
@@ -23,6 +24,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Serve an OpenAI-compatible HTTP API with priorities, tenants and overload shedding.
     Serve(Box<serve::ServeArgs>),
+    /// Load-test an OpenAI-compatible server: throughput, TTFT and inter-token latency per class.
+    Bench(bench::BenchArgs),
     /// Validate a server configuration file and explain each problem.
     CheckConfig(serve::CheckConfigArgs),
     /// Print a model file's metadata and tensor table.
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(*args),
         Command::Serve(args) => serve::run(*args),
         Command::CheckConfig(args) => serve::check_config(args),
+        Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
     }

@@ -45,7 +45,7 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     pub kv_dtype: KvDtype,
     pub prefix_caching: bool,
-    /// Waiting this long raises a request one priority class (zero: never).
+    /// Waiting this long raises a request one priority class, up to `high` (zero: never).
     pub aging: Duration,
     /// Largest `n` a request may ask for.
     pub max_n: usize,
@@ -62,7 +62,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: 256 << 20,
             kv_dtype: KvDtype::F16,
             prefix_caching: true,
-            aging: Duration::from_secs(10),
+            aging: Duration::from_secs(30),
             max_n: 16,
             max_logprobs: 20,
         }
@@ -132,6 +132,8 @@ pub struct Metrics {
     pub kv_blocks_total: usize,
     pub prefix_cache: CacheStats,
     pub preemptions: u64,
+    /// Preemptions by the preempted sequence's class.
+    pub preemptions_by_class: [u64; 4],
     pub requests_submitted: u64,
     /// Choices finished, by reason.
     pub finished: FinishCounts,
@@ -770,6 +772,7 @@ impl<B: Backend> Core<B> {
         m.kv_blocks_used = self.blocks.num_used();
         m.prefix_cache = self.blocks.stats();
         m.preemptions = self.scheduler.num_preemptions();
+        m.preemptions_by_class = self.scheduler.preemptions_by_class();
         self.shared.metrics.lock().clone_from(m);
     }
 }

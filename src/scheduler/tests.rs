@@ -301,3 +301,14 @@ fn a_sequence_needing_more_slots_than_exist_is_ended_not_stuck() {
     assert_eq!(out.out_of_memory.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
     assert_eq!(ids(&out), vec![2], "the queue behind it moves");
 }
+
+#[test]
+fn aged_traffic_never_overtakes_critical() {
+    let t0 = Instant::now();
+    let mut s = sched(64, 1, 64, Duration::from_secs(1));
+    s.add(spec(1, Priority::Low, t0, 4));
+    s.add(spec(2, Priority::Critical, t0 + Duration::from_secs(100), 4));
+    // The low request has waited 100 aging periods; the critical one just arrived.
+    let out = step(&mut s, t0 + Duration::from_secs(100));
+    assert_eq!(ids(&out), vec![2]);
+}

@@ -149,7 +149,7 @@ impl ServerMetrics {
             }
         }
         counter(&mut o, "ballast_requests_finished_total", "Choices finished, by class and finish reason.", &rows);
-        counter(&mut o, "ballast_preemptions_total", "Sequences preempted by the scheduler.", &[(m.clone(), e.preemptions as f64)]);
+        counter(&mut o, "ballast_preemptions_total", "Sequences preempted by the scheduler, by the preempted sequence's class.", &per_class(&|p| e.preemptions_by_class[p.rank() as usize] as f64));
         counter(&mut o, "ballast_prompt_tokens_total", "Prompt tokens admitted, by class.", &per_class(&|p| c.prompt_tokens[p.rank() as usize] as f64));
         counter(&mut o, "ballast_generation_tokens_total", "Tokens generated, by class.", &per_class(&|p| c.completion_tokens[p.rank() as usize] as f64));
         counter(&mut o, "vllm:prompt_tokens_total", "Prompt tokens computed.", &[(m.clone(), (e.tokens_computed - e.tokens_generated.min(e.tokens_computed)) as f64)]);

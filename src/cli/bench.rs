@@ -1,0 +1,390 @@
+//! `ballast bench URL`: a load generator for any OpenAI-compatible server (ballast, vLLM,
+//! llama-server). Streaming `/v1/completions` requests from a fixed, seeded prompt set, at a
+//! fixed concurrency (closed loop) or arrival rate (open loop), optionally mixing priority
+//! classes; reports throughput and TTFT / inter-token latency p50 and p99 per class, and what
+//! was refused (status, Retry-After).
+//!
+//! Plain HTTP/1.1 over TCP (no TLS): what a load generator next to the server needs.
+
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The server's base URL, e.g. http://127.0.0.1:8080
+    url: String,
+    /// Requests in flight at once (closed loop).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Arrival rate in requests per second (open loop, Poisson); overrides --concurrency.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Requests to send.
+    #[arg(long, default_value_t = 32)]
+    num_requests: usize,
+    /// Words per prompt (about one token each).
+    #[arg(long, default_value_t = 128)]
+    prompt_words: usize,
+    /// Tokens to generate per request (with ignore_eos).
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Priority classes and weights, e.g. `high=1,low=3` (sent as the `priority` field).
+    #[arg(long)]
+    class_mix: Option<String>,
+    /// The `model` field (default: the first model of /v1/models).
+    #[arg(long)]
+    model: Option<String>,
+    /// Sent as `Authorization: Bearer KEY`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Seed of the prompt set and class draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object with everything on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+const WORDS: &[&str] = &[
+    "the", "river", "mountain", "quiet", "light", "city", "over", "under", "song", "window", "garden", "old", "new", "story",
+    "morning", "evening", "stone", "bridge", "road", "cloud", "winter", "summer", "house", "friend", "letter", "blue", "green",
+    "small", "great", "across", "before", "after", "always", "never", "water", "fire", "forest", "market", "harbor", "voice",
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Target {
+    host: String,
+    port: u16,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let rest = url.strip_prefix("http://").context("the URL must start with http:// (TLS is not supported)")?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().with_context(|| format!("bad port in {url}"))?),
+        None => (hostport.to_string(), 80),
+    };
+    Ok(Target { host, port })
+}
+
+/// One HTTP/1.1 exchange; calls `on_data` with each SSE `data:` payload as it arrives.
+async fn post_stream(
+    t: &Target,
+    path: &str,
+    body: &str,
+    api_key: Option<&str>,
+    mut on_data: impl FnMut(&str),
+) -> anyhow::Result<(u16, Option<String>, String)> {
+    let stream = TcpStream::connect((t.host.as_str(), t.port)).await?;
+    stream.set_nodelay(true)?;
+    let mut stream = BufReader::new(stream);
+    let auth = api_key.map(|k| format!("authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\naccept: text/event-stream\r\n{auth}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        t.host,
+        t.port,
+        body.len()
+    );
+    stream.get_mut().write_all(req.as_bytes()).await?;
+    let mut line = String::new();
+    stream.read_line(&mut line).await?;
+    let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
+    let (mut chunked, mut retry_after, mut length) = (false, None, None);
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            match k.as_str() {
+                "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                "retry-after" => retry_after = Some(v.to_string()),
+                "content-length" => length = v.parse::<usize>().ok(),
+                _ => {}
+            }
+        }
+    }
+    let mut pending = String::new();
+    let mut all = String::new();
+    let mut feed = |bytes: &[u8], pending: &mut String, all: &mut String| {
+        let text = String::from_utf8_lossy(bytes);
+        if status != 200 {
+            all.push_str(&text);
+            return;
+        }
+        pending.push_str(&text);
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            for l in event.lines() {
+                if let Some(d) = l.strip_prefix("data:") {
+                    on_data(d.trim());
+                }
+            }
+        }
+    };
+    if chunked {
+        loop {
+            line.clear();
+            stream.read_line(&mut line).await?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).context("bad chunk size")?;
+            if size == 0 {
+                break;
+            }
+            let mut buf = vec![0u8; size + 2];
+            stream.read_exact(&mut buf).await?;
+            feed(&buf[..size], &mut pending, &mut all);
+        }
+    } else {
+        let mut buf = Vec::new();
+        match length {
+            Some(n) => {
+                buf.resize(n, 0);
+                stream.read_exact(&mut buf).await?;
+            }
+            None => {
+                stream.read_to_end(&mut buf).await?;
+            }
+        }
+        feed(&buf, &mut pending, &mut all);
+        feed(b"\n\n", &mut pending, &mut all);
+    }
+    Ok((status, retry_after, all))
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    class: String,
+    status: u16,
+    retry_after: Option<String>,
+    ttft: Option<f64>,
+    gaps: Vec<f64>,
+    e2e: f64,
+    tokens: usize,
+    error: Option<String>,
+}
+
+async fn one(t: Arc<Target>, body: String, class: String, api_key: Option<String>) -> Sample {
+    let start = Instant::now();
+    let mut s = Sample { class, ..Sample::default() };
+    let mut last: Option<Instant> = None;
+    let mut ttft = None;
+    let mut gaps = Vec::new();
+    let mut tokens = 0;
+    let result = post_stream(&t, "/v1/completions", &body, api_key.as_deref(), |data| {
+        if data == "[DONE]" {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { return };
+        if let Some(u) = v.get("usage").and_then(|u| u["completion_tokens"].as_u64()) {
+            tokens = u as usize;
+        }
+        let has_text = v["choices"].as_array().is_some_and(|c| c.iter().any(|c| c["text"].as_str().is_some_and(|t| !t.is_empty())));
+        if has_text {
+            let now = Instant::now();
+            match last {
+                None => ttft = Some((now - start).as_secs_f64()),
+                Some(prev) => gaps.push((now - prev).as_secs_f64()),
+            }
+            last = Some(now);
+        }
+    })
+    .await;
+    s.e2e = start.elapsed().as_secs_f64();
+    match result {
+        Ok((status, retry, text)) => {
+            s.status = status;
+            s.retry_after = retry;
+            if status != 200 {
+                s.error = Some(text.chars().take(200).collect());
+            }
+        }
+        Err(e) => s.error = Some(e.to_string()),
+    }
+    s.ttft = ttft;
+    s.gaps = gaps;
+    s.tokens = tokens;
+    s
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let target = Arc::new(parse_url(&args.url)?);
+    let mix: Vec<(String, f64)> = match &args.class_mix {
+        None => vec![(String::new(), 1.0)],
+        Some(m) => m
+            .split(',')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').context("--class-mix takes class=weight pairs")?;
+                let w: f64 = v.parse().context("a class weight must be a number")?;
+                anyhow::ensure!(w > 0.0, "class weights must be positive");
+                Ok((k.trim().to_string(), w))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    if args.num_requests == 0 || args.concurrency == 0 {
+        bail!("--num-requests and --concurrency must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let model = match &args.model {
+            Some(m) => m.clone(),
+            None => {
+                let (status, _, body) = get(&target, "/v1/models").await?;
+                anyhow::ensure!(status == 200, "GET /v1/models answered {status}");
+                let v: serde_json::Value = serde_json::from_str(&body)?;
+                v["data"][0]["id"].as_str().context("no model in /v1/models")?.to_string()
+            }
+        };
+        let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let total: f64 = mix.iter().map(|m| m.1).sum();
+        let requests: Vec<(String, String)> = (0..args.num_requests)
+            .map(|i| {
+                let mut x = rng.unit() * total;
+                let class = mix.iter().find(|(_, w)| { x -= w; x < 0.0 }).unwrap_or(&mix[0]).0.clone();
+                let words: Vec<&str> = (0..args.prompt_words).map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize]).collect();
+                let mut body = serde_json::json!({
+                    "model": model, "prompt": format!("Request {i}: {}", words.join(" ")), "max_tokens": args.max_tokens,
+                    "temperature": 0, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true},
+                });
+                if !class.is_empty() {
+                    body["priority"] = class.clone().into();
+                }
+                (body.to_string(), class)
+            })
+            .collect();
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        if let Some(rate) = args.rate {
+            anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
+            let mut at = 0.0;
+            for (body, class) in requests {
+                at += -rng.unit().max(1e-12).ln() / rate;
+                let wait = Duration::from_secs_f64(at).saturating_sub(start.elapsed());
+                tokio::time::sleep(wait).await;
+                let (target, key) = (target.clone(), args.api_key.clone());
+                handles.push(tokio::spawn(async move { vec![one(target, body, class, key).await] }));
+            }
+        } else {
+            let queue = Arc::new(parking_lot::Mutex::new(requests.into_iter()));
+            for _ in 0..args.concurrency.min(args.num_requests) {
+                let (queue, target, key) = (queue.clone(), target.clone(), args.api_key.clone());
+                handles.push(tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    loop {
+                        let next = queue.lock().next();
+                        let Some((body, class)) = next else { break };
+                        done.push(one(target.clone(), body, class, key.clone()).await);
+                    }
+                    done
+                }));
+            }
+        }
+        let mut samples = Vec::new();
+        for h in handles {
+            samples.extend(h.await?);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        report(&samples, secs, &args);
+        Ok(())
+    })
+}
+
+async fn get(t: &Target, path: &str) -> anyhow::Result<(u16, Option<String>, String)> {
+    let mut stream = TcpStream::connect((t.host.as_str(), t.port)).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {}:{}\r\nconnection: close\r\n\r\n", t.host, t.port);
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("bad response")?;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    Ok((status, None, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn report(samples: &[Sample], secs: f64, args: &BenchArgs) {
+    let mut by_class: BTreeMap<String, Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        by_class.entry(if s.class.is_empty() { "all".into() } else { s.class.clone() }).or_default().push(s);
+    }
+    let mut classes = serde_json::Map::new();
+    let load = match args.rate {
+        Some(r) => format!("rate {r}/s"),
+        None => format!("concurrency {}", args.concurrency),
+    };
+    eprintln!("{} requests, {load}, {} prompt words, {} max tokens, {secs:.1} s", samples.len(), args.prompt_words, args.max_tokens);
+    for (class, v) in &by_class {
+        let ok: Vec<&&Sample> = v.iter().filter(|s| s.status == 200 && s.error.is_none()).collect();
+        let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+        for s in v.iter().filter(|s| s.status != 200 || s.error.is_some()) {
+            *statuses.entry(if s.status == 0 { "connection".into() } else { s.status.to_string() }).or_default() += 1;
+        }
+        let with_retry = v.iter().filter(|s| s.status != 200 && s.retry_after.is_some()).count();
+        let tokens: usize = ok.iter().map(|s| s.tokens).sum();
+        let mut ttft: Vec<f64> = ok.iter().filter_map(|s| s.ttft).collect();
+        let mut itl: Vec<f64> = ok.iter().flat_map(|s| s.gaps.iter().copied()).collect();
+        let mut e2e: Vec<f64> = ok.iter().map(|s| s.e2e).collect();
+        let line = serde_json::json!({
+            "requests": v.len(), "ok": ok.len(), "refused_or_failed": statuses, "refusals_with_retry_after": with_retry,
+            "output_tokens_per_s": tokens as f64 / secs,
+            "ttft_p50_s": pct(&mut ttft, 0.5), "ttft_p99_s": pct(&mut ttft, 0.99),
+            "itl_p50_s": pct(&mut itl, 0.5), "itl_p99_s": pct(&mut itl, 0.99),
+            "e2e_p50_s": pct(&mut e2e, 0.5), "e2e_p99_s": pct(&mut e2e, 0.99),
+        });
+        eprintln!(
+            "  {class:<9} ok {:>4}/{:<4} refused {} (Retry-After on {with_retry})  {:>7.1} tok/s  TTFT p50 {:>6.0} ms p99 {:>6.0} ms  ITL p50 {:>5.1} ms p99 {:>5.1} ms",
+            ok.len(),
+            v.len(),
+            if statuses.is_empty() { "none".to_string() } else { statuses.iter().map(|(k, n)| format!("{n}×{k}")).collect::<Vec<_>>().join(" ") },
+            tokens as f64 / secs,
+            1e3 * pct(&mut ttft, 0.5),
+            1e3 * pct(&mut ttft, 0.99),
+            1e3 * pct(&mut itl, 0.5),
+            1e3 * pct(&mut itl, 0.99),
+        );
+        classes.insert(class.clone(), line);
+    }
+    if args.json {
+        let total_tokens: usize = samples.iter().filter(|s| s.status == 200).map(|s| s.tokens).sum();
+        println!("{}", serde_json::json!({"seconds": secs, "output_tokens_per_s": total_tokens as f64 / secs, "classes": classes}));
+    }
+}
