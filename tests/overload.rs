@@ -92,7 +92,7 @@ fn simulate(surge: bool) -> ([Outcome; 4], usize) {
                 }
                 let span = finishes.front().map_or(1.0, |f| (t - f).clamp(1.0, 30.0));
                 let used = blocks.num_used() as f64 / blocks.num_blocks() as f64;
-                let signals = Signals { waiting: sched.waiting_by_class(), running: sched.num_running(), kv_usage: used, drain_rate: finishes.len() as f64 / span };
+                let signals = Signals { waiting: sched.waiting_by_class(), running: sched.num_running(), kv_usage: used, drain_rate: finishes.len() as f64 / span, ttft: [None; 4] };
                 match admission.admit(0, class, prompt_len, &signals, now) {
                     Decision::Reject { retry_after, .. } => {
                         outcomes[i].refused += 1;

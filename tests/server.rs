@@ -234,3 +234,42 @@ fn the_load_generator_reports_per_class() {
     assert_eq!(status, 200);
     assert!(body.contains("ballast_requests_admitted_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"high\"}"), "per-class counters");
 }
+
+/// Degraded requests go to the fallback model when one is loaded (text and chat), and are
+/// capped otherwise (token-id prompts); both say so in a header and the body.
+#[test]
+fn degraded_requests_are_routed_to_the_fallback_model_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ballast.toml");
+    let config = "[server]\ndegrade_max_tokens = 3\n\n[[tenants]]\nname = \"free\"\napi_keys = [\"sk-free-0001\"]\nalways_degrade = true\n\n[[tenants]]\nname = \"paid\"\napi_keys = [\"sk-paid-0001\"]\n\n[classes.high]\nttft_target_ms = 5000\n";
+    std::fs::write(&cfg, config).unwrap();
+    let model = model_path();
+    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--fallback-model", model.to_str().unwrap()]);
+    let addr = &server.addr;
+    let free = [("authorization", "Bearer sk-free-0001")];
+    let paid = [("authorization", "Bearer sk-paid-0001")];
+    let stem = model.file_stem().unwrap().to_string_lossy().into_owned();
+
+    let (status, headers, body) = http(addr, "POST", "/v1/completions", &free, &completion("The capital of France is", 6));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-ballast-degraded"), Some("fallback_model"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model"], format!("{stem}-fallback"));
+    assert_eq!(v["degraded"], serde_json::json!(["fallback_model"]));
+    assert!(v["choices"][0]["text"].as_str().unwrap().starts_with(" Paris"), "the fallback answered: {v}");
+
+    let ids = serde_json::json!({"prompt": [504, 3575, 282, 4649, 314], "max_tokens": 10, "n": 2, "temperature": 0.5}).to_string();
+    let (status, headers, body) = http(addr, "POST", "/v1/completions", &free, &ids);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-ballast-degraded"), Some("max_tokens,n"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model"], stem.as_str());
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert_eq!(v["choices"].as_array().unwrap().len(), 1);
+
+    let (status, headers, _) = http(addr, "POST", "/v1/completions", &paid, &completion("Hi", 2));
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ballast-degraded"), None);
+    let degraded = metric(addr, &format!("ballast_requests_degraded_total{{model_name=\"{stem}\",priority=\"normal\"}}"));
+    assert_eq!(degraded, 2.0);
+}

@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// The model id clients use (default: the model file's name without extension).
     #[arg(long)]
     served_model_name: Option<String>,
+    /// A lighter model (GGUF or HF directory) loaded beside the main one: degraded text and
+    /// chat requests are routed to it instead of being capped. Its KV cache gets a quarter of
+    /// --kv-cache-mib.
+    #[arg(long, value_name = "PATH")]
+    fallback_model: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,7 +50,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         stem.filter(|s| !s.is_empty()).unwrap_or_else(|| loaded.info.name.clone())
     });
     let backend = args.model.backend()?;
-    let engine = Engine::start(backend, loaded, args.engine.config(&args.model))?;
+    let engine_config = args.engine.config(&args.model);
+    let fallback = match &args.fallback_model {
+        None => None,
+        Some(path) => {
+            let model_args = ModelArgs { model: Some(path.clone()), ..args.model.clone() };
+            let loaded = model_args.load()?;
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "fallback".into());
+            let config = ballast::engine::EngineConfig { kv_cache_bytes: engine_config.kv_cache_bytes / 4, ..engine_config.clone() };
+            let engine = Engine::start(model_args.backend()?, loaded, config).context("starting the fallback model")?;
+            let name = if stem == name { format!("{stem}-fallback") } else { stem };
+            tracing::info!("fallback model {name} for degraded requests");
+            Some((engine, name))
+        }
+    };
+    let engine = Engine::start(backend, loaded, engine_config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ballast-http")
@@ -59,7 +78,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!("serving {name} on http://{addr} ({} KV tokens)", engine.kv_capacity());
         eprintln!("listening on http://{addr}");
-        let state = ballast::server::State::new(engine, name, config);
+        let state = ballast::server::State::new(engine, name, config, fallback);
         ballast::server::serve(state, listener, args.config).await.context("serving")
     })?;
     tracing::info!("stopped");

@@ -13,6 +13,8 @@
 //!    that raised it), and a class is never at a lower level than the class above it: the
 //!    lowest class degrades and sheds first. `critical` is never degraded or shed here; it is
 //!    refused only when the hardware cannot hold it (the engine's own checks).
+//!    A class with a TTFT target that its recent requests miss pushes every class below it to
+//!    `degrade` (to `shed` beyond twice the target): the lower classes make room for it.
 //!
 //! Every refusal carries a `Retry-After` estimated from the drain rate.
 
@@ -31,6 +33,8 @@ pub struct Signals {
     pub kv_usage: f64,
     /// Requests finishing per second, recently (0: not measured yet).
     pub drain_rate: f64,
+    /// Recent time to first token per class (a moving average), by rank.
+    pub ttft: [Option<Duration>; 4],
 }
 
 impl Signals {
@@ -201,6 +205,22 @@ impl Admission {
 
     /// Moves the ladder to the levels the signals call for (with hysteresis).
     pub fn update(&mut self, signals: &Signals) {
+        // The level a missed TTFT target of a higher class imposes on the classes below it.
+        let mut imposed = [Level::Normal; 4];
+        for p in Priority::ALL {
+            let i = p.rank() as usize;
+            let (Some(target), Some(ttft)) = (self.config.classes[i].ttft_target, signals.ttft[i]) else { continue };
+            let level = if ttft > target * 2 {
+                Level::Shed
+            } else if ttft > target {
+                Level::Degrade
+            } else {
+                Level::Normal
+            };
+            for below in imposed.iter_mut().take(i) {
+                *below = (*below).max(level);
+            }
+        }
         let mut floor = Level::Normal;
         for p in [Priority::High, Priority::Normal, Priority::Low] {
             let i = p.rank() as usize;
@@ -222,7 +242,7 @@ impl Admission {
             };
             // KV nearly full: the lowest class degrades (shorter outputs hold fewer blocks).
             let level = if p == Priority::Low && signals.kv_usage > 0.95 { level.max(Level::Degrade) } else { level };
-            self.levels[i] = level.max(floor);
+            self.levels[i] = level.max(floor).max(imposed[i]);
             floor = self.levels[i];
         }
         self.levels[Priority::Critical.rank() as usize] = Level::Normal;
@@ -237,6 +257,7 @@ impl Admission {
             return Decision::Reject { reason: RejectReason::Draining, retry_after, message: "the server is shutting down".into() };
         }
         let limits = &self.config.tenants[tenant];
+        let limits_degrade = limits.always_degrade;
         let st = self.tenants.get_mut(&limits.name).expect("every configured tenant has a state");
         if let Some(max) = limits.max_concurrent
             && st.in_flight >= max
@@ -283,7 +304,7 @@ impl Admission {
         if let Some(b) = st.tokens.as_mut() {
             b.level -= prompt_tokens as f64;
         }
-        Decision::Admit { degrade: level == Level::Degrade }
+        Decision::Admit { degrade: level == Level::Degrade || limits_degrade }
     }
 
     /// An admitted request of tenant `name` ended having generated `completion_tokens`.

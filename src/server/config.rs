@@ -16,10 +16,15 @@
 //! requests_per_minute = 600
 //! max_concurrent = 32
 //! cache_salt = "batch-jobs"    # prefix-cache namespace (default: the tenant's name)
+//! always_degrade = false       # true: always the degraded treatment (e.g. the fallback model)
 //!
 //! [classes.low]
 //! max_queue_ms = 2000          # estimated queue wait above which new requests are shed
 //! deadline_ms = 30000          # queued longer than this without a first token: fail early
+//!
+//! [classes.high]
+//! ttft_target_ms = 2000        # recent TTFT of this class above it: lower classes degrade
+//!                              # (above twice it: they are shed)
 //! ```
 //!
 //! Without a file there is one open tenant (no key, every class allowed, no limits).
@@ -59,6 +64,8 @@ struct RawTenant {
     requests_per_minute: Option<f64>,
     max_concurrent: Option<u64>,
     cache_salt: Option<String>,
+    #[serde(default)]
+    always_degrade: bool,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -66,6 +73,7 @@ struct RawTenant {
 struct RawClass {
     max_queue_ms: Option<f64>,
     deadline_ms: Option<f64>,
+    ttft_target_ms: Option<f64>,
 }
 
 /// One tenant: who may use the server and how much.
@@ -78,6 +86,8 @@ pub struct Tenant {
     pub max_concurrent: Option<usize>,
     /// `None`: share the common prefix-cache namespace (only the open tenant).
     pub cache_salt: Option<String>,
+    /// Every request gets the degraded treatment (a free tier served by the fallback model).
+    pub always_degrade: bool,
 }
 
 /// Targets of one priority class.
@@ -88,6 +98,9 @@ pub struct ClassTargets {
     pub max_queue: Option<Duration>,
     /// Requests still without a first token this long after arrival fail early.
     pub deadline: Option<Duration>,
+    /// When this class's recent time to first token exceeds it, the classes below it are
+    /// degraded (beyond twice it, shed) to give it room.
+    pub ttft_target: Option<Duration>,
 }
 
 /// A validated configuration.
@@ -112,6 +125,7 @@ impl Default for ServerConfig {
             requests_per_minute: None,
             max_concurrent: None,
             cache_salt: None,
+            always_degrade: false,
         };
         ServerConfig {
             max_body_bytes: 1 << 20,
@@ -129,10 +143,10 @@ impl Default for ServerConfig {
 fn default_classes() -> [ClassTargets; 4] {
     let ms = |v: u64| Some(Duration::from_millis(v));
     [
-        ClassTargets { max_queue: ms(2_000), deadline: ms(30_000) },
-        ClassTargets { max_queue: ms(10_000), deadline: ms(60_000) },
-        ClassTargets { max_queue: ms(30_000), deadline: None },
-        ClassTargets { max_queue: None, deadline: None },
+        ClassTargets { max_queue: ms(2_000), deadline: ms(30_000), ttft_target: None },
+        ClassTargets { max_queue: ms(10_000), deadline: ms(60_000), ttft_target: None },
+        ClassTargets { max_queue: ms(30_000), deadline: None, ttft_target: None },
+        ClassTargets { max_queue: None, deadline: None, ttft_target: None },
     ]
 }
 
@@ -220,6 +234,7 @@ impl ServerConfig {
                 tokens_per_minute,
                 requests_per_minute,
                 max_concurrent: t.max_concurrent.map(|c| c as usize),
+                always_degrade: t.always_degrade,
             });
         }
         for (name, c) in raw.classes {
@@ -228,7 +243,12 @@ impl ServerConfig {
                 continue;
             };
             let target = &mut cfg.classes[p.rank() as usize];
-            for (field, v, slot) in [("max_queue_ms", c.max_queue_ms, &mut target.max_queue), ("deadline_ms", c.deadline_ms, &mut target.deadline)] {
+            let fields = [
+                ("max_queue_ms", c.max_queue_ms, &mut target.max_queue),
+                ("deadline_ms", c.deadline_ms, &mut target.deadline),
+                ("ttft_target_ms", c.ttft_target_ms, &mut target.ttft_target),
+            ];
+            for (field, v, slot) in fields {
                 match v {
                     Some(x) if !(x.is_finite() && x > 0.0) => errors.push(format!("classes.{name}.{field} = {x}: must be a positive number of milliseconds")),
                     Some(x) => *slot = Some(secs(x)),

@@ -212,6 +212,9 @@ impl Drop for Admitted {
 impl Admitted {
     fn record(&mut self, reason: &FinishReason, usage: &Usage, timings: &crate::request::Timings) {
         self.completion_tokens += usage.completion_tokens;
+        if let Some(t) = timings.time_to_first_token {
+            self.state.note_ttft(self.priority, t);
+        }
         self.finished.push(Finished {
             priority: self.priority,
             finish: reason.name(),
@@ -278,7 +281,7 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     request.cache_salt = tenant.cache_salt.clone();
     request.deadline = config.classes[class.rank() as usize].deadline.map(|d| arrival + d);
     let prompt_ids = state.engine.tokenize(&request.prompt).map_err(submit_error)?;
-    request.prompt = Prompt::Tokens(prompt_ids.clone());
+    let original_prompt = std::mem::replace(&mut request.prompt, Prompt::Tokens(prompt_ids.clone()));
 
     let signals = state.signals();
     let decision = state.admission.lock().admit(tenant_index, class, prompt_ids.len(), &signals, Instant::now());
@@ -293,7 +296,14 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     };
     let mut admitted = Admitted { state: state.clone(), n: request.n, tenant: tenant.name.clone(), priority: class, arrival, completion_tokens: 0, finished: Vec::new() };
     let mut degraded = Vec::new();
-    if degrade {
+    // Degrading routes to the fallback model when there is one (for text and chat prompts:
+    // token ids belong to the main model's vocabulary); otherwise it caps the request.
+    let to_fallback = degrade && state.fallback.is_some() && !matches!(original_prompt, Prompt::Tokens(_));
+    if to_fallback {
+        request.prompt = original_prompt;
+        degraded.push("fallback_model");
+        tracing::info!(tenant = %tenant.name, priority = class.name(), "degraded: routed to the fallback model");
+    } else if degrade {
         let cap = config.degrade_max_tokens;
         if request.max_tokens.is_none_or(|m| m > cap) {
             request.max_tokens = Some(cap);
@@ -316,7 +326,12 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
         Kind::Completion { .. } => Kind::Completion { logprobs: request.logprobs },
         Kind::Chat { .. } => Kind::Chat { logprobs: request.logprobs },
     };
-    let mut events = state.engine.submit(request).map_err(submit_error)?;
+    let engine = match (&state.fallback, to_fallback) {
+        (Some((fallback, _)), true) => fallback,
+        _ => &state.engine,
+    };
+    let mut events = engine.submit(request).map_err(submit_error)?;
+    let prompt_tokens = events.prompt_ids().len();
     // The first event decides between a response and an error (deadline, engine failure).
     let first = StreamExt::next(&mut events).await;
     if let Some(Event::Finish { reason, usage, timings, .. }) = &first {
@@ -338,7 +353,8 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
         id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, events.id()),
         created: now_unix(),
         kind,
-        prompt_tokens: prompt_ids.len(),
+        prompt_tokens,
+        fallback: to_fallback,
     };
     let mut resp = if stream {
         sse_response(ctx, first, events, admitted, n, include_usage, degraded.clone())
@@ -358,11 +374,28 @@ struct Ctx {
     created: u64,
     kind: Kind,
     prompt_tokens: usize,
+    /// Served by the fallback model.
+    fallback: bool,
 }
 
 impl Ctx {
+    fn engine(&self) -> &crate::engine::Engine {
+        match &self.state.fallback {
+            Some((e, _)) if self.fallback => e,
+            _ => &self.state.engine,
+        }
+    }
+
+    /// The `model` field of the response: the model that answered.
+    fn model(&self) -> &str {
+        match &self.state.fallback {
+            Some((_, name)) if self.fallback => name,
+            _ => &self.state.model_name,
+        }
+    }
+
     fn token_text(&self, id: u32) -> String {
-        self.state.engine.tokenizer().and_then(|t| t.decode(&[id], false).ok()).unwrap_or_default()
+        self.engine().tokenizer().and_then(|t| t.decode(&[id], false).ok()).unwrap_or_default()
     }
 
     /// OpenAI's logprobs object for a run of tokens (`None` if none were asked for).
@@ -423,12 +456,12 @@ impl Ctx {
                 delta.insert("content".into(), t.into());
             }
             serde_json::json!({
-                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.state.model_name,
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model(),
                 "choices": [{"index": index, "delta": delta, "logprobs": self.logprobs_json(lps), "finish_reason": finish}],
             })
         } else {
             serde_json::json!({
-                "id": self.id, "object": "text_completion", "created": self.created, "model": self.state.model_name,
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model(),
                 "choices": [{"index": index, "text": text.unwrap_or(""), "logprobs": self.logprobs_json(lps), "finish_reason": finish}],
             })
         }
@@ -498,7 +531,7 @@ async fn json_response(
         "id": ctx.id,
         "object": if ctx.is_chat() { "chat.completion" } else { "text_completion" },
         "created": ctx.created,
-        "model": ctx.state.model_name,
+        "model": ctx.model(),
         "choices": choices,
         "usage": ctx.usage_json(completion, cached),
     });
@@ -668,6 +701,6 @@ impl State {
     pub fn signals(&self) -> Signals {
         let m = self.engine.metrics();
         let kv_usage = if m.kv_blocks_total == 0 { 0.0 } else { m.kv_blocks_used as f64 / m.kv_blocks_total as f64 };
-        Signals { waiting: m.waiting, running: m.running, kv_usage, drain_rate: self.drain_rate() }
+        Signals { waiting: m.waiting, running: m.running, kv_usage, drain_rate: self.drain_rate(), ttft: self.recent_ttft() }
     }
 }

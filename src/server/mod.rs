@@ -27,12 +27,16 @@ pub struct State {
     started_unix: u64,
     /// When recent requests finished (the drain rate's window).
     finishes: Mutex<VecDeque<Instant>>,
+    /// Moving average of time to first token per class (seconds), by rank.
+    ttft: Mutex<[Option<f64>; 4]>,
+    /// A lighter model that degraded requests are routed to, and its id.
+    pub fallback: Option<(Engine, String)>,
 }
 
 const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 
 impl State {
-    pub fn new(engine: Engine, model_name: String, config: ServerConfig) -> Arc<State> {
+    pub fn new(engine: Engine, model_name: String, config: ServerConfig, fallback: Option<(Engine, String)>) -> Arc<State> {
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Arc::new(State {
             engine,
@@ -41,7 +45,21 @@ impl State {
             metrics: Default::default(),
             started_unix,
             finishes: Mutex::new(VecDeque::new()),
+            ttft: Mutex::new([None; 4]),
+            fallback,
         })
+    }
+
+    fn note_ttft(&self, p: crate::request::Priority, ttft: Duration) {
+        let mut t = self.ttft.lock();
+        let slot = &mut t[p.rank() as usize];
+        let x = ttft.as_secs_f64();
+        *slot = Some(slot.map_or(x, |old| 0.8 * old + 0.2 * x));
+    }
+
+    /// Recent time to first token per class.
+    pub fn recent_ttft(&self) -> [Option<Duration>; 4] {
+        self.ttft.lock().map(|t| t.map(Duration::from_secs_f64))
     }
 
     fn note_finish(&self) {
@@ -102,6 +120,9 @@ pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener, config_
         }
         // Ends whatever is still running (its streams finish with an error) so connections close.
         drain_state.engine.shutdown();
+        if let Some((fallback, _)) = &drain_state.fallback {
+            fallback.shutdown();
+        }
     };
     let app = http::router(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await

@@ -14,6 +14,7 @@ fn tenant() -> Tenant {
         requests_per_minute: None,
         max_concurrent: None,
         cache_salt: None,
+        always_degrade: false,
     }
 }
 
@@ -102,4 +103,21 @@ fn draining_refuses_everything_and_reload_keeps_usage() {
     a.set_draining();
     let (reason, _) = rejected(&a.admit(0, Priority::Critical, 1, &idle(), t0)).unwrap();
     assert_eq!((reason, reason.status()), (RejectReason::Draining, 503));
+}
+
+#[test]
+fn a_missed_ttft_target_makes_the_lower_classes_give_way() {
+    let t0 = Instant::now();
+    let mut c = ServerConfig { tenants: vec![tenant()], ..ServerConfig::default() };
+    c.classes[Priority::High.rank() as usize].ttft_target = Some(Duration::from_secs(1));
+    let mut a = Admission::new(Arc::new(c), t0);
+    let with_high_ttft = |s: f64| Signals { ttft: [None, None, Some(Duration::from_secs_f64(s)), None], ..idle() };
+    assert_eq!(a.admit(0, Priority::Low, 1, &with_high_ttft(0.5), t0), Decision::Admit { degrade: false });
+    assert_eq!(a.admit(0, Priority::Normal, 1, &with_high_ttft(1.5), t0), Decision::Admit { degrade: true });
+    assert_eq!(a.admit(0, Priority::High, 1, &with_high_ttft(1.5), t0), Decision::Admit { degrade: false }, "the class itself is not degraded");
+    assert_eq!(rejected(&a.admit(0, Priority::Low, 1, &with_high_ttft(2.5), t0)).unwrap().0, RejectReason::Overload);
+    assert_eq!(a.admit(0, Priority::Low, 1, &with_high_ttft(0.5), t0), Decision::Admit { degrade: false }, "back once high is on target");
+    // A tenant that always gets the degraded treatment.
+    let mut a = Admission::new(config(Tenant { always_degrade: true, ..tenant() }), t0);
+    assert_eq!(a.admit(0, Priority::High, 1, &idle(), t0), Decision::Admit { degrade: true });
 }
