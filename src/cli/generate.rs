@@ -94,6 +94,8 @@ impl EngineArgs {
             kv_cache_bytes: self.kv_cache_mib << 20,
             kv_dtype: model.kv_dtype(),
             prefix_caching: !self.no_prefix_caching,
+            // A test hook (tests/reliability.rs): prompts holding this token id panic in sampling.
+            fault_injection: std::env::var("BALLAST_FAULT_INJECTION").ok().and_then(|v| v.parse().ok()),
             ..EngineConfig::default()
         }
     }

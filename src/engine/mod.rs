@@ -51,6 +51,9 @@ pub struct EngineConfig {
     pub max_n: usize,
     /// Largest `logprobs` (alternatives per token) a request may ask for.
     pub max_logprobs: usize,
+    /// Fault injection for tests: a request whose prompt contains this token id panics while
+    /// its tokens are sampled (the engine must contain it). `None` in production.
+    pub fault_injection: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +68,7 @@ impl Default for EngineConfig {
             aging: Duration::from_secs(30),
             max_n: 16,
             max_logprobs: 20,
+            fault_injection: None,
         }
     }
 }
@@ -395,6 +399,7 @@ impl<B: Backend> CoreParts<B> {
             seqs: HashMap::new(),
             next_seq: 0,
             metrics: Metrics { kv_blocks_total: self.num_blocks, ..Metrics::default() },
+            fault_injection: self.config.fault_injection,
         };
         core.run();
     }
@@ -426,6 +431,8 @@ struct SeqState {
     pending_forks: usize,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
+    /// Fault injection: panic while sampling this sequence.
+    inject_panic: bool,
 }
 
 struct Core<B: Backend> {
@@ -444,6 +451,7 @@ struct Core<B: Backend> {
     seqs: HashMap<SeqId, SeqState>,
     next_seq: SeqId,
     metrics: Metrics,
+    fault_injection: Option<u32>,
 }
 
 impl<B: Backend> Core<B> {
@@ -529,6 +537,7 @@ impl<B: Backend> Core<B> {
             pending_forks: r.n - 1,
             first_scheduled: None,
             first_token: None,
+            inject_panic: self.fault_injection.is_some_and(|t| a.prompt.contains(&t)),
         });
         self.scheduler.add(SeqSpec {
             id: seq_id,
@@ -547,6 +556,14 @@ impl<B: Backend> Core<B> {
             prompt_tokens: a.prompt.len(),
             arrival: a.arrival,
         });
+    }
+
+    /// Ends every remaining choice of a request with an error.
+    fn fail_request(&mut self, id: RequestId, message: String) {
+        let seqs = self.requests.get(&id).map(|r| r.seq_ids.clone()).unwrap_or_default();
+        for seq in seqs {
+            self.finish_seq(seq, FinishReason::Error(message.clone()));
+        }
     }
 
     /// Drops every sequence of a request whose caller has gone; its blocks are free now.
@@ -595,8 +612,21 @@ impl<B: Backend> Core<B> {
         let vocab = self.model.config().vocab_size;
         for (row, s) in out.scheduled.iter().filter(|s| s.sample).enumerate() {
             let range = row * vocab..(row + 1) * vocab;
-            if self.seqs.contains_key(&s.id) {
-                self.on_logits(s.id, range);
+            if !self.seqs.contains_key(&s.id) {
+                continue;
+            }
+            // A panic in one request's sampling or detokenizing fails that request only.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.on_logits(s.id, range)));
+            if let Err(panic) = result {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!("request failed with an internal error (contained): {what}");
+                if let Some(req) = self.seqs.get(&s.id).map(|st| st.request) {
+                    self.fail_request(req, format!("internal error: {what}"));
+                }
             }
         }
         true
@@ -645,6 +675,7 @@ impl<B: Backend> Core<B> {
                     pending_forks: 0,
                     first_scheduled: parent.first_scheduled,
                     first_token: None,
+                    inject_panic: parent.inject_panic,
                 };
                 self.seqs.insert(child, state);
                 self.requests.get_mut(&req).expect("live request").seq_ids.push(child);
@@ -671,6 +702,7 @@ impl<B: Backend> Core<B> {
     fn on_token(&mut self, id: SeqId, token: u32, lp: Option<TokenLogprob>) {
         let max_context = self.model.config().max_position_embeddings;
         let st = self.seqs.get_mut(&id).expect("live sequence");
+        assert!(!st.inject_panic, "injected fault (fault_injection is set)");
         st.num_generated += 1;
         st.first_token.get_or_insert_with(Instant::now);
         self.metrics.tokens_generated += 1;

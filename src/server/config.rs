@@ -5,6 +5,8 @@
 //! ```toml
 //! [server]
 //! max_body_bytes = 1048576     # larger bodies get 413
+//! max_connections = 1024       # more open connections are answered 503 and closed
+//! read_timeout_secs = 10       # a request's head and body must arrive within this
 //! drain_timeout_secs = 30      # SIGTERM: how long in-flight requests may finish
 //! degrade_max_tokens = 128     # max_tokens cap applied to degraded requests
 //!
@@ -49,6 +51,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     max_body_bytes: Option<u64>,
+    max_connections: Option<u64>,
+    read_timeout_secs: Option<f64>,
     drain_timeout_secs: Option<f64>,
     degrade_max_tokens: Option<u64>,
 }
@@ -107,6 +111,10 @@ pub struct ClassTargets {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     pub max_body_bytes: usize,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// A request's head and body must arrive within this (slow clients get 408 or are closed).
+    pub read_timeout: Duration,
     pub drain_timeout: Duration,
     pub degrade_max_tokens: usize,
     pub tenants: Vec<Tenant>,
@@ -129,6 +137,8 @@ impl Default for ServerConfig {
         };
         ServerConfig {
             max_body_bytes: 1 << 20,
+            max_connections: 1024,
+            read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             degrade_max_tokens: 128,
             tenants: vec![open],
@@ -170,6 +180,19 @@ impl ServerConfig {
                 errors.push(format!("server.max_body_bytes = {b}: must be at least 1024"));
             }
             cfg.max_body_bytes = b as usize;
+        }
+        if let Some(c) = raw.server.max_connections {
+            if c == 0 || c > 65536 {
+                errors.push(format!("server.max_connections = {c}: must be between 1 and 65536"));
+            }
+            cfg.max_connections = c as usize;
+        }
+        if let Some(t) = raw.server.read_timeout_secs {
+            if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
+                errors.push(format!("server.read_timeout_secs = {t}: must be between 0 and 3600 (exclusive of 0)"));
+            } else {
+                cfg.read_timeout = Duration::from_secs_f64(t);
+            }
         }
         if let Some(t) = raw.server.drain_timeout_secs {
             if !(0.0..=3600.0).contains(&t) {

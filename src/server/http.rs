@@ -65,17 +65,42 @@ fn authenticate(state: &State, headers: &HeaderMap) -> Result<usize, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match key.and_then(|k| config.keys.get(k)) {
-        Some(&i) => Ok(i),
+    // Compared in constant time against every key (no early exit, no hash lookup on the
+    // secret), and never logged.
+    let found = key.and_then(|k| {
+        let mut hit = None;
+        for (candidate, &i) in &config.keys {
+            if constant_time_eq(candidate.as_bytes(), k.as_bytes()) {
+                hit = Some(i);
+            }
+        }
+        hit
+    });
+    match found {
+        Some(i) => Ok(i),
         None => Err(ApiError::new(401, "authentication_error", "missing or unknown API key (Authorization: Bearer KEY)")),
     }
 }
 
+/// Equality whose time depends only on the lengths (a key's length is not a secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiError> {
-    let limit = state.admission.lock().config().max_body_bytes;
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::new(413, "invalid_request_error", format!("the request body exceeds {limit} bytes")))
+    let (limit, timeout) = {
+        let a = state.admission.lock();
+        (a.config().max_body_bytes, a.config().read_timeout)
+    };
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(408, "invalid_request_error", format!("the request body did not arrive within {} s", timeout.as_secs_f64()))),
+        Ok(Err(_)) => Err(ApiError::new(413, "invalid_request_error", format!("the request body exceeds {limit} bytes"))),
+        Ok(Ok(b)) => Ok(b),
+    }
 }
 
 fn check_model(state: &State, model: &Option<String>) -> Result<(), ApiError> {
@@ -228,18 +253,45 @@ impl Admitted {
 }
 
 async fn completions(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Body) -> Response {
-    match generate(state, headers, body, true).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    contained(generate(state, headers, body, true)).await
 }
 
 async fn chat_completions(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Body) -> Response {
-    match generate(state, headers, body, false).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    contained(generate(state, headers, body, false)).await
+}
+
+/// Runs a handler; a panic in it becomes a 500 for this request only.
+async fn contained(f: impl std::future::Future<Output = Result<Response, ApiError>>) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => {
+            tracing::error!("a request handler panicked (contained)");
+            ApiError::new(500, "server_error", "internal error").into_response()
+        }
     }
 }
+
+/// Fields the endpoints accept beyond their own; anything else is a 400 naming it.
+const ACCEPTED_EXTRA: &[&str] = &["user"];
+
+/// Rejects unknown top-level fields (typos must not pass silently).
+fn check_fields(body: &[u8], known: &[&str]) -> Result<(), ApiError> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(()); // the typed parse reports it
+    };
+    match map.keys().find(|k| !known.contains(&k.as_str()) && !ACCEPTED_EXTRA.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(k, format!("unknown or unsupported field `{k}`"))),
+        None => Ok(()),
+    }
+}
+
+const COMMON_FIELDS: &[&str] = &[
+    "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stream", "stream_options", "stop",
+    "stop_token_ids", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos",
+    "skip_special_tokens", "priority",
+];
 
 async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion: bool) -> Result<Response, ApiError> {
     let arrival = Instant::now();
@@ -247,6 +299,8 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let bytes = read_body(&state, body).await?;
     // The shared fields first, alone: serde cannot name a field inside a flattened struct.
     parse::<Common>(&bytes)?;
+    let own: &[&str] = if completion { &["prompt", "logprobs", "echo"] } else { &["messages", "logprobs", "top_logprobs", "max_completion_tokens"] };
+    check_fields(&bytes, &[COMMON_FIELDS, own].concat())?;
     let (mut request, common, kind) = if completion {
         let r: CompletionRequest = parse(&bytes)?;
         if r.echo {

@@ -124,8 +124,66 @@ pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener, config_
             fallback.shutdown();
         }
     };
-    let app = http::router(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let (max_connections, read_timeout) = {
+        let a = state.admission.lock();
+        (a.config().max_connections, a.config().read_timeout)
+    };
+    let service = hyper_util::service::TowerToHyperService::new(http::router(state));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // Slow clients: the request head must arrive within the read timeout (bodies are bounded
+    // in the handlers).
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(read_timeout).keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse_connection(stream));
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = graceful.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone()));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    // Let open connections finish their last responses (the engine has ended every stream).
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(5)) => tracing::warn!("closing connections that did not finish"),
+    }
+    Ok(())
+}
+
+/// Over the connection limit: a 503 with Retry-After, then close.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":{"message":"too many open connections","type":"overloaded_error","param":null,"code":503}}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 fn reload(state: &State, path: Option<&std::path::Path>) {
