@@ -83,6 +83,8 @@ pub mod detok;
 pub mod engine;
 pub mod fetch;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub(crate) mod idmap;
 pub mod kv;

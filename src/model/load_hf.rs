@@ -45,6 +45,14 @@ pub fn load(dir: &Path, options: LoadOptions, progress: Progress) -> Result<Load
     Ok(LoadedModel { config, weights, tokenizer, info })
 }
 
+/// A `config.json` as a validated model configuration (the fuzz targets' entry point).
+pub(crate) fn config_from_json(bytes: &[u8]) -> Result<ModelConfig, ModelError> {
+    let hf: config::HfConfig = serde_json::from_slice(bytes).map_err(|e| ModelError::Invalid(format!("config.json: {e}")))?;
+    let config = hf.to_model_config()?;
+    config.validate().map_err(ModelError::Invalid)?;
+    Ok(config)
+}
+
 /// The mapped safetensors files of a checkpoint and where each tensor lives.
 struct Shards {
     files: Vec<(PathBuf, Arc<Mmap>, usize, Metadata)>,

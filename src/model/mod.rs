@@ -4,6 +4,8 @@
 mod config;
 mod load_gguf;
 mod load_hf;
+
+pub(crate) use load_hf::config_from_json;
 pub mod llama;
 pub mod weights;
 

@@ -293,15 +293,14 @@ const COMMON_FIELDS: &[&str] = &[
     "skip_special_tokens", "priority",
 ];
 
-async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion: bool) -> Result<Response, ApiError> {
-    let arrival = Instant::now();
-    let tenant_index = authenticate(&state, &headers)?;
-    let bytes = read_body(&state, body).await?;
+/// A completions (`completion`) or chat body as an engine request: every check that needs no
+/// server state (types, ranges, unknown fields). Public for the fuzz targets.
+fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Request, Common, Kind), ApiError> {
     // The shared fields first, alone: serde cannot name a field inside a flattened struct.
     parse::<Common>(&bytes)?;
     let own: &[&str] = if completion { &["prompt", "logprobs", "echo"] } else { &["messages", "logprobs", "top_logprobs", "max_completion_tokens"] };
     check_fields(&bytes, &[COMMON_FIELDS, own].concat())?;
-    let (mut request, common, kind) = if completion {
+    let (request, common, kind) = if completion {
         let r: CompletionRequest = parse(&bytes)?;
         if r.echo {
             return Err(ApiError::bad_request("echo", "echo is not supported"));
@@ -327,6 +326,19 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
         let req = base_request(&r.common, Prompt::Chat(messages), r.max_completion_tokens.or(r.common.max_tokens))?;
         (Request { logprobs, ..req }, r.common, Kind::Chat { logprobs })
     };
+    Ok((request, common, kind))
+}
+
+/// [`request_from_body`] for the fuzz targets: never panics, whatever the bytes.
+pub fn validate_body(bytes: &[u8], completion: bool) -> Result<Request, ApiError> {
+    request_from_body(bytes, completion).map(|r| r.0)
+}
+
+async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion: bool) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
+    let tenant_index = authenticate(&state, &headers)?;
+    let bytes = read_body(&state, body).await?;
+    let (mut request, common, kind) = request_from_body(&bytes, completion)?;
     check_model(&state, &common.model)?;
     let config = state.admission.lock().config().clone();
     let tenant = config.tenants.get(tenant_index).cloned().ok_or_else(|| ApiError::new(401, "authentication_error", "unknown API key"))?;

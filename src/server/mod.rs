@@ -5,6 +5,8 @@
 pub mod admission;
 pub mod config;
 mod http;
+
+pub use http::validate_body;
 pub mod metrics;
 pub mod openai;
 
