@@ -297,11 +297,11 @@ const COMMON_FIELDS: &[&str] = &[
 /// server state (types, ranges, unknown fields). Public for the fuzz targets.
 fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Request, Common, Kind), ApiError> {
     // The shared fields first, alone: serde cannot name a field inside a flattened struct.
-    parse::<Common>(&bytes)?;
+    parse::<Common>(bytes)?;
     let own: &[&str] = if completion { &["prompt", "logprobs", "echo"] } else { &["messages", "logprobs", "top_logprobs", "max_completion_tokens"] };
-    check_fields(&bytes, &[COMMON_FIELDS, own].concat())?;
+    check_fields(bytes, &[COMMON_FIELDS, own].concat())?;
     let (request, common, kind) = if completion {
-        let r: CompletionRequest = parse(&bytes)?;
+        let r: CompletionRequest = parse(bytes)?;
         if r.echo {
             return Err(ApiError::bad_request("echo", "echo is not supported"));
         }
@@ -313,10 +313,11 @@ fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Request, Common,
             _ => return Err(ApiError::bad_request("prompt", "one prompt per request (send a list of one, or a string)")),
         };
         let logprobs = non_negative(r.logprobs, "logprobs")?;
-        let req = base_request(&r.common, prompt, r.common.max_tokens)?;
+        // OpenAI's default for completions is 16 tokens (chat runs to the end of the turn).
+        let req = base_request(&r.common, prompt, Some(r.common.max_tokens.unwrap_or(16)))?;
         (Request { logprobs, ..req }, r.common, Kind::Completion { logprobs })
     } else {
-        let r: ChatRequest = parse(&bytes)?;
+        let r: ChatRequest = parse(bytes)?;
         if r.messages.is_empty() {
             return Err(ApiError::bad_request("messages", "messages is empty"));
         }

@@ -167,7 +167,7 @@ impl WireMessage {
 /// Parses a JSON body, naming the offending field on error.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -175,7 +175,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
         }
         let param = if path == "." { "body".to_string() } else { path };
         ApiError::bad_request(&param, format!("{param}: {inner}"))
-    })
+    })?;
+    de.end().map_err(|e| ApiError::new(400, "invalid_request_error", format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -193,6 +195,8 @@ mod tests {
         assert!(e.message.contains("missing field `messages`"), "{e:?}");
         let e = parse::<CompletionRequest>(b"{not json").unwrap_err();
         assert!(e.message.contains("not valid JSON"));
+        let e = parse::<CompletionRequest>(br#"{"prompt": "x"} {"#).unwrap_err();
+        assert!(e.message.contains("trailing"), "{e:?}");
         let ok = parse::<CompletionRequest>(br#"{"prompt": [1, 2], "stop": "x", "unknown": 1, "stream": true}"#).unwrap();
         assert!(matches!(ok.prompt, PromptField::Ids(_)) && ok.common.stream);
     }

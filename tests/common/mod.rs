@@ -1,6 +1,8 @@
 //! Shared test helpers: the real model (fetched if absent), goldens, fixtures.
 #![allow(dead_code)]
 
+pub mod server;
+
 use ballast::backend::cpu::{CpuBackend, Precision};
 use ballast::generate::{Runner, RunnerOptions};
 use ballast::kv::KvDtype;
