@@ -71,7 +71,7 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
 /// Runs `f` over the corpus and `n` generated inputs; each input must finish within a second.
 fn run(target: &str, n: usize, f: impl Fn(&[u8])) {
     let seeds = corpus(target);
-    let mut rng = Rng(0xF022 ^ target.len() as u64 * 0x9E37_79B9);
+    let mut rng = Rng(0xF022 ^ (target.len() as u64 * 0x9E37_79B9));
     let start = Instant::now();
     let mut slowest = Duration::ZERO;
     let inputs = seeds.clone().into_iter().chain((0..n).map(|i| {
