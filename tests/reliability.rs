@@ -306,8 +306,9 @@ fn a_surge_is_absorbed_without_losing_anything() {
     at_rest(addr);
 }
 
-/// Hundreds of requests with random parameters, a fifth of them abandoned; then: every block
-/// back, no descriptor, thread or memory growth.
+/// Hundreds of requests with random parameters (`BALLAST_SOAK_REQUESTS` per worker, default
+/// 60, for longer runs), a fifth of them abandoned; then: every block back, no descriptor,
+/// thread or memory growth.
 #[test]
 fn a_soak_of_random_requests_leaks_nothing() {
     let server = Server::start(&["--max-num-seqs", "8"]);
@@ -326,7 +327,8 @@ fn a_soak_of_random_requests_leaks_nothing() {
                     rng % n
                 };
                 let mut ok = 0;
-                for i in 0..60 {
+                let per_worker: usize = std::env::var("BALLAST_SOAK_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+                for i in 0..per_worker {
                     let chat = next(2) == 0;
                     let mut body = if chat {
                         json!({"messages": [{"role": "user", "content": format!("Q{i}: say something")}]})
@@ -361,8 +363,9 @@ fn a_soak_of_random_requests_leaks_nothing() {
     let ok: usize = workers.into_iter().map(|h| h.join().unwrap()).sum();
     at_rest(&addr);
     let (rss_after, fds_after, threads_after) = process_usage(server.child.id());
-    eprintln!("soak: 360 requests ({ok} completed); RSS {rss_before} → {rss_after} KiB, fds {fds_before} → {fds_after}, threads {threads_before} → {threads_after}");
-    assert!(ok > 200);
+    eprintln!("soak: {ok} requests completed; RSS {rss_before} → {rss_after} KiB, fds {fds_before} → {fds_after}, threads {threads_before} → {threads_after}");
+    let per_worker: usize = std::env::var("BALLAST_SOAK_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    assert!(ok * 10 > per_worker * 6 * 6, "most requests completed: {ok}");
     assert!(fds_after <= fds_before + 2 && threads_after <= threads_before + 2);
     assert!(rss_after < rss_before + 64 * 1024, "memory grew by {} KiB", rss_after.saturating_sub(rss_before));
 }

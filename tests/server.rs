@@ -104,20 +104,32 @@ fn tenants_limits_and_config_reloads() {
 fn sigterm_drains_in_flight_work_and_refuses_new_work() {
     let mut server = Server::start(&[]);
     let addr = server.addr.clone();
-    let long = std::thread::spawn({
-        let addr = addr.clone();
-        move || http(&addr, "POST", "/v1/completions", &[], &completion("Count slowly:", 120))
-    });
-    wait_until("the request to run", || metric(&addr, "vllm:num_requests_running") == 1.0);
+    // Load: several requests in flight, streaming and not.
+    let in_flight: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let body = serde_json::json!({"prompt": format!("Count slowly ({i}):"), "max_tokens": 60 + 20 * i, "ignore_eos": true, "stream": i % 2 == 1}).to_string();
+                http(&addr, "POST", "/v1/completions", &[], &body)
+            })
+        })
+        .collect();
+    wait_until("the requests to run", || metric(&addr, "vllm:num_requests_running") == 4.0);
     server.signal("-TERM");
     wait_until("readiness to drop", || http(&addr, "GET", "/ready", &[], "").0 == 503);
     let (status, headers, body) = http(&addr, "POST", "/v1/completions", &[], &completion("Hi", 2));
     assert_eq!(status, 503, "{body}");
     assert!(header(&headers, "retry-after").is_some());
-    let (status, _, body) = long.join().unwrap();
-    assert_eq!(status, 200, "the in-flight request finished: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["usage"]["completion_tokens"], 120);
+    for (i, h) in in_flight.into_iter().enumerate() {
+        let (status, _, body) = h.join().unwrap();
+        assert_eq!(status, 200, "in-flight request {i} finished: {body}");
+        if i % 2 == 0 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["usage"]["completion_tokens"], 60 + 20 * i);
+        } else {
+            assert!(body.contains("\"finish_reason\":\"length\"") && body.contains("[DONE]"), "the stream ran to its end");
+        }
+    }
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
