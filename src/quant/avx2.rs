@@ -102,3 +102,50 @@ pub unsafe fn vec_dot_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16]) -> f32 {
     }
     sum8(&lanes_to_array(acc))
 }
+
+/// Q4_1 weights · `N` activation rows at once: each weight block is unpacked once and used
+/// `N` times. Per row, the operations and their order are those of [`vec_dot_q4_1_q16`], so
+/// each result is bit-identical to it (batch invariance does not depend on the grouping).
+///
+/// # Safety
+/// The CPU must support AVX2; every `x[k]` must have `w.len()` blocks.
+#[target_feature(enable = "avx2")]
+pub unsafe fn vec_dot_q4_1_q16_xn<const N: usize>(w: &[BlockQ4_1], x: [&[BlockQ16]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut sum_min = [0.0f32; N];
+    for (i, w) in w.iter().enumerate() {
+        let (lo, hi) = nibbles(&w.qs);
+        let (d, m) = (f16_to_f32(w.d), f16_to_f32(w.m));
+        for k in 0..N {
+            let xb = &x[k][i];
+            let (x0, x1) = load_x(xb);
+            let sums = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+            acc[k] = accumulate(acc[k], sums, d * xb.d);
+            sum_min[k] += m * xb.s;
+        }
+    }
+    std::array::from_fn(|k| sum8(&lanes_to_array(acc[k])) + sum_min[k])
+}
+
+/// Q8_0 weights · `N` activation rows at once (see [`vec_dot_q4_1_q16_xn`]).
+///
+/// # Safety
+/// The CPU must support AVX2; every `x[k]` must have `w.len()` blocks.
+#[target_feature(enable = "avx2")]
+pub unsafe fn vec_dot_q8_0_q16_xn<const N: usize>(w: &[BlockQ8_0], x: [&[BlockQ16]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, w) in w.iter().enumerate() {
+        let p = w.qs.as_ptr() as *const __m128i;
+        // SAFETY: `qs` holds 32 bytes, read as two unaligned 16-byte halves.
+        let (lo, hi) = unsafe { (_mm_loadu_si128(p), _mm_loadu_si128(p.add(1))) };
+        let (lo, hi) = (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi));
+        let d = f16_to_f32(w.d);
+        for k in 0..N {
+            let xb = &x[k][i];
+            let (x0, x1) = load_x(xb);
+            let sums = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+            acc[k] = accumulate(acc[k], sums, d * xb.d);
+        }
+    }
+    std::array::from_fn(|k| sum8(&lanes_to_array(acc[k])))
+}

@@ -36,8 +36,8 @@ pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use q16::{
-    BlockQ16, BlockQ16K, quantize_row_q16, quantize_row_q16k, vec_dot_q4_0_q16, vec_dot_q4_1_q16, vec_dot_q4k_q16k,
-    vec_dot_q6k_q16k, vec_dot_q8_0_q16,
+    BlockQ16, BlockQ16K, quantize_row_q16, quantize_row_q16k, vec_dot_q4_0_q16, vec_dot_q4_1_q16, vec_dot_q4_1_q16_xn, vec_dot_q4k_q16k,
+    vec_dot_q6k_q16k, vec_dot_q8_0_q16, vec_dot_q8_0_q16_xn,
 };
 
 use std::fmt;

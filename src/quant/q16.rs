@@ -135,6 +135,30 @@ pub fn vec_dot_q4_1_q16_portable(w: &[BlockQ4_1], x: &[BlockQ16]) -> f32 {
     sum8(&acc) + sum_min
 }
 
+/// `N` dot products of one weight row with `N` activation rows; each result is
+/// bit-identical to [`vec_dot_q4_1_q16`] of that row (the AVX2 kernel unpacks each weight
+/// block once for all of them).
+pub fn vec_dot_q4_1_q16_xn<const N: usize>(w: &[BlockQ4_1], x: [&[BlockQ16]; N]) -> [f32; N] {
+    assert!(x.iter().all(|x| x.len() == w.len()), "activation rows must match the weight row");
+    #[cfg(target_arch = "x86_64")]
+    if super::multiversion::has_avx2() {
+        // SAFETY: the CPU supports AVX2 and the lengths match.
+        return unsafe { super::avx2::vec_dot_q4_1_q16_xn(w, x) };
+    }
+    x.map(|x| vec_dot_q4_1_q16_portable(w, x))
+}
+
+/// `N` Q8_0 dot products (see [`vec_dot_q4_1_q16_xn`]).
+pub fn vec_dot_q8_0_q16_xn<const N: usize>(w: &[BlockQ8_0], x: [&[BlockQ16]; N]) -> [f32; N] {
+    assert!(x.iter().all(|x| x.len() == w.len()), "activation rows must match the weight row");
+    #[cfg(target_arch = "x86_64")]
+    if super::multiversion::has_avx2() {
+        // SAFETY: the CPU supports AVX2 and the lengths match.
+        return unsafe { super::avx2::vec_dot_q8_0_q16_xn(w, x) };
+    }
+    x.map(|x| vec_dot_q8_0_q16_portable(w, x))
+}
+
 /// Q8_0 weights · 16-bit activations.
 pub fn vec_dot_q8_0_q16(w: &[BlockQ8_0], x: &[BlockQ16]) -> f32 {
     dispatch!(vec_dot_q8_0_q16, vec_dot_q8_0_q16_portable, w, x)

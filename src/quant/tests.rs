@@ -130,6 +130,21 @@ fn avx2_kernels_are_bit_identical_to_their_portable_twins() {
         assert_eq!(vec_dot_q4_0_q16(&w40, &a16).to_bits(), q16::vec_dot_q4_0_q16_portable(&w40, &a16).to_bits());
         assert_eq!(vec_dot_q4_1_q16(&w41, &a16).to_bits(), q16::vec_dot_q4_1_q16_portable(&w41, &a16).to_bits());
 
+        // Four rows at once: each result bit-identical to the one-row portable kernel.
+        let rows: Vec<Vec<BlockQ16>> =
+            (0..4).map(|k| bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16, &rng.floats(n32, 1.0 + k as f32)))).collect();
+        let four = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+        let got41 = vec_dot_q4_1_q16_xn(&w41, four).map(f32::to_bits);
+        let got80 = vec_dot_q8_0_q16_xn(&w8, four).map(f32::to_bits);
+        let eight = [four[0], four[1], four[2], four[3], four[3], four[2], four[1], four[0]];
+        let got8 = vec_dot_q4_1_q16_xn(&w41, eight).map(f32::to_bits);
+        assert_eq!(got8[..4], got41[..]);
+        assert_eq!(got8[4..], [got41[3], got41[2], got41[1], got41[0]]);
+        for k in 0..4 {
+            assert_eq!(got41[k], q16::vec_dot_q4_1_q16_portable(&w41, four[k]).to_bits(), "q4_1 x4 row {k}, {num_blocks} blocks");
+            assert_eq!(got80[k], q16::vec_dot_q8_0_q16_portable(&w8, four[k]).to_bits(), "q8_0 x4 row {k}, {num_blocks} blocks");
+        }
+
         let nk = QK_K * num_blocks.div_ceil(8);
         let xk = rng.floats(nk, 2.0);
         let ak: Vec<BlockQ8K> = bytemuck::pod_collect_to_vec(&quantized(GgmlType::Q8K, &xk));

@@ -23,6 +23,25 @@ const MIN_ROWS_PER_TASK: usize = 8;
 
 type RowDot = fn(&[u8], &[u8]) -> f32;
 
+/// One weight row against 8 (and 4) activation rows, each result bit-identical to [`RowDot`].
+type RowDot8 = fn(&[u8], [&[u8]; 8]) -> [f32; 8];
+type RowDot4 = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
+
+/// The multi-row kernels that exist (weights whose blocks are worth unpacking once).
+fn quant_dot_n(dtype: GgmlType, act: ActType) -> Option<(RowDot8, RowDot4)> {
+    Some(match (dtype, act) {
+        (GgmlType::Q4_1, ActType::Q16) => (
+            |w, a| quant::vec_dot_q4_1_q16_xn(cast_slice(w), a.map(cast_slice)),
+            |w, a| quant::vec_dot_q4_1_q16_xn(cast_slice(w), a.map(cast_slice)),
+        ),
+        (GgmlType::Q8_0, ActType::Q16) => (
+            |w, a| quant::vec_dot_q8_0_q16_xn(cast_slice(w), a.map(cast_slice)),
+            |w, a| quant::vec_dot_q8_0_q16_xn(cast_slice(w), a.map(cast_slice)),
+        ),
+        _ => return None,
+    })
+}
+
 pub fn matmul(
     pool: &rayon::ThreadPool,
     precision: Precision,
@@ -103,8 +122,70 @@ fn quantized(
         })?;
     }
     let acts = &*acts;
-    run(pool, w, x.rows(), out, |r, t| dot(w.row(r), &acts[t * act_row_bytes..(t + 1) * act_row_bytes]));
+    let act = |t: usize| &acts[t * act_row_bytes..(t + 1) * act_row_bytes];
+    match quant_dot_n(w.dtype, act_type) {
+        Some((dot8, dot4)) if x.rows() >= 4 => {
+            let kernels = Grouped {
+                dot8: |r, t| dot8(w.row(r), std::array::from_fn(|k| act(t + k))),
+                dot4: |r, t| dot4(w.row(r), std::array::from_fn(|k| act(t + k))),
+                dot: |r, t| dot(w.row(r), act(t)),
+            };
+            run_grouped(pool, w, x.rows(), out, kernels)
+        }
+        _ => run(pool, w, x.rows(), out, |r, t| dot(w.row(r), act(t))),
+    }
     Ok(())
+}
+
+/// The kernels of [`run_grouped`]: 8 tokens, 4 tokens, one token (from `t`).
+struct Grouped<D8, D4, D1> {
+    dot8: D8,
+    dot4: D4,
+    dot: D1,
+}
+
+/// [`run`] with tokens in groups of 8, then 4, the rest one by one. Same results, element for
+/// element: grouping changes only how often a weight block is unpacked.
+fn run_grouped<D8, D4, D1>(pool: &rayon::ThreadPool, w: &HostMatrix, n_tok: usize, out: &mut CpuTensor, k: Grouped<D8, D4, D1>)
+where
+    D8: Fn(usize, usize) -> [f32; 8] + Sync,
+    D4: Fn(usize, usize) -> [f32; 4] + Sync,
+    D1: Fn(usize, usize) -> f32 + Sync,
+{
+    let out_cols = w.rows;
+    let chunk = chunk_len(w.rows, pool.current_num_threads(), MIN_ROWS_PER_TASK);
+    let shared = SharedOut::new(out.as_mut_slice());
+    let (n8, n4) = (n_tok / 8 * 8, n_tok / 4 * 4);
+    let task = |c: usize| {
+        let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(w.rows));
+        let store = |t: usize, r: usize, v: &[f32]| {
+            for (i, &v) in v.iter().enumerate() {
+                // SAFETY: task `c` alone writes columns r0..r1 of every output row.
+                unsafe { shared.slice((t + i) * out_cols + r, 1)[0] = v };
+            }
+        };
+        for t in (0..n8).step_by(8) {
+            for r in r0..r1 {
+                store(t, r, &(k.dot8)(r, t));
+            }
+        }
+        for t in (n8..n4).step_by(4) {
+            for r in r0..r1 {
+                store(t, r, &(k.dot4)(r, t));
+            }
+        }
+        for t in n4..n_tok {
+            for r in r0..r1 {
+                store(t, r, &[(k.dot)(r, t)]);
+            }
+        }
+    };
+    let num_chunks = w.rows.div_ceil(chunk);
+    if n_tok * w.rows * w.cols < PARALLEL_MIN_MACS {
+        (0..num_chunks).for_each(task);
+    } else {
+        pool.install(|| (0..num_chunks).into_par_iter().for_each(task));
+    }
 }
 
 thread_local! {
