@@ -23,7 +23,7 @@ mod q4;
 mod q8;
 mod q16;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 #[cfg(test)]
 mod tests;
 
