@@ -196,3 +196,19 @@ fn bad_prompts_files_fail_with_the_line_number() {
     let missing = ballast(&["generate", "--model", m, "--prompts-file", "/nonexistent/p.jsonl"]);
     assert_clean_failure(&missing, "/nonexistent/p.jsonl");
 }
+
+#[test]
+fn bench_offline_reports_prompt_and_output_rates() {
+    let model = model_path();
+    let out = ballast(&[
+        "bench", "--offline", "--model", model.to_str().unwrap(), "--prompt-tokens", "8", "--max-tokens", "4",
+        "--concurrency", "2", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["prompt_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["output_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["concurrency"], 2);
+    let out = ballast(&["bench"]);
+    assert!(!out.status.success() && stderr(&out).contains("<URL>"), "a URL (or --offline) is required");
+}
