@@ -2,8 +2,10 @@
 //!
 //! Work is split by weight rows: each task owns a contiguous range of output features and
 //! computes them for every token, so each weight row is read once per call however many
-//! tokens the step has. Each output element is one dot product in a fixed order, independent
-//! of the token count (batch invariance).
+//! tokens the step has. For Q4_1 and Q8_0 weights with 16-bit activations, tokens go in
+//! groups of 8 (then 4, then one by one) through kernels that unpack each weight block once
+//! for the whole group. Each output element is still one dot product in a fixed order,
+//! bit-identical whatever the grouping or token count (batch invariance).
 
 use super::Precision;
 use super::par::{SharedOut, chunk_len};
