@@ -5,8 +5,10 @@
 pub mod admission;
 pub mod config;
 mod http;
+mod response;
+mod validate;
 
-pub use http::validate_body;
+pub use validate::validate_body;
 pub mod metrics;
 pub mod openai;
 

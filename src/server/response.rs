@@ -1,0 +1,306 @@
+//! Building responses from engine events: OpenAI's JSON body or an SSE stream, and the
+//! admission bookkeeping that follows a request to its end (or its client's departure).
+
+use super::State;
+use super::metrics::Finished;
+use super::openai::ApiError;
+use super::validate::Kind;
+use crate::engine::RequestStream;
+use crate::request::{Event, FinishReason, Priority, Usage};
+use crate::sampler::TokenLogprob;
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Admission bookkeeping for one request: released (tenant usage, metrics) when dropped, also
+/// when the client disconnects mid-response.
+pub(super) struct Admitted {
+    pub(super) state: Arc<State>,
+    /// Choices; those without a recorded finish when this drops were cancelled.
+    pub(super) n: usize,
+    pub(super) tenant: String,
+    pub(super) priority: Priority,
+    pub(super) arrival: Instant,
+    pub(super) completion_tokens: usize,
+    pub(super) finished: Vec<Finished>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.state.admission.lock().finish(&self.tenant, self.completion_tokens);
+        self.state.note_finish();
+        for _ in self.finished.len()..self.n {
+            let e2e = self.arrival.elapsed();
+            let f = Finished { priority: self.priority, finish: "cancelled", completion_tokens: 0, ttft: None, queue: e2e, decode: Duration::ZERO, e2e };
+            self.finished.push(f);
+        }
+        for f in self.finished.drain(..) {
+            self.state.metrics.finished(f);
+        }
+    }
+}
+
+impl Admitted {
+    pub(super) fn record(&mut self, reason: &FinishReason, usage: &Usage, timings: &crate::request::Timings) {
+        self.completion_tokens += usage.completion_tokens;
+        if let Some(t) = timings.time_to_first_token {
+            self.state.note_ttft(self.priority, t);
+        }
+        self.finished.push(Finished {
+            priority: self.priority,
+            finish: reason.name(),
+            completion_tokens: usage.completion_tokens,
+            ttft: timings.time_to_first_token,
+            queue: timings.queued,
+            decode: timings.decode,
+            e2e: self.arrival.elapsed(),
+        });
+    }
+}
+
+pub(super) struct Ctx {
+    pub(super) state: Arc<State>,
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) kind: Kind,
+    pub(super) prompt_tokens: usize,
+    /// Served by the fallback model.
+    pub(super) fallback: bool,
+}
+
+impl Ctx {
+    fn engine(&self) -> &crate::engine::Engine {
+        match &self.state.fallback {
+            Some((e, _)) if self.fallback => e,
+            _ => &self.state.engine,
+        }
+    }
+
+    /// The `model` field of the response: the model that answered.
+    fn model(&self) -> &str {
+        match &self.state.fallback {
+            Some((_, name)) if self.fallback => name,
+            _ => &self.state.model_name,
+        }
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.engine().tokenizer().and_then(|t| t.decode(&[id], false).ok()).unwrap_or_default()
+    }
+
+    /// OpenAI's logprobs object for a run of tokens (`None` if none were asked for).
+    fn logprobs_json(&self, lps: &[TokenLogprob]) -> serde_json::Value {
+        match self.kind {
+            Kind::Completion { logprobs: None } | Kind::Chat { logprobs: None } => serde_json::Value::Null,
+            Kind::Completion { .. } => {
+                let tokens: Vec<String> = lps.iter().map(|l| self.token_text(l.id)).collect();
+                let top: Vec<serde_json::Map<String, serde_json::Value>> = lps
+                    .iter()
+                    .map(|l| l.top.iter().map(|(id, lp)| (self.token_text(*id), serde_json::json!(lp))).collect())
+                    .collect();
+                serde_json::json!({
+                    "tokens": tokens,
+                    "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                })
+            }
+            Kind::Chat { .. } => {
+                let entry = |id: u32, lp: f32| {
+                    let t = self.token_text(id);
+                    serde_json::json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
+                };
+                let content: Vec<serde_json::Value> = lps
+                    .iter()
+                    .map(|l| {
+                        let mut e = entry(l.id, l.logprob);
+                        e["top_logprobs"] = l.top.iter().map(|(id, lp)| entry(*id, *lp)).collect();
+                        e
+                    })
+                    .collect();
+                serde_json::json!({ "content": content })
+            }
+        }
+    }
+
+    fn usage_json(&self, completion: usize, cached: usize) -> serde_json::Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        })
+    }
+
+    fn is_chat(&self) -> bool {
+        matches!(self.kind, Kind::Chat { .. })
+    }
+
+    /// One streamed chunk.
+    fn chunk(&self, index: usize, text: Option<&str>, lps: &[TokenLogprob], finish: Option<&str>, first: bool) -> serde_json::Value {
+        if self.is_chat() {
+            let mut delta = serde_json::Map::new();
+            if first {
+                delta.insert("role".into(), "assistant".into());
+            }
+            if let Some(t) = text {
+                delta.insert("content".into(), t.into());
+            }
+            serde_json::json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model(),
+                "choices": [{"index": index, "delta": delta, "logprobs": self.logprobs_json(lps), "finish_reason": finish}],
+            })
+        } else {
+            serde_json::json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model(),
+                "choices": [{"index": index, "text": text.unwrap_or(""), "logprobs": self.logprobs_json(lps), "finish_reason": finish}],
+            })
+        }
+    }
+}
+
+fn finish_name(reason: &FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        // Reported as OpenAI clients expect; the metrics keep the real reason.
+        FinishReason::Cancelled | FinishReason::Deadline | FinishReason::Error(_) => "abort",
+    }
+}
+
+#[derive(Default)]
+struct ChoiceAcc {
+    text: String,
+    lps: Vec<TokenLogprob>,
+    finish: Option<&'static str>,
+    completion: usize,
+    cached: usize,
+}
+
+pub(super) async fn json_response(
+    ctx: Ctx,
+    first: Option<Event>,
+    mut events: RequestStream,
+    admitted: &mut Admitted,
+    n: usize,
+    degraded: Vec<&'static str>,
+) -> Result<Response, ApiError> {
+    let mut acc: Vec<ChoiceAcc> = (0..n).map(|_| ChoiceAcc::default()).collect();
+    let mut next = first;
+    while let Some(event) = next {
+        match event {
+            Event::Token { index, text, logprobs, .. } => {
+                acc[index].text += &text;
+                acc[index].lps.extend(logprobs);
+            }
+            Event::Finish { index, reason, usage, timings } => {
+                admitted.record(&reason, &usage, &timings);
+                if let FinishReason::Error(e) = &reason {
+                    return Err(ApiError::new(500, "server_error", e.clone()));
+                }
+                acc[index].finish = Some(finish_name(&reason));
+                acc[index].completion = usage.completion_tokens;
+                acc[index].cached = usage.cached_tokens;
+            }
+        }
+        next = StreamExt::next(&mut events).await;
+    }
+    let completion: usize = acc.iter().map(|c| c.completion).sum();
+    let cached = acc.first().map_or(0, |c| c.cached);
+    let choices: Vec<serde_json::Value> = acc
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if ctx.is_chat() {
+                serde_json::json!({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": ctx.logprobs_json(&c.lps), "finish_reason": c.finish})
+            } else {
+                serde_json::json!({"index": i, "text": c.text, "logprobs": ctx.logprobs_json(&c.lps), "finish_reason": c.finish})
+            }
+        })
+        .collect();
+    let mut body = serde_json::json!({
+        "id": ctx.id,
+        "object": if ctx.is_chat() { "chat.completion" } else { "text_completion" },
+        "created": ctx.created,
+        "model": ctx.model(),
+        "choices": choices,
+        "usage": ctx.usage_json(completion, cached),
+    });
+    if !degraded.is_empty() {
+        body["degraded"] = degraded.into();
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+pub(super) fn sse_response(
+    ctx: Ctx,
+    first: Option<Event>,
+    events: RequestStream,
+    admitted: Admitted,
+    n: usize,
+    include_usage: bool,
+    degraded: Vec<&'static str>,
+) -> Response {
+    struct S {
+        ctx: Ctx,
+        pending: Option<Event>,
+        events: RequestStream,
+        admitted: Admitted,
+        started: Vec<bool>,
+        completion: usize,
+        cached: usize,
+        include_usage: bool,
+        degraded: Vec<&'static str>,
+        done: bool,
+    }
+    let s = S { ctx, pending: first, events, admitted, started: vec![false; n], completion: 0, cached: 0, include_usage, degraded, done: false };
+    let body = futures_util::stream::unfold(s, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let event = match s.pending.take() {
+            Some(e) => Some(e),
+            None => StreamExt::next(&mut s.events).await,
+        };
+        let data = match event {
+            Some(Event::Token { index, text, logprobs, .. }) => {
+                let first = !std::mem::replace(&mut s.started[index], true);
+                let mut c = s.ctx.chunk(index, Some(&text), &logprobs, None, first);
+                if first && !s.degraded.is_empty() {
+                    c["degraded"] = s.degraded.clone().into();
+                }
+                format!("data: {c}\n\n")
+            }
+            Some(Event::Finish { index, reason, usage, timings }) => {
+                s.admitted.record(&reason, &usage, &timings);
+                s.completion += usage.completion_tokens;
+                s.cached = usage.cached_tokens;
+                let first = !std::mem::replace(&mut s.started[index], true);
+                let mut c = s.ctx.chunk(index, None, &[], Some(finish_name(&reason)), first);
+                if let FinishReason::Error(e) = &reason {
+                    c["error"] = serde_json::json!({"message": e, "type": "server_error"});
+                }
+                format!("data: {c}\n\n")
+            }
+            None => {
+                s.done = true;
+                let mut tail = String::new();
+                if s.include_usage {
+                    let mut c = s.ctx.chunk(0, None, &[], None, false);
+                    c["choices"] = serde_json::json!([]);
+                    c["usage"] = s.ctx.usage_json(s.completion, s.cached);
+                    tail += &format!("data: {c}\n\n");
+                }
+                tail += "data: [DONE]\n\n";
+                tail
+            }
+        };
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(data)), s))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(body))
+        .expect("static headers")
+}
