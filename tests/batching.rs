@@ -19,7 +19,7 @@ fn golden_prompts() -> Vec<Vec<u32>> {
 
 fn request(prompt: &[u32], seed: u64) -> GenRequest {
     // Half greedy, half seeded sampling: both must be reproducible.
-    let params = if seed % 2 == 0 {
+    let params = if seed.is_multiple_of(2) {
         SamplingParams::greedy()
     } else {
         SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: Some(seed), ..Default::default() }

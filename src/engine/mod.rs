@@ -224,11 +224,10 @@ impl Engine {
         });
         let tokenizer = tokenizer.map(Arc::new);
         let mut eos = info.eos_token_ids.clone();
-        if let Some((id, _)) = tokenizer.as_ref().and_then(|t| t.special().eos.clone()) {
-            if !eos.contains(&id) {
+        if let Some((id, _)) = tokenizer.as_ref().and_then(|t| t.special().eos.clone())
+            && !eos.contains(&id) {
                 eos.push(id);
             }
-        }
         let limits = Limits {
             max_context: llama.config().max_position_embeddings,
             kv_capacity: num_blocks * config.block_size,

@@ -123,21 +123,20 @@ impl ModelConfig {
                 return Err(format!("{name} is 0"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_heads ({}) is not a multiple of num_kv_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
         let rot = self.rope.num_rotary_dims;
-        if rot == 0 || rot % 2 != 0 || rot > self.head_dim {
+        if rot == 0 || !rot.is_multiple_of(2) || rot > self.head_dim {
             return Err(format!("rotary dims {rot} invalid for head_dim {}", self.head_dim));
         }
-        if let Some(f) = &self.rope.freq_factors {
-            if f.len() != rot / 2 {
+        if let Some(f) = &self.rope.freq_factors
+            && f.len() != rot / 2 {
                 return Err(format!("rope_freqs has {} entries, expected {}", f.len(), rot / 2));
             }
-        }
         if !(self.rope.theta > 0.0 && self.rope.theta.is_finite()) {
             return Err(format!("rope theta {} is not a positive number", self.rope.theta));
         }

@@ -21,11 +21,10 @@ pub fn load(path: &Path, progress: Progress) -> Result<LoadedModel, ModelError> 
     let weights = read_weights(&file, &config, progress)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let mut eos_token_ids: Vec<u32> = file.get_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-    if let Some(eot) = file.get_u32("tokenizer.ggml.eot_token_id")? {
-        if !eos_token_ids.contains(&eot) {
+    if let Some(eot) = file.get_u32("tokenizer.ggml.eot_token_id")?
+        && !eos_token_ids.contains(&eot) {
             eos_token_ids.push(eot);
         }
-    }
     let name = file.get_str("general.name")?.unwrap_or(arch).to_string();
     let info = ModelInfo {
         name,

@@ -144,7 +144,7 @@ fn matrix(shards: &Shards, name: &str, target: Option<GgmlType>) -> Result<HostM
 
 /// Float data must sit at an address aligned for its element type; copy it if it does not.
 fn aligned(bytes: TensorBytes) -> TensorBytes {
-    if (bytes.as_ptr() as usize) % 4 == 0 { bytes } else { TensorBytes::from_vec(bytes.to_vec()) }
+    if (bytes.as_ptr() as usize).is_multiple_of(4) { bytes } else { TensorBytes::from_vec(bytes.to_vec()) }
 }
 
 fn quantize(m: &HostMatrix, target: GgmlType) -> Result<HostMatrix, String> {
@@ -178,11 +178,10 @@ fn read_weights(
     progress: Progress,
 ) -> Result<HostWeights, ModelError> {
     let target = options.quantize;
-    if let Some(t) = target {
-        if !matches!(t, GgmlType::Q8_0 | GgmlType::Q4_1 | GgmlType::Q4_0) {
+    if let Some(t) = target
+        && !matches!(t, GgmlType::Q8_0 | GgmlType::Q4_1 | GgmlType::Q4_0) {
             return Err(ModelError::Invalid(format!("cannot quantize on load to {t}")));
         }
-    }
     // Embedding and output stay at 8 bits when the layers go to 4 (as llama.cpp's files do).
     let embed_target = target.map(|_| GgmlType::Q8_0);
     let total = shards.total_bytes();

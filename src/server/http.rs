@@ -199,8 +199,8 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let prompt_tokens = events.prompt_ids().len();
     // The first event decides between a response and an error (deadline, engine failure).
     let first = StreamExt::next(&mut events).await;
-    if let Some(Event::Finish { reason, usage, timings, .. }) = &first {
-        if usage.completion_tokens == 0 && n == 1 {
+    if let Some(Event::Finish { reason, usage, timings, .. }) = &first
+        && usage.completion_tokens == 0 && n == 1 {
             admitted.record(reason, usage, timings);
             let retry = state.signals().queue_wait(class).as_secs_f64().ceil().max(1.0) as u64;
             return Err(match reason {
@@ -212,7 +212,6 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
                 _ => ApiError::new(500, "server_error", "the request ended before producing anything"),
             });
         }
-    }
     let ctx = Ctx {
         state: state.clone(),
         id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, events.id()),

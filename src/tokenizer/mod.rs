@@ -105,11 +105,10 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
         let enc = self.inner.encode_fast(text, false).map_err(lib_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_bos && self.special.add_bos {
-            if let Some((bos, _)) = &self.special.bos {
+        if add_bos && self.special.add_bos
+            && let Some((bos, _)) = &self.special.bos {
                 ids.push(*bos);
             }
-        }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
     }

@@ -39,7 +39,7 @@ impl CpuTensor {
 
     /// A tensor holding `rows` rows copied from `data`.
     pub fn from_rows(data: &[f32], cols: usize) -> CpuTensor {
-        assert!(cols > 0 && data.len() % cols == 0, "data is not whole rows");
+        assert!(cols > 0 && data.len().is_multiple_of(cols), "data is not whole rows");
         CpuTensor { data: data.to_vec(), rows: data.len() / cols, cols }
     }
 

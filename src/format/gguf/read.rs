@@ -280,7 +280,7 @@ fn tensor_num_bytes(dims: &[u64], dtype: GgmlType) -> Result<u64, &'static str> 
     if dims.iter().any(|&d| d == 0 || d > i64::MAX as u64) {
         return Err("a dimension is zero or larger than i64::MAX");
     }
-    if dims[0] % dtype.block_size() as u64 != 0 {
+    if !dims[0].is_multiple_of(dtype.block_size() as u64) {
         return Err("the row length is not a multiple of the type's block size");
     }
     // The element count bounds `TensorInfo::num_elements`, so it must not overflow either.
