@@ -49,7 +49,41 @@ fn bench_type(c: &mut Criterion, dtype: GgmlType) {
     group.finish();
 }
 
+/// The 16-bit kernels one weight row at a time against 1 and 8 activation rows, on every
+/// implementation this CPU has (the portable twin first). Throughput in multiply-adds.
+fn bench_q16<W: quant::Q16Weight>(c: &mut Criterion, dtype: GgmlType) {
+    let row_bytes = dtype.row_bytes(COLS as u64).unwrap() as usize;
+    let mut w = vec![0u8; row_bytes * ROWS];
+    for (r, dst) in w.chunks_mut(row_bytes).enumerate() {
+        quant::quantize_row(dtype, &data(COLS, r as u32), dst).unwrap();
+    }
+    let pairs = quant::q16_pairs(COLS / quant::QK);
+    let acts: Vec<Vec<quant::BlockQ16x2>> = (0..8)
+        .map(|k| {
+            let mut a = vec![bytemuck::Zeroable::zeroed(); pairs];
+            quant::quantize_row_q16(&data(COLS, 7 + k), &mut a);
+            a
+        })
+        .collect();
+    let rows: Vec<&[W]> = w.chunks(row_bytes).map(bytemuck::cast_slice).collect();
+    let mut group = c.benchmark_group(format!("q16_{}", dtype.name()));
+    for isa in quant::Isa::available() {
+        group.throughput(Throughput::Elements((ROWS * COLS) as u64));
+        group.bench_function(format!("{isa:?}_x1"), |b| {
+            b.iter(|| rows.iter().map(|r| quant::vec_dot_q16_xn_on(isa, r, [&acts[0][..]])[0]).sum::<f32>())
+        });
+        group.throughput(Throughput::Elements((ROWS * COLS * 8) as u64));
+        let eight: [&[quant::BlockQ16x2]; 8] = std::array::from_fn(|k| &acts[k][..]);
+        group.bench_function(format!("{isa:?}_x8"), |b| {
+            b.iter(|| rows.iter().map(|r| quant::vec_dot_q16_xn_on(isa, r, eight)[0]).sum::<f32>())
+        });
+    }
+    group.finish();
+}
+
 fn kernels(c: &mut Criterion) {
+    bench_q16::<quant::BlockQ4_1>(c, GgmlType::Q4_1);
+    bench_q16::<quant::BlockQ8_0>(c, GgmlType::Q8_0);
     for dtype in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16, GgmlType::BF16] {
         bench_type(c, dtype);
     }

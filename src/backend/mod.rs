@@ -101,6 +101,14 @@ pub trait Backend: Send {
     ) -> Result<()>;
     /// `out[t] = w · x[t]`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Matrix, out: &mut Self::Tensor) -> Result<()>;
+    /// `outs[i][t] = ws[i] · x[t]` for weights that share their input (Q/K/V, gate/up). A
+    /// backend can do them as one operation; the default runs them one by one.
+    fn matmul_multi(&self, x: &Self::Tensor, ws: &[&Self::Matrix], outs: &mut [&mut Self::Tensor]) -> Result<()> {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(x, w, out)?;
+        }
+        Ok(())
+    }
     /// `x[t] += bias`.
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Tensor) -> Result<()>;
     /// `x += y`.

@@ -117,8 +117,7 @@ impl<B: Backend> Llama<B> {
         for (i, layer) in w.layers.iter().enumerate() {
             attention_block(backend, &step, c, i, layer, &self.inv_freq, kv, b)?;
             backend.add_rms_norm(&mut b.x, &b.delta, &layer.ffn_norm, eps, &mut b.xn)?;
-            backend.matmul(&b.xn, &layer.w_gate, &mut b.gate)?;
-            backend.matmul(&b.xn, &layer.w_up, &mut b.up)?;
+            backend.matmul_multi(&b.xn, &[&layer.w_gate, &layer.w_up], &mut [&mut b.gate, &mut b.up])?;
             backend.silu_mul(&mut b.gate, &b.up)?;
             backend.matmul(&b.gate, &layer.w_down, &mut b.delta)?;
             let next_norm = w.layers.get(i + 1).map_or(&w.final_norm, |l| &l.attn_norm);
@@ -146,9 +145,7 @@ fn attention_block<B: Backend>(
     kv: &mut B::KvPool,
     b: &mut Buffers<B::Tensor>,
 ) -> Result<(), BackendError> {
-    backend.matmul(&b.xn, &layer.wq, &mut b.q)?;
-    backend.matmul(&b.xn, &layer.wk, &mut b.k)?;
-    backend.matmul(&b.xn, &layer.wv, &mut b.v)?;
+    backend.matmul_multi(&b.xn, &[&layer.wq, &layer.wk, &layer.wv], &mut [&mut b.q, &mut b.k, &mut b.v])?;
     for (x, bias) in [(&mut b.q, &layer.bq), (&mut b.k, &layer.bk), (&mut b.v, &layer.bv)] {
         if let Some(bias) = bias {
             backend.add_bias(x, bias)?;

@@ -3,8 +3,9 @@
 
 use super::GgmlType;
 use super::blocks::*;
-use super::q16::{BlockQ16, BlockQ16K};
-use super::{float, kquants, q4, q8, q16};
+use super::q16::BlockQ16x2;
+use super::q16k::BlockQ16K;
+use super::{float, kquants, q4, q8, q16, q16k};
 use bytemuck::{Pod, try_cast_slice, try_cast_slice_mut};
 use half::{bf16, f16};
 
@@ -87,7 +88,7 @@ pub fn dot_f32(dtype: GgmlType, row: &[u8], x: &[f32]) -> Result<f32, QuantError
     let block_bytes = dtype.row_bytes(block as u64).unwrap_or(0) as usize;
     let mut buf = [0f32; QK_K];
     let mut sum = 0.0f32;
-    if x.len() % block != 0 {
+    if !x.len().is_multiple_of(block) {
         // Float rows of odd lengths: one pass.
         let mut all = vec![0f32; x.len()];
         dequantize_row(dtype, row, &mut all)?;
@@ -129,20 +130,18 @@ impl ActType {
         }
     }
 
-    pub fn type_size(self) -> usize {
-        match self {
-            ActType::F32 => 4,
-            ActType::Q8_0 => size_of::<BlockQ8_0>(),
-            ActType::Q8_1 => size_of::<BlockQ8_1>(),
-            ActType::Q8K => size_of::<BlockQ8K>(),
-            ActType::Q16 => size_of::<BlockQ16>(),
-            ActType::Q16K => size_of::<BlockQ16K>(),
-        }
-    }
-
-    /// Bytes of a row of `n` activations, or `None` if `n` is not whole blocks.
+    /// Bytes of a row of `n` activations, or `None` if `n` is not whole blocks. (Q16 blocks
+    /// come in pairs: a row of an odd number of blocks ends with a zero block.)
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        (n % self.block_size() == 0).then(|| n / self.block_size() * self.type_size())
+        let blocks = n.is_multiple_of(self.block_size()).then(|| n / self.block_size())?;
+        Some(match self {
+            ActType::F32 => blocks * 4,
+            ActType::Q8_0 => blocks * size_of::<BlockQ8_0>(),
+            ActType::Q8_1 => blocks * size_of::<BlockQ8_1>(),
+            ActType::Q8K => blocks * size_of::<BlockQ8K>(),
+            ActType::Q16 => q16::q16_pairs(blocks) * size_of::<BlockQ16x2>(),
+            ActType::Q16K => blocks * size_of::<BlockQ16K>(),
+        })
     }
 }
 
@@ -180,7 +179,7 @@ pub fn quantize_act(act: ActType, x: &[f32], out: &mut [u8]) -> Result<(), Quant
         ActType::Q8_1 => q8::quantize_row_q8_1(x, try_cast_slice_mut(out).map_err(mis)?),
         ActType::Q8K => q8::quantize_row_q8_k(x, try_cast_slice_mut(out).map_err(mis)?),
         ActType::Q16 => q16::quantize_row_q16(x, try_cast_slice_mut(out).map_err(mis)?),
-        ActType::Q16K => q16::quantize_row_q16k(x, try_cast_slice_mut(out).map_err(mis)?),
+        ActType::Q16K => q16k::quantize_row_q16k(x, try_cast_slice_mut(out).map_err(mis)?),
     }
     Ok(())
 }
@@ -199,11 +198,11 @@ pub fn vec_dot(weight: GgmlType, row: &[u8], act: ActType, x: &[u8], n: usize) -
         (GgmlType::Q8_0, ActType::Q8_0) => q8::vec_dot_q8_0_q8_0(view(weight, row)?, act_view(act, x)?),
         (GgmlType::Q4K, ActType::Q8K) => kquants::vec_dot_q4k_q8k(view(weight, row)?, act_view(act, x)?),
         (GgmlType::Q6K, ActType::Q8K) => kquants::vec_dot_q6k_q8k(view(weight, row)?, act_view(act, x)?),
-        (GgmlType::Q4_0, ActType::Q16) => q16::vec_dot_q4_0_q16(view(weight, row)?, act_view(act, x)?),
-        (GgmlType::Q4_1, ActType::Q16) => q16::vec_dot_q4_1_q16(view(weight, row)?, act_view(act, x)?),
-        (GgmlType::Q8_0, ActType::Q16) => q16::vec_dot_q8_0_q16(view(weight, row)?, act_view(act, x)?),
-        (GgmlType::Q4K, ActType::Q16K) => q16::vec_dot_q4k_q16k(view(weight, row)?, act_view(act, x)?),
-        (GgmlType::Q6K, ActType::Q16K) => q16::vec_dot_q6k_q16k(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4_0, ActType::Q16) => q16::vec_dot_q16::<BlockQ4_0>(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4_1, ActType::Q16) => q16::vec_dot_q16::<BlockQ4_1>(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q8_0, ActType::Q16) => q16::vec_dot_q16::<BlockQ8_0>(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q4K, ActType::Q16K) => q16k::vec_dot_q4k_q16k(view(weight, row)?, act_view(act, x)?),
+        (GgmlType::Q6K, ActType::Q16K) => q16k::vec_dot_q6k_q16k(view(weight, row)?, act_view(act, x)?),
         _ => return Err(QuantError::Unsupported { dtype: weight, op: "this activation format" }),
     })
 }

@@ -9,11 +9,14 @@
 //!   ([`act_type`]: 16-bit by default, or ggml's 8-bit blocks as llama.cpp uses), integer
 //!   multiply-accumulate inside each block, one scale per block.
 //!
-//! The typed kernels (`vec_dot_q4_1_q16`, ...) are what the CPU backend calls in its inner
-//! loops; each is compiled twice (portable and AVX2, chosen at run time, bit-identical).
+//! The typed kernels (`vec_dot_q16_xn`, ...) are what the CPU backend calls in its inner
+//! loops; each has a portable twin and x86 versions chosen at run time (AVX2, and AVX-512
+//! VNNI for the 16-bit kernels), all bit-identical.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod blocks;
 mod dispatch;
 mod float;
@@ -22,6 +25,7 @@ pub(crate) mod multiversion;
 mod q4;
 mod q8;
 mod q16;
+mod q16k;
 #[cfg(test)]
 pub(crate) mod test_util;
 #[cfg(test)]
@@ -36,9 +40,10 @@ pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use q16::{
-    BlockQ16, BlockQ16K, quantize_row_q16, quantize_row_q16k, vec_dot_q4_0_q16, vec_dot_q4_1_q16, vec_dot_q4_1_q16_xn, vec_dot_q4k_q16k,
-    vec_dot_q6k_q16k, vec_dot_q8_0_q16, vec_dot_q8_0_q16_xn,
+    BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, vec_dot_q16, vec_dot_q16_portable,
+    vec_dot_q16_xn, vec_dot_q16_xn_on,
 };
+pub use q16k::{BlockQ16K, quantize_row_q16k, vec_dot_q4k_q16k, vec_dot_q6k_q16k};
 
 use std::fmt;
 
@@ -134,7 +139,7 @@ impl GgmlType {
     /// blocks or the size overflows.
     pub fn row_bytes(self, num_elements: u64) -> Option<u64> {
         let block = self.block_size() as u64;
-        if num_elements % block != 0 {
+        if !num_elements.is_multiple_of(block) {
             return None;
         }
         (num_elements / block).checked_mul(self.type_size() as u64)

@@ -1,5 +1,5 @@
 //! Cross-type tests: every type's quantize → dequantize error, the fast dot products against
-//! the reference on awkward lengths, the AVX2 copies against their portable twins, and
+//! the reference on awkward lengths, the SIMD copies against their portable twins, and
 //! errors instead of panics on bad buffers.
 
 use super::test_util::Rng;
@@ -106,9 +106,9 @@ fn sixteen_bit_activations_are_far_closer_than_eight() {
 }
 
 #[test]
-fn avx2_kernels_are_bit_identical_to_their_portable_twins() {
+fn simd_kernels_are_bit_identical_to_their_portable_twins() {
     let mut rng = Rng::new(9);
-    for num_blocks in [1, 3, 18, 48] {
+    for num_blocks in [1, 2, 3, 5, 18, 47, 48] {
         let n32 = QK * num_blocks;
         let x = rng.floats(n32, 2.0);
         let q8_0 = quantized(GgmlType::Q8_0, &x);
@@ -125,25 +125,12 @@ fn avx2_kernels_are_bit_identical_to_their_portable_twins() {
         assert_eq!(vec_dot_q4_0_q8_0(&w40, &a8).to_bits(), q4::vec_dot_q4_0_q8_0_portable(&w40, &a8).to_bits());
         assert_eq!(vec_dot_q4_1_q8_1(&w41, &a81).to_bits(), q4::vec_dot_q4_1_q8_1_portable(&w41, &a81).to_bits());
 
-        let a16: Vec<BlockQ16> = bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16, &x));
-        assert_eq!(vec_dot_q8_0_q16(&w8, &a16).to_bits(), q16::vec_dot_q8_0_q16_portable(&w8, &a16).to_bits());
-        assert_eq!(vec_dot_q4_0_q16(&w40, &a16).to_bits(), q16::vec_dot_q4_0_q16_portable(&w40, &a16).to_bits());
-        assert_eq!(vec_dot_q4_1_q16(&w41, &a16).to_bits(), q16::vec_dot_q4_1_q16_portable(&w41, &a16).to_bits());
-
-        // Four rows at once: each result bit-identical to the one-row portable kernel.
-        let rows: Vec<Vec<BlockQ16>> =
-            (0..4).map(|k| bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16, &rng.floats(n32, 1.0 + k as f32)))).collect();
-        let four = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
-        let got41 = vec_dot_q4_1_q16_xn(&w41, four).map(f32::to_bits);
-        let got80 = vec_dot_q8_0_q16_xn(&w8, four).map(f32::to_bits);
-        let eight = [four[0], four[1], four[2], four[3], four[3], four[2], four[1], four[0]];
-        let got8 = vec_dot_q4_1_q16_xn(&w41, eight).map(f32::to_bits);
-        assert_eq!(got8[..4], got41[..]);
-        assert_eq!(got8[4..], [got41[3], got41[2], got41[1], got41[0]]);
-        for k in 0..4 {
-            assert_eq!(got41[k], q16::vec_dot_q4_1_q16_portable(&w41, four[k]).to_bits(), "q4_1 x4 row {k}, {num_blocks} blocks");
-            assert_eq!(got80[k], q16::vec_dot_q8_0_q16_portable(&w8, four[k]).to_bits(), "q8_0 x4 row {k}, {num_blocks} blocks");
-        }
+        let a16: Vec<BlockQ16x2> = bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16, &x));
+        let rows: Vec<Vec<BlockQ16x2>> =
+            (0..8).map(|k| bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16, &rng.floats(n32, 1.0 + k as f32)))).collect();
+        q16_kernels_agree(&w8, &a16, &rows);
+        q16_kernels_agree(&w40, &a16, &rows);
+        q16_kernels_agree(&w41, &a16, &rows);
 
         let nk = QK_K * num_blocks.div_ceil(8);
         let xk = rng.floats(nk, 2.0);
@@ -153,8 +140,28 @@ fn avx2_kernels_are_bit_identical_to_their_portable_twins() {
         assert_eq!(vec_dot_q4k_q8k(&w4k, &ak).to_bits(), kquants::vec_dot_q4k_q8k_portable(&w4k, &ak).to_bits());
         assert_eq!(vec_dot_q6k_q8k(&w6k, &ak).to_bits(), kquants::vec_dot_q6k_q8k_portable(&w6k, &ak).to_bits());
         let a16k: Vec<BlockQ16K> = bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16K, &xk));
-        assert_eq!(vec_dot_q4k_q16k(&w4k, &a16k).to_bits(), q16::vec_dot_q4k_q16k_portable(&w4k, &a16k).to_bits());
-        assert_eq!(vec_dot_q6k_q16k(&w6k, &a16k).to_bits(), q16::vec_dot_q6k_q16k_portable(&w6k, &a16k).to_bits());
+        assert_eq!(vec_dot_q4k_q16k(&w4k, &a16k).to_bits(), q16k::vec_dot_q4k_q16k_portable(&w4k, &a16k).to_bits());
+        assert_eq!(vec_dot_q6k_q16k(&w6k, &a16k).to_bits(), q16k::vec_dot_q6k_q16k_portable(&w6k, &a16k).to_bits());
+    }
+}
+
+/// Every 16-bit implementation this CPU has, with 1, 4 and 8 rows at once, gives each row
+/// the portable twin's result bit for bit.
+fn q16_kernels_agree<W: Q16Weight + std::fmt::Debug>(w: &[W], one: &[BlockQ16x2], rows: &[Vec<BlockQ16x2>]) {
+    let name = std::any::type_name::<W>();
+    let want = |x: &[BlockQ16x2]| vec_dot_q16_portable(w, x).to_bits();
+    let four: [&[BlockQ16x2]; 4] = std::array::from_fn(|k| &rows[k][..]);
+    let eight: [&[BlockQ16x2]; 8] = std::array::from_fn(|k| &rows[k][..]);
+    for isa in Isa::available() {
+        assert_eq!(vec_dot_q16_xn_on(isa, w, [one])[0].to_bits(), want(one), "{name} {isa:?} x1, {} blocks", w.len());
+        let got4 = vec_dot_q16_xn_on(isa, w, four);
+        let got8 = vec_dot_q16_xn_on(isa, w, eight);
+        for k in 0..8 {
+            assert_eq!(got8[k].to_bits(), want(eight[k]), "{name} {isa:?} x8 row {k}, {} blocks", w.len());
+            if k < 4 {
+                assert_eq!(got4[k].to_bits(), want(four[k]), "{name} {isa:?} x4 row {k}, {} blocks", w.len());
+            }
+        }
     }
 }
 
@@ -171,7 +178,8 @@ fn bad_buffers_are_errors() {
     assert_eq!(dequantize_row(GgmlType::Q4_1, &buf[1..41], &mut [0.0; 64]), Err(QuantError::Misaligned { dtype: GgmlType::Q4_1 }));
     assert!(vec_dot(GgmlType::Q8K, &[0u8; 292], ActType::Q8K, &[0u8; 292], 256).is_err());
     assert!(vec_dot(GgmlType::Q4_1, &[0u8; 20], ActType::Q8_0, &[0u8; 34], 32).is_err(), "wrong pairing");
-    assert!(quantize_act(ActType::Q16, &[0.0; 31], &mut [0u8; 72]).is_err());
+    assert!(quantize_act(ActType::Q16, &[0.0; 31], &mut [0u8; 256]).is_err());
+    assert!(quantize_act(ActType::Q16, &[0.0; 32], &mut [0u8; 128]).is_err(), "a lone block still takes a whole pair");
     assert!(dot_f32(GgmlType::Q4_0, &[0u8; 18], &[0.0; 31]).is_err());
 }
 
@@ -183,11 +191,7 @@ fn dequantized_act(act: ActType, bytes: &[u8], n: usize) -> Vec<f32> {
         ActType::Q8_0 => dequantize_row(GgmlType::Q8_0, bytes, &mut out).unwrap(),
         ActType::Q8_1 => dequantize_row(GgmlType::Q8_1, bytes, &mut out).unwrap(),
         ActType::Q8K => dequantize_row(GgmlType::Q8K, bytes, &mut out).unwrap(),
-        ActType::Q16 => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ16>(bytes).iter().zip(out.chunks_mut(QK)) {
-                y.iter_mut().zip(&b.qs).for_each(|(o, &q)| *o = q as f32 * b.d);
-            }
-        }
+        ActType::Q16 => dequantize_row_q16(bytemuck::cast_slice(bytes), &mut out),
         ActType::Q16K => {
             for (b, y) in bytemuck::cast_slice::<u8, BlockQ16K>(bytes).iter().zip(out.chunks_mut(QK_K)) {
                 y.iter_mut().zip(&b.qs).for_each(|(o, &q)| *o = q as f32 * b.d);

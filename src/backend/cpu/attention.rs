@@ -13,7 +13,7 @@ use crate::kv::KvLayout;
 use crate::plan::{BatchPlan, SeqPlan};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
+use super::pool::ThreadPool;
 use std::cell::RefCell;
 
 const QUERY_BLOCK: usize = 16;
@@ -36,7 +36,7 @@ impl KvElem for f16 {
 }
 
 pub fn attention(
-    pool: &rayon::ThreadPool,
+    pool: &ThreadPool,
     plan: &BatchPlan,
     layer: usize,
     q: &CpuTensor,
@@ -53,7 +53,7 @@ pub fn attention(
         && layout.head_dim == shape.head_dim
         && layout.block_size == plan.block_size
         && shape.num_kv_heads > 0
-        && shape.num_heads % shape.num_kv_heads == 0
+        && shape.num_heads.is_multiple_of(shape.num_kv_heads)
         && layer < layout.num_layers;
     if !ok {
         return Err(BackendError::Shape {
@@ -85,30 +85,25 @@ thread_local! {
 }
 
 impl Ctx<'_> {
-    fn run<E: KvElem>(&self, pool: &rayon::ThreadPool, k: &[E], v: &[E], out: &SharedOut<f32>) {
+    fn run<E: KvElem>(&self, pool: &ThreadPool, k: &[E], v: &[E], out: &SharedOut<f32>) {
         let num_kv_heads = self.shape.num_kv_heads;
-        let num_tasks: usize = self
-            .plan
-            .seqs
-            .iter()
-            .map(|s| s.num_query_tokens.div_ceil(QUERY_BLOCK) * num_kv_heads)
-            .sum();
-        let task = |seq: &SeqPlan, t: usize| {
-            let (block, kv_head) = (t / num_kv_heads, t % num_kv_heads);
-            let first = block * QUERY_BLOCK;
-            let rows = first..(first + QUERY_BLOCK).min(seq.num_query_tokens);
-            self.block(seq, rows, kv_head, k, v, out);
-        };
         let seq_tasks = |s: &SeqPlan| s.num_query_tokens.div_ceil(QUERY_BLOCK) * num_kv_heads;
-        if num_tasks <= 1 {
-            self.plan.seqs.iter().for_each(|s| (0..seq_tasks(s)).for_each(|t| task(s, t)));
-        } else {
-            pool.install(|| {
-                self.plan.seqs.par_iter().for_each(|s| {
-                    (0..seq_tasks(s)).into_par_iter().for_each(|t| task(s, t));
-                })
-            });
-        }
+        let num_tasks: usize = self.plan.seqs.iter().map(seq_tasks).sum();
+        // Task `i` counts through the sequences' tasks in order: (query block, KV head).
+        let task = |mut i: usize| {
+            for seq in &self.plan.seqs {
+                let n = seq_tasks(seq);
+                if i >= n {
+                    i -= n;
+                    continue;
+                }
+                let (block, kv_head) = (i / num_kv_heads, i % num_kv_heads);
+                let first = block * QUERY_BLOCK;
+                let rows = first..(first + QUERY_BLOCK).min(seq.num_query_tokens);
+                return self.block(seq, rows, kv_head, k, v, out);
+            }
+        };
+        pool.for_each(num_tasks, task);
     }
 
     /// Attention of query rows `rows` (relative to the sequence) for the heads of `kv_head`.

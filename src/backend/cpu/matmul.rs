@@ -1,21 +1,23 @@
-//! `out[t] = W · x[t]` straight over the weight's blocks.
+//! `out[t] = W · x[t]` straight over the weight's blocks, for one weight or several that
+//! share their input (Q/K/V, gate/up: one quantization of `x`, one parallel region).
 //!
-//! Work is split by weight rows: each task owns a contiguous range of output features and
-//! computes them for every token, so each weight row is read once per call however many
-//! tokens the step has. For Q4_1 and Q8_0 weights with 16-bit activations, tokens go in
-//! groups of 8 (then 4, then one by one) through kernels that unpack each weight block once
-//! for the whole group. Each output element is still one dot product in a fixed order,
-//! bit-identical whatever the grouping or token count (batch invariance).
+//! Work is split by weight rows: each task owns a contiguous range of one matrix's output
+//! features and computes them for every token, so each weight row is read once per call
+//! however many tokens the step has. With 16-bit activations, Q4_0/Q4_1/Q8_0 weights go
+//! through kernels that take tokens in groups of 8 (then 4, then one by one) and unpack each
+//! weight block once per group. Each output element is still one dot product in a fixed
+//! order, bit-identical whatever the grouping or token count (batch invariance).
 
 use super::Precision;
 use super::par::{SharedOut, chunk_len};
+use super::pool::ThreadPool;
 use super::tensor::CpuTensor;
 use crate::backend::{BackendError, Result};
 use crate::model::weights::HostMatrix;
-use crate::quant::{self, ActBits, ActType, GgmlType};
+use crate::quant::{self, ActBits, ActType, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ16x2, GgmlType, Isa, Q16Weight};
 use bytemuck::cast_slice;
-use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// Below this many multiply-adds a matmul runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
@@ -25,53 +27,210 @@ const MIN_ROWS_PER_TASK: usize = 8;
 
 type RowDot = fn(&[u8], &[u8]) -> f32;
 
-/// One weight row against 8 (and 4) activation rows, each result bit-identical to [`RowDot`].
-type RowDot8 = fn(&[u8], [&[u8]; 8]) -> [f32; 8];
-type RowDot4 = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
+/// Rows `rows` of `w` against every token of the 16-bit activations (see [`q16_rows`]).
+type Q16Rows = fn(&HostMatrix, Acts, usize, Range<usize>, &SharedOut<f32>);
 
-/// The multi-row kernels that exist (weights whose blocks are worth unpacking once).
-fn quant_dot_n(dtype: GgmlType, act: ActType) -> Option<(RowDot8, RowDot4)> {
-    Some(match (dtype, act) {
-        (GgmlType::Q4_1, ActType::Q16) => (
-            |w, a| quant::vec_dot_q4_1_q16_xn(cast_slice(w), a.map(cast_slice)),
-            |w, a| quant::vec_dot_q4_1_q16_xn(cast_slice(w), a.map(cast_slice)),
-        ),
-        (GgmlType::Q8_0, ActType::Q16) => (
-            |w, a| quant::vec_dot_q8_0_q16_xn(cast_slice(w), a.map(cast_slice)),
-            |w, a| quant::vec_dot_q8_0_q16_xn(cast_slice(w), a.map(cast_slice)),
-        ),
-        _ => return None,
-    })
+/// One activation format's quantized rows: token `t` is `bytes[t * row_bytes..][..row_bytes]`.
+#[derive(Clone, Copy)]
+struct Acts<'a> {
+    bytes: &'a [u8],
+    row_bytes: usize,
+}
+
+impl<'a> Acts<'a> {
+    fn row(&self, t: usize) -> &'a [u8] {
+        &self.bytes[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+}
+
+/// How one matrix's elements are computed.
+enum Kernel<'a> {
+    /// Float weights · f32 activations.
+    Float(RowDot, &'a CpuTensor),
+    /// Quantized weights · quantized activations, one dot product per element.
+    Quant(RowDot, Acts<'a>),
+    /// Q4_0/Q4_1/Q8_0 · 16-bit activations, tokens grouped.
+    Q16(Q16Rows, Acts<'a>),
+    /// The reference: dequantized weight rows · f32 activations.
+    Dequant(&'a CpuTensor),
+}
+
+/// One matrix of a (multi-)matmul with where its outputs go.
+struct Part<'a> {
+    w: &'a HostMatrix,
+    out: SharedOut<'a, f32>,
+    kernel: Kernel<'a>,
 }
 
 pub fn matmul(
-    pool: &rayon::ThreadPool,
+    pool: &ThreadPool,
     precision: Precision,
     x: &CpuTensor,
     w: &HostMatrix,
     out: &mut CpuTensor,
     scratch: &mut Vec<u32>,
 ) -> Result<()> {
-    if x.cols() != w.cols || out.cols() != w.rows {
-        return Err(BackendError::Shape {
-            op: "matmul",
-            detail: format!("x {}x{}, W {}x{}, out width {}", x.rows(), x.cols(), w.rows, w.cols, out.cols()),
-        });
+    matmul_multi(pool, precision, x, &[w], &mut [out], scratch)
+}
+
+/// `outs[i][t] = ws[i] · x[t]` for every `i`, as one parallel job.
+pub fn matmul_multi(
+    pool: &ThreadPool,
+    precision: Precision,
+    x: &CpuTensor,
+    ws: &[&HostMatrix],
+    outs: &mut [&mut CpuTensor],
+    scratch: &mut Vec<u32>,
+) -> Result<()> {
+    if ws.len() != outs.len() {
+        return Err(BackendError::Shape { op: "matmul", detail: format!("{} weights, {} outputs", ws.len(), outs.len()) });
     }
-    out.set_rows("matmul", x.rows())?;
-    match (precision, float_dot(w.dtype)) {
-        (_, Some(dot)) => {
-            run(pool, w, x.rows(), out, |r, t| dot(w.row(r), bytes_of(x.row(t))));
-            Ok(())
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        if x.cols() != w.cols || out.cols() != w.rows {
+            return Err(BackendError::Shape {
+                op: "matmul",
+                detail: format!("x {}x{}, W {}x{}, out width {}", x.rows(), x.cols(), w.rows, w.cols, out.cols()),
+            });
         }
-        (Precision::Int16, None) => quantized(pool, x, w, out, ActBits::Sixteen, scratch),
-        (Precision::Int8, None) => quantized(pool, x, w, out, ActBits::Eight, scratch),
-        (Precision::Reference, None) => dequantized(pool, x, w, out),
+        out.set_rows("matmul", x.rows())?;
+    }
+    // Quantize `x` once per activation format the weights need.
+    let bits = match precision {
+        Precision::Int16 => Some(ActBits::Sixteen),
+        Precision::Int8 => Some(ActBits::Eight),
+        Precision::Reference => None,
+    };
+    let act_of = |w: &HostMatrix| bits.filter(|_| float_dot(w.dtype).is_none()).map(|b| quant::act_type(w.dtype, b));
+    let mut formats: Vec<(ActType, usize, usize)> = Vec::new(); // (format, offset, row bytes)
+    let mut total = 0;
+    for w in ws {
+        let Some(act) = act_of(w) else { continue };
+        if formats.iter().all(|f| f.0 != act) {
+            let row_bytes = act.row_bytes(w.cols).ok_or_else(|| unsupported(w))?;
+            formats.push((act, total, row_bytes));
+            total += row_bytes * x.rows();
+        }
+    }
+    scratch.resize(total.div_ceil(4), 0);
+    let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<u32, u8>(scratch)[..total];
+    for &(act, offset, row_bytes) in &formats {
+        for (t, dst) in bytes[offset..offset + row_bytes * x.rows()].chunks_mut(row_bytes).enumerate() {
+            quant::quantize_act(act, x.row(t), dst)
+                .map_err(|e| BackendError::Unsupported { op: "matmul", what: e.to_string() })?;
+        }
+    }
+    let bytes = &*bytes;
+    let mut parts = Vec::with_capacity(ws.len());
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        let acts = act_of(w).map(|act| {
+            let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == act).expect("quantized above");
+            Acts { bytes: &bytes[offset..offset + row_bytes * x.rows()], row_bytes }
+        });
+        let kernel = match (float_dot(w.dtype), acts) {
+            (Some(dot), _) => Kernel::Float(dot, x),
+            (None, None) => Kernel::Dequant(x),
+            (None, Some(acts)) => match (q16_kernel(w.dtype), precision) {
+                (Some(rows), Precision::Int16) => Kernel::Q16(rows, acts),
+                _ => Kernel::Quant(quant_dot(w.dtype, quant::act_type(w.dtype, bits.unwrap_or(ActBits::Sixteen))).ok_or_else(|| unsupported(w))?, acts),
+            },
+        };
+        parts.push(Part { w, out: SharedOut::new(out.as_mut_slice()), kernel });
+    }
+    run_parts(pool, &parts, x.rows());
+    Ok(())
+}
+
+fn unsupported(w: &HostMatrix) -> BackendError {
+    BackendError::Unsupported { op: "matmul", what: format!("{} weights", w.dtype) }
+}
+
+/// Splits every part's rows into tasks of one common size and runs them all as one job.
+fn run_parts(pool: &ThreadPool, parts: &[Part], n_tok: usize) {
+    let total_rows: usize = parts.iter().map(|p| p.w.rows).sum();
+    let macs: usize = parts.iter().map(|p| p.w.rows * p.w.cols * n_tok).sum();
+    let chunk = chunk_len(total_rows, pool.num_threads(), MIN_ROWS_PER_TASK);
+    let num_tasks: usize = parts.iter().map(|p| p.w.rows.div_ceil(chunk)).sum();
+    // Task `i` counts through the parts' chunks in order.
+    let task = |mut i: usize| {
+        for p in parts {
+            let n = p.w.rows.div_ceil(chunk);
+            if i < n {
+                return p.run(i * chunk..((i + 1) * chunk).min(p.w.rows), n_tok);
+            }
+            i -= n;
+        }
+    };
+    if macs < PARALLEL_MIN_MACS {
+        (0..num_tasks).for_each(task);
+    } else {
+        pool.for_each(num_tasks, task);
     }
 }
 
-fn bytes_of(x: &[f32]) -> &[u8] {
-    cast_slice(x)
+impl Part<'_> {
+    /// Computes rows `rows` of this matrix's output for every token. The caller hands each
+    /// row range to one task only, which is what makes the `SharedOut` writes disjoint.
+    fn run(&self, rows: Range<usize>, n_tok: usize) {
+        let (w, out) = (self.w, &self.out);
+        // SAFETY (all writes below): this task alone owns columns `rows` of every output row.
+        let each = |dot: &dyn Fn(usize, usize) -> f32| {
+            for t in 0..n_tok {
+                let o = unsafe { out.slice(t * w.rows + rows.start, rows.len()) };
+                for (r, o) in rows.clone().zip(o) {
+                    *o = dot(r, t);
+                }
+            }
+        };
+        match self.kernel {
+            Kernel::Float(dot, x) => each(&|r, t| dot(w.row(r), cast_slice(x.row(t)))),
+            Kernel::Quant(dot, acts) => each(&|r, t| dot(w.row(r), acts.row(t))),
+            Kernel::Q16(q16_rows, acts) => q16_rows(w, acts, n_tok, rows, out),
+            Kernel::Dequant(x) => dequantized(w, x, rows, out),
+        }
+    }
+}
+
+/// The grouped 16-bit kernel for `dtype`, if it has one.
+fn q16_kernel(dtype: GgmlType) -> Option<Q16Rows> {
+    Some(match dtype {
+        GgmlType::Q4_0 => q16_rows::<BlockQ4_0>,
+        GgmlType::Q4_1 => q16_rows::<BlockQ4_1>,
+        GgmlType::Q8_0 => q16_rows::<BlockQ8_0>,
+        _ => return None,
+    })
+}
+
+/// Rows `rows` of `w` against every token: tokens in groups of 8, then 4, then one by one,
+/// each weight row's blocks unpacked once per group.
+fn q16_rows<W: Q16Weight>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
+    let isa = Isa::best();
+    let x = |t: usize| cast_slice::<u8, BlockQ16x2>(acts.row(t));
+    let wrow = |r: usize| cast_slice::<u8, W>(w.row(r));
+    let store = |t: usize, r: usize, v: &[f32]| {
+        for (k, &v) in v.iter().enumerate() {
+            // SAFETY: this task alone owns columns `rows` of every output row.
+            unsafe { out.slice((t + k) * w.rows + r, 1)[0] = v };
+        }
+    };
+    let mut t = 0;
+    while t + 8 <= n_tok {
+        for r in rows.clone() {
+            store(t, r, &quant::vec_dot_q16_xn_on::<W, 8>(isa, wrow(r), std::array::from_fn(|k| x(t + k))));
+        }
+        t += 8;
+    }
+    if t + 4 <= n_tok {
+        for r in rows.clone() {
+            store(t, r, &quant::vec_dot_q16_xn_on::<W, 4>(isa, wrow(r), std::array::from_fn(|k| x(t + k))));
+        }
+        t += 4;
+    }
+    for t in t..n_tok {
+        let o = unsafe { out.slice(t * w.rows + rows.start, rows.len()) };
+        for (r, o) in rows.clone().zip(o) {
+            *o = quant::vec_dot_q16_xn_on::<W, 1>(isa, wrow(r), [x(t)])[0];
+        }
+    }
 }
 
 /// Dot products of float weight rows with f32 activations (bytes of an f32 row).
@@ -87,9 +246,9 @@ fn float_dot(dtype: GgmlType) -> Option<RowDot> {
 /// Integer dot products of quantized weight rows with activation rows in `act` format.
 fn quant_dot(dtype: GgmlType, act: ActType) -> Option<RowDot> {
     Some(match (dtype, act) {
-        (GgmlType::Q4_0, ActType::Q16) => |w, a| quant::vec_dot_q4_0_q16(cast_slice(w), cast_slice(a)),
-        (GgmlType::Q4_1, ActType::Q16) => |w, a| quant::vec_dot_q4_1_q16(cast_slice(w), cast_slice(a)),
-        (GgmlType::Q8_0, ActType::Q16) => |w, a| quant::vec_dot_q8_0_q16(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q4_0, ActType::Q16) => |w, a| quant::vec_dot_q16::<BlockQ4_0>(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q4_1, ActType::Q16) => |w, a| quant::vec_dot_q16::<BlockQ4_1>(cast_slice(w), cast_slice(a)),
+        (GgmlType::Q8_0, ActType::Q16) => |w, a| quant::vec_dot_q16::<BlockQ8_0>(cast_slice(w), cast_slice(a)),
         (GgmlType::Q4K, ActType::Q16K) => |w, a| quant::vec_dot_q4k_q16k(cast_slice(w), cast_slice(a)),
         (GgmlType::Q6K, ActType::Q16K) => |w, a| quant::vec_dot_q6k_q16k(cast_slice(w), cast_slice(a)),
         (GgmlType::Q4_0, ActType::Q8_0) => |w, a| quant::vec_dot_q4_0_q8_0(cast_slice(w), cast_slice(a)),
@@ -101,159 +260,28 @@ fn quant_dot(dtype: GgmlType, act: ActType) -> Option<RowDot> {
     })
 }
 
-/// Fast path: quantize each activation row once, then integer dot products.
-fn quantized(
-    pool: &rayon::ThreadPool,
-    x: &CpuTensor,
-    w: &HostMatrix,
-    out: &mut CpuTensor,
-    bits: ActBits,
-    scratch: &mut Vec<u32>,
-) -> Result<()> {
-    let unsupported = || BackendError::Unsupported { op: "matmul", what: format!("{} weights", w.dtype) };
-    let act_type = quant::act_type(w.dtype, bits);
-    let dot = quant_dot(w.dtype, act_type).ok_or_else(unsupported)?;
-    let act_row_bytes = act_type.row_bytes(w.cols).ok_or_else(unsupported)?;
-    let total_bytes = act_row_bytes * x.rows();
-    scratch.resize(total_bytes.div_ceil(4), 0);
-    let acts: &mut [u8] = &mut bytemuck::cast_slice_mut::<u32, u8>(scratch)[..total_bytes];
-    for (t, dst) in acts.chunks_mut(act_row_bytes).enumerate() {
-        quant::quantize_act(act_type, x.row(t), dst).map_err(|e| BackendError::Unsupported {
-            op: "matmul",
-            what: e.to_string(),
-        })?;
-    }
-    let acts = &*acts;
-    let act = |t: usize| &acts[t * act_row_bytes..(t + 1) * act_row_bytes];
-    match quant_dot_n(w.dtype, act_type) {
-        Some((dot8, dot4)) if x.rows() >= 4 => {
-            let kernels = Grouped {
-                dot8: |r, t| dot8(w.row(r), std::array::from_fn(|k| act(t + k))),
-                dot4: |r, t| dot4(w.row(r), std::array::from_fn(|k| act(t + k))),
-                dot: |r, t| dot(w.row(r), act(t)),
-            };
-            run_grouped(pool, w, x.rows(), out, kernels)
-        }
-        _ => run(pool, w, x.rows(), out, |r, t| dot(w.row(r), act(t))),
-    }
-    Ok(())
-}
-
-/// The kernels of [`run_grouped`]: 8 tokens, 4 tokens, one token (from `t`).
-struct Grouped<D8, D4, D1> {
-    dot8: D8,
-    dot4: D4,
-    dot: D1,
-}
-
-/// [`run`] with tokens in groups of 8, then 4, the rest one by one. Same results, element for
-/// element: grouping changes only how often a weight block is unpacked.
-fn run_grouped<D8, D4, D1>(pool: &rayon::ThreadPool, w: &HostMatrix, n_tok: usize, out: &mut CpuTensor, k: Grouped<D8, D4, D1>)
-where
-    D8: Fn(usize, usize) -> [f32; 8] + Sync,
-    D4: Fn(usize, usize) -> [f32; 4] + Sync,
-    D1: Fn(usize, usize) -> f32 + Sync,
-{
-    let out_cols = w.rows;
-    let chunk = chunk_len(w.rows, pool.current_num_threads(), MIN_ROWS_PER_TASK);
-    let shared = SharedOut::new(out.as_mut_slice());
-    let (n8, n4) = (n_tok / 8 * 8, n_tok / 4 * 4);
-    let task = |c: usize| {
-        let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(w.rows));
-        let store = |t: usize, r: usize, v: &[f32]| {
-            for (i, &v) in v.iter().enumerate() {
-                // SAFETY: task `c` alone writes columns r0..r1 of every output row.
-                unsafe { shared.slice((t + i) * out_cols + r, 1)[0] = v };
-            }
-        };
-        for t in (0..n8).step_by(8) {
-            for r in r0..r1 {
-                store(t, r, &(k.dot8)(r, t));
-            }
-        }
-        for t in (n8..n4).step_by(4) {
-            for r in r0..r1 {
-                store(t, r, &(k.dot4)(r, t));
-            }
-        }
-        for t in n4..n_tok {
-            for r in r0..r1 {
-                store(t, r, &[(k.dot)(r, t)]);
-            }
-        }
-    };
-    let num_chunks = w.rows.div_ceil(chunk);
-    if n_tok * w.rows * w.cols < PARALLEL_MIN_MACS {
-        (0..num_chunks).for_each(task);
-    } else {
-        pool.install(|| (0..num_chunks).into_par_iter().for_each(task));
-    }
-}
-
 thread_local! {
     /// Dequantized weight rows of the current task (reference path).
     static DEQUANT_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Reference path: dequantize a task's weight rows to f32 once, then f32 dot products.
-fn dequantized(pool: &rayon::ThreadPool, x: &CpuTensor, w: &HostMatrix, out: &mut CpuTensor) -> Result<()> {
-    let (n_tok, cols, out_cols) = (x.rows(), w.cols, w.rows);
-    let chunk = chunk_len(w.rows, pool.current_num_threads(), MIN_ROWS_PER_TASK);
-    let shared = SharedOut::new(out.as_mut_slice());
-    let task = |c: usize| {
-        let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(w.rows));
-        DEQUANT_ROWS.with_borrow_mut(|buf| {
-            buf.resize(chunk * cols, 0.0);
-            for r in r0..r1 {
-                let dst = &mut buf[(r - r0) * cols..(r - r0 + 1) * cols];
-                // Cannot fail: row sizes were validated when the matrix was built.
-                let _ = quant::dequantize_row(w.dtype, w.row(r), dst);
-            }
-            for t in 0..n_tok {
-                // SAFETY: task `c` alone writes columns r0..r1 of every output row.
-                let o = unsafe { shared.slice(t * out_cols + r0, r1 - r0) };
-                for (r, o) in (r0..r1).zip(o) {
-                    *o = quant::dot_f32_f32(&buf[(r - r0) * cols..(r - r0 + 1) * cols], x.row(t));
-                }
-            }
-        });
-    };
-    let num_chunks = w.rows.div_ceil(chunk);
-    if n_tok * w.rows * cols < PARALLEL_MIN_MACS {
-        (0..num_chunks).for_each(task);
-    } else {
-        pool.install(|| (0..num_chunks).into_par_iter().for_each(task));
-    }
-    Ok(())
-}
-
-/// Computes `out[t][r] = dot(r, t)` for every weight row `r` and token `t`.
-fn run(
-    pool: &rayon::ThreadPool,
-    w: &HostMatrix,
-    n_tok: usize,
-    out: &mut CpuTensor,
-    dot: impl Fn(usize, usize) -> f32 + Sync,
-) {
-    let out_cols = w.rows;
-    let chunk = chunk_len(w.rows, pool.current_num_threads(), MIN_ROWS_PER_TASK);
-    let shared = SharedOut::new(out.as_mut_slice());
-    let task = |c: usize| {
-        let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(w.rows));
-        for t in 0..n_tok {
-            // SAFETY: task `c` alone writes columns r0..r1 of every output row.
-            let o = unsafe { shared.slice(t * out_cols + r0, r1 - r0) };
-            for (r, o) in (r0..r1).zip(o) {
-                *o = dot(r, t);
+/// Reference path: dequantize the task's weight rows to f32 once, then f32 dot products.
+fn dequantized(w: &HostMatrix, x: &CpuTensor, rows: Range<usize>, out: &SharedOut<f32>) {
+    let cols = w.cols;
+    DEQUANT_ROWS.with_borrow_mut(|buf| {
+        buf.resize(rows.len() * cols, 0.0);
+        for (r, dst) in rows.clone().zip(buf.chunks_mut(cols)) {
+            // Cannot fail: row sizes were validated when the matrix was built.
+            let _ = quant::dequantize_row(w.dtype, w.row(r), dst);
+        }
+        for t in 0..x.rows() {
+            // SAFETY: this task alone owns columns `rows` of every output row.
+            let o = unsafe { out.slice(t * w.rows + rows.start, rows.len()) };
+            for (o, wr) in o.iter_mut().zip(buf.chunks(cols)) {
+                *o = quant::dot_f32_f32(wr, x.row(t));
             }
         }
-    };
-    let num_chunks = w.rows.div_ceil(chunk);
-    if n_tok * w.rows * w.cols < PARALLEL_MIN_MACS {
-        (0..num_chunks).for_each(task);
-    } else {
-        pool.install(|| (0..num_chunks).into_par_iter().for_each(task));
-    }
+    });
 }
 
 #[cfg(test)]
@@ -266,7 +294,7 @@ mod tests {
     /// the same row computed alone, for awkward token counts and both grouped weight types.
     #[test]
     fn grouped_tokens_match_each_token_alone() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let pool = ThreadPool::new(2, "test").unwrap();
         let mut rng = Rng::new(41);
         for dtype in [GgmlType::Q4_1, GgmlType::Q8_0] {
             let (rows, cols) = (37, 96);

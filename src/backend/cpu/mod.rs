@@ -1,7 +1,8 @@
 //! The CPU backend: the reference every other backend is tested against, and the embedded
 //! default.
 //!
-//! Ops parallelise internally on a fixed rayon pool (`num_threads` workers, created once).
+//! Ops parallelise internally on a fixed pool of `num_threads` threads (the caller and
+//! persistent workers that spin briefly between ops, see `pool.rs`).
 //! Every output element is computed by one thread in a fixed order that depends only on its
 //! own inputs, never on the batch, so a sequence's results do not change with what else is in
 //! the step.
@@ -19,6 +20,7 @@ mod attention;
 mod matmul;
 mod ops;
 mod par;
+mod pool;
 mod tensor;
 
 pub use tensor::{CpuKvPool, CpuTensor};
@@ -52,7 +54,7 @@ impl Precision {
 }
 
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    pool: pool::ThreadPool,
     precision: Precision,
     /// Quantized activations of the current matmul (u32 keeps blocks with f32 fields aligned).
     act_scratch: Mutex<Vec<u32>>,
@@ -60,10 +62,7 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(num_threads: usize, precision: Precision) -> Result<CpuBackend> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(num_threads.max(1))
-            .thread_name(|i| format!("ballast-cpu-{i}"))
-            .build()
+        let pool = pool::ThreadPool::new(num_threads, "ballast-cpu")
             .map_err(|e| BackendError::Device(format!("cannot start CPU threads: {e}")))?;
         Ok(CpuBackend { pool, precision, act_scratch: Mutex::new(Vec::new()) })
     }
@@ -78,7 +77,7 @@ impl CpuBackend {
     }
 
     pub fn num_threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.num_threads()
     }
 }
 
@@ -147,6 +146,11 @@ impl Backend for CpuBackend {
     fn matmul(&self, x: &CpuTensor, w: &HostMatrix, out: &mut CpuTensor) -> Result<()> {
         let mut scratch = self.act_scratch.lock();
         matmul::matmul(&self.pool, self.precision, x, w, out, &mut scratch)
+    }
+
+    fn matmul_multi(&self, x: &CpuTensor, ws: &[&HostMatrix], outs: &mut [&mut CpuTensor]) -> Result<()> {
+        let mut scratch = self.act_scratch.lock();
+        matmul::matmul_multi(&self.pool, self.precision, x, ws, outs, &mut scratch)
     }
 
     fn add_bias(&self, x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {

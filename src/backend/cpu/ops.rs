@@ -5,23 +5,32 @@ use crate::backend::{BackendError, Result, RopeShape};
 use crate::model::RopeStyle;
 use crate::model::weights::HostMatrix;
 use crate::plan::BatchPlan;
-use rayon::prelude::*;
+use super::par::SharedOut;
+use super::pool::ThreadPool;
 
 /// Below this many elements an op runs on the calling thread: a pool round trip costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// Runs `f(row_index, row)` over the rows of `data` (rows of `cols`), in parallel when large.
 fn for_each_row(
-    pool: &rayon::ThreadPool,
+    pool: &ThreadPool,
     data: &mut [f32],
     cols: usize,
     f: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    if data.len() < PARALLEL_MIN_ELEMENTS {
+    let rows = data.len() / cols.max(1);
+    if data.len() < PARALLEL_MIN_ELEMENTS || rows < 2 {
         data.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
-    } else {
-        pool.install(|| data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row)));
+        return;
     }
+    let chunk = super::par::chunk_len(rows, pool.num_threads(), 1);
+    let shared = SharedOut::new(data);
+    pool.for_each(rows.div_ceil(chunk), |c| {
+        for r in c * chunk..((c + 1) * chunk).min(rows) {
+            // SAFETY: each row index belongs to exactly one chunk `c`.
+            f(r, unsafe { shared.slice(r * cols, cols) });
+        }
+    });
 }
 
 fn shape_err(op: &'static str, detail: String) -> BackendError {
@@ -29,7 +38,7 @@ fn shape_err(op: &'static str, detail: String) -> BackendError {
 }
 
 pub fn embedding(
-    pool: &rayon::ThreadPool,
+    pool: &ThreadPool,
     plan: &BatchPlan,
     table: &HostMatrix,
     out: &mut CpuTensor,
@@ -52,7 +61,7 @@ pub fn embedding(
 
 /// `out[t] = x[t] * weight / sqrt(mean(x[t]^2) + eps)`, accumulated in f32 as HF does.
 pub fn rms_norm(
-    pool: &rayon::ThreadPool,
+    pool: &ThreadPool,
     x: &CpuTensor,
     weight: &CpuTensor,
     eps: f32,
@@ -95,7 +104,7 @@ pub fn add_bias(x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
     Ok(())
 }
 
-pub fn silu_mul(pool: &rayon::ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) {
+pub fn silu_mul(pool: &ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) {
     let cols = gate.cols();
     for_each_row(pool, gate.as_mut_slice(), cols, |t, row| {
         for (g, &u) in row.iter_mut().zip(up.row(t)) {
@@ -106,7 +115,7 @@ pub fn silu_mul(pool: &rayon::ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) 
 
 /// Rotates each head of each row by `position * inv_freq[i]` per channel pair `i`.
 pub fn rope(
-    pool: &rayon::ThreadPool,
+    pool: &ThreadPool,
     plan: &BatchPlan,
     x: &mut CpuTensor,
     inv_freq: &CpuTensor,
