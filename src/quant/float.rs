@@ -69,6 +69,39 @@ multiversion! {
 }
 
 multiversion! {
+    /// `out[j] = (q · k_j) * scale` for consecutive rows `k_j` of `keys` (each `q.len()`
+    /// long): every dot product exactly as [`dot_f32_f32`] computes it, in one call.
+    pub fn dots_scaled / dots_scaled_portable(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) -> () {
+        for (o, k) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+            *o = dot_lanes(q, k, |x| x) * scale;
+        }
+    }
+}
+
+/// f16 → f32 for a slice (exact), with F16C's 8-wide conversion where the CPU has it.
+pub fn widen_f16(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::multiversion::has_avx2() {
+        // SAFETY: `has_avx2` includes F16C.
+        return unsafe { widen_f16c(src, dst) };
+    }
+    f16_to_f32_slice(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn widen_f16c(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut s8 = src.chunks_exact(8);
+    let mut d8 = dst.chunks_exact_mut(8);
+    for (s, d) in (&mut s8).zip(&mut d8) {
+        // SAFETY: 8 f16 (16 bytes) in, 8 f32 (32 bytes) out; unaligned.
+        unsafe { _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr() as *const __m128i))) };
+    }
+    f16_to_f32_slice(s8.remainder(), d8.into_remainder());
+}
+
+multiversion! {
     /// `Σ a[i] * b[i]` for f16 weights and f32 activations.
     pub fn dot_f16_f32 / dot_f16_f32_portable(a: &[f16], b: &[f32]) -> f32 {
         dot_lanes(a, b, f16_to_f32)

@@ -31,6 +31,7 @@
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 use super::float::f16_to_f32;
+use super::multiversion::multiversion;
 use bytemuck::{Pod, Zeroable};
 
 const Q16_MAX: f32 = 32767.0;
@@ -55,16 +56,18 @@ pub fn q16_slot(h: usize, j: usize) -> usize {
     if j < 16 { 16 * h + j } else { 32 + 16 * h + (j - 16) }
 }
 
-/// `d = max|x| / 32767`, `q = round(x / d)`; returns `d`.
-#[inline(always)]
-pub(super) fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / Q16_MAX;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for (q, v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i16;
+multiversion! {
+    /// `d = max|x| / 32767`, `q = round(x / d)`; returns `d`. (The AVX2 copy rounds with
+    /// vector instructions; the rounding is the same.)
+    pub(super) fn quantize16 / quantize16_portable(x: &[f32], qs: &mut [i16]) -> f32 {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / Q16_MAX;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for (q, v) in qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i16;
+        }
+        d
     }
-    d
 }
 
 /// Quantizes `x` (whole 32-element blocks) into `x.len() / 32` blocks, paired.

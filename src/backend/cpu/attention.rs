@@ -1,10 +1,11 @@
-//! Causal attention over the paged KV pool, with an online softmax.
+//! Causal attention over the paged KV pool, with an online softmax over chunks of keys.
 //!
 //! A task is (sequence, KV head, block of up to `QUERY_BLOCK` query rows): each cached K/V
 //! vector is loaded (and widened from f16) once per task and used by every query head that
 //! shares the KV head (GQA) and every query row of the block. Every (row, head) accumulator
-//! visits positions `0..=pos` in order with the same operations whatever block it sits in,
-//! so results do not depend on how the batch is composed.
+//! visits positions `0..=pos` in chunks of `KEY_CHUNK` aligned at position 0, in order, with
+//! the same operations whatever block it sits in, so results do not depend on how the batch
+//! is composed. Within a chunk the exponentials and weighted sums run as vector loops.
 
 use super::par::SharedOut;
 use super::tensor::{CpuKvPool, CpuTensor};
@@ -12,11 +13,14 @@ use crate::backend::{AttentionShape, BackendError, Result};
 use crate::kv::KvLayout;
 use crate::plan::{BatchPlan, SeqPlan};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use super::pool::ThreadPool;
+use super::softmax;
 use std::cell::RefCell;
 
 const QUERY_BLOCK: usize = 16;
+
+/// Keys per softmax step (see [`Ctx::block`]).
+const KEY_CHUNK: usize = 64;
 
 /// An element type the KV pool can hold.
 trait KvElem: Copy + Send + Sync {
@@ -31,7 +35,7 @@ impl KvElem for f32 {
 
 impl KvElem for f16 {
     fn widen(src: &[f16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        crate::quant::widen_f16(src, dst);
     }
 }
 
@@ -80,7 +84,8 @@ struct Ctx<'a> {
 }
 
 thread_local! {
-    /// Per task: widened K and V vectors, then (max, sum, acc[head_dim]) per (row, head).
+    /// Per task: a chunk's widened K and V vectors and scores, then (max, sum, acc[head_dim])
+    /// per (row, head).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -107,6 +112,12 @@ impl Ctx<'_> {
     }
 
     /// Attention of query rows `rows` (relative to the sequence) for the heads of `kv_head`.
+    ///
+    /// Keys go in chunks of [`KEY_CHUNK`] positions aligned to position 0: a chunk's K and V
+    /// vectors are widened once for every row and head of the task; each (row, head) takes
+    /// the chunk's scores, rescales its accumulator to the new running maximum, and adds the
+    /// chunk's probabilities and weighted values. Chunk boundaries are absolute positions,
+    /// so a row's arithmetic is the same in any batch or query block.
     fn block<E: KvElem>(
         &self,
         seq: &SeqPlan,
@@ -124,28 +135,36 @@ impl Ctx<'_> {
         let last_pos = self.plan.positions[seq.query_start + rows.end - 1] as usize;
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            buf.resize(2 * d + n_acc * (d + 2), 0.0);
-            let (kv_buf, acc) = buf.split_at_mut(2 * d);
-            let (kf, vf) = kv_buf.split_at_mut(d);
+            buf.resize(2 * KEY_CHUNK * d + KEY_CHUNK + n_acc * (d + 2), 0.0);
+            let (kv_buf, rest) = buf.split_at_mut(2 * KEY_CHUNK * d);
+            let (kf, vf) = kv_buf.split_at_mut(KEY_CHUNK * d);
+            let (scores, acc) = rest.split_at_mut(KEY_CHUNK);
             for a in acc.chunks_mut(d + 2) {
                 a[0] = f32::NEG_INFINITY;
             }
-            for j in 0..=last_pos {
-                let slot = table[j / bs] as usize * bs + j % bs;
-                let off = self.layout.slot_offset(self.layer, slot) + kv_head * d;
-                E::widen(&k[off..off + d], kf);
-                E::widen(&v[off..off + d], vf);
+            for c0 in (0..=last_pos).step_by(KEY_CHUNK) {
+                let c1 = (c0 + KEY_CHUNK).min(last_pos + 1);
+                for j in c0..c1 {
+                    let slot = table[j / bs] as usize * bs + j % bs;
+                    let off = self.layout.slot_offset(self.layer, slot) + kv_head * d;
+                    let dst = (j - c0) * d..(j - c0 + 1) * d;
+                    E::widen(&k[off..off + d], &mut kf[dst.clone()]);
+                    E::widen(&v[off..off + d], &mut vf[dst]);
+                }
                 for (r, accs) in acc.chunks_mut(group * (d + 2)).enumerate() {
                     let row = first_row + r;
-                    if (self.plan.positions[row] as usize) < j {
-                        continue; // causal: this row's position is before key j
+                    let pos = self.plan.positions[row] as usize;
+                    if pos < c0 {
+                        continue; // causal: the whole chunk is after this row
                     }
+                    let n = (pos + 1).min(c1) - c0;
                     let q_row = self.q.row(row);
                     for (h, a) in accs.chunks_mut(d + 2).enumerate() {
                         let head = kv_head * group + h;
                         let qh = &q_row[head * d..(head + 1) * d];
-                        let s = crate::quant::dot_f32_f32(qh, kf) * scale;
-                        online_softmax_step(a, s, vf);
+                        let s = &mut scores[..n];
+                        crate::quant::dots_scaled(qh, &kf[..n * d], scale, s);
+                        fold_chunk(a, s, &vf[..n * d]);
                     }
                 }
             }
@@ -165,22 +184,16 @@ impl Ctx<'_> {
     }
 }
 
-/// `a = [running max, running sum, acc[d]]`; folds in score `s` with value vector `v`.
+/// `a = [running max, running sum, acc[d]]`; folds in one chunk's scores `s` (overwritten
+/// with their probabilities) and value rows `v`.
 #[inline]
-fn online_softmax_step(a: &mut [f32], s: f32, v: &[f32]) {
-    let (m, l) = (a[0], a[1]);
-    if s > m {
-        let c = (m - s).exp(); // 0 on the first key (m = -inf)
-        a[0] = s;
-        a[1] = l * c + 1.0;
-        for (x, &vi) in a[2..].iter_mut().zip(v) {
-            *x = *x * c + vi;
-        }
-    } else {
-        let p = (s - m).exp();
-        a[1] = l + p;
-        for (x, &vi) in a[2..].iter_mut().zip(v) {
-            *x += p * vi;
-        }
-    }
+fn fold_chunk(a: &mut [f32], s: &mut [f32], v: &[f32]) {
+    let m_chunk = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let m = a[0].max(m_chunk);
+    // e^(old max - new max): 0 on the first chunk (old max = -inf), 1 if the max held.
+    let keep = softmax::exp_nonpositive(a[0] - m);
+    let sum = softmax::exp_and_sum(s, m);
+    a[0] = m;
+    a[1] = a[1] * keep + sum;
+    softmax::scale_and_accumulate(&mut a[2..], keep, s, v);
 }

@@ -21,6 +21,7 @@ mod matmul;
 mod ops;
 mod par;
 mod pool;
+mod softmax;
 mod tensor;
 
 pub use tensor::{CpuKvPool, CpuTensor};

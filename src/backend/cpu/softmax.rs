@@ -1,0 +1,99 @@
+//! The arithmetic of attention's softmax over a chunk of keys, written to vectorise: an `exp`
+//! for non-positive arguments, the chunk's probabilities with their sum, and the weighted
+//! sum of value vectors. Each is compiled portable and for AVX2 (`multiversion!`) with the
+//! same operations in the same order (no fused multiply-adds, sums in fixed lanes), so both
+//! copies give bit-identical results.
+
+use crate::quant::multiversion::multiversion;
+
+/// `e^x` for `x ≤ 0` (softmax arguments are scores minus their maximum), within 2 ulp of
+/// the exact value; `0` below `-87.3` (where `e^x` leaves the normal f32 range) and for -∞.
+/// Cody–Waite range reduction `x = n ln2 + r` with `|r| ≤ ln2/2`, then a degree-6
+/// polynomial for `e^r` (Cephes' coefficients), scaled by `2^n` through the exponent bits.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
+    let xc = x.max(-87.3);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = (p * r * r + r) + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 { 0.0 } else { e * scale }
+}
+
+multiversion! {
+    /// `s[j] = e^(s[j] - max)` for every score; returns `Σ s[j]` (eight lanes, fixed order).
+    pub fn exp_and_sum / exp_and_sum_portable(s: &mut [f32], max: f32) -> f32 {
+        let mut lanes = [0f32; 8];
+        for chunk in s.chunks_mut(8) {
+            for (v, l) in chunk.iter_mut().zip(lanes.iter_mut()) {
+                *v = exp_nonpositive(*v - max);
+                *l += *v;
+            }
+        }
+        ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    }
+}
+
+multiversion! {
+    /// `acc = acc * keep + Σ_j p[j] v[j]`, where `v` holds `p.len()` rows of `acc.len()`
+    /// values; rows are added in order.
+    pub fn scale_and_accumulate / scale_and_accumulate_portable(acc: &mut [f32], keep: f32, p: &[f32], v: &[f32]) -> () {
+        let d = acc.len();
+        for a in acc.iter_mut() {
+            *a *= keep;
+        }
+        for (&pj, vj) in p.iter().zip(v.chunks_exact(d)) {
+            for (a, &x) in acc.iter_mut().zip(vj) {
+                *a += pj * x;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_for_softmax_arguments() {
+        let mut worst = 0u32;
+        let mut x = 0.0f32;
+        while x > -87.0 {
+            let (got, want) = (exp_nonpositive(x), (x as f64).exp() as f32);
+            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+            x -= 0.000_7;
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-100.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn simd_copies_match_their_portable_twins() {
+        let mut rng = crate::quant::test_util::Rng::new(5);
+        for n in [1, 7, 8, 13, 64] {
+            let s: Vec<f32> = rng.floats(n, 20.0);
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let (mut a, mut b) = (s.clone(), s.clone());
+            assert_eq!(exp_and_sum(&mut a, max).to_bits(), exp_and_sum_portable(&mut b, max).to_bits());
+            assert_eq!(a, b);
+            let v = rng.floats(n * 24, 1.0);
+            let (mut x, mut y) = (rng.floats(24, 1.0), vec![0.0; 24]);
+            y.copy_from_slice(&x);
+            scale_and_accumulate(&mut x, 0.25, &a, &v);
+            scale_and_accumulate_portable(&mut y, 0.25, &b, &v);
+            assert_eq!(x, y);
+        }
+    }
+}
