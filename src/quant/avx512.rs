@@ -31,28 +31,21 @@ pub trait Unpack512: WeightBlock {
     unsafe fn unpack512(w: &[Self], p: usize) -> Pair512;
 }
 
-/// `[a; 8]` then `[b; 8]`.
+/// Four f16 values (given as bits, `v[i]` in lane `i`) as f32, then spread: lanes `0..8`
+/// take value `lo`, lanes `8..16` value `hi`. One conversion and one permute: far cheaper
+/// than converting and broadcasting each block's scale on its own.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn halves(a: f32, b: f32) -> __m512 {
-    _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1)
+fn spread(v: __m128i, lo: i32, hi: i32) -> __m512 {
+    let f = _mm512_castps128_ps512(_mm_cvtph_ps(v));
+    let idx = _mm512_setr_epi32(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi);
+    _mm512_permutexvar_ps(idx, f)
 }
 
-/// f16 bits → f32 with F16C (exact, like the portable conversion).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn f16(x: half::f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
-}
-
-/// Two blocks' f16 fields as `[a; 8]` then `[b; 8]`, zero for a missing second block.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pair_of(a: half::f16, b: Option<half::f16>) -> __m512 {
-    halves(f16(a), match b {
-        Some(b) => f16(b),
-        None => 0.0,
-    })
+/// The f16 bits of a block's scale (and min), as stored.
+#[inline(always)]
+fn bits(x: half::f16) -> i32 {
+    x.to_bits() as i32
 }
 
 /// 16 bytes from each of two blocks (the second may be missing: zeros) as one 256-bit value.
@@ -62,7 +55,10 @@ fn two_halves(a: *const u8, b: Option<*const u8>) -> __m256i {
     // SAFETY: the callers pass pointers to 16 readable bytes inside a block.
     unsafe {
         let lo = _mm_loadu_si128(a as *const __m128i);
-        let hi = b.map_or(_mm_setzero_si128(), |b| _mm_loadu_si128(b as *const __m128i));
+        let hi = match b {
+            Some(b) => _mm_loadu_si128(b as *const __m128i),
+            None => _mm_setzero_si128(),
+        };
         _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1)
     }
 }
@@ -86,8 +82,13 @@ impl Unpack512 for BlockQ4_1 {
         let b0 = unsafe { w.get_unchecked(2 * p) };
         let b1 = w.get(2 * p + 1);
         let (w1, w2) = nibble_pair(&b0.qs, b1.map(|b| &b.qs), 0);
-        let (d, m) = (pair_of(b0.d, b1.map(|b| b.d)), pair_of(b0.m, b1.map(|b| b.m)));
-        Pair512 { w1, w2, d, m }
+        // [d0, m0, d1, m1]; a missing block's fields are zero.
+        let (d1, m1) = match b1 {
+            Some(b) => (bits(b.d), bits(b.m)),
+            None => (0, 0),
+        };
+        let v = _mm_setr_epi16(bits(b0.d) as i16, bits(b0.m) as i16, d1 as i16, m1 as i16, 0, 0, 0, 0);
+        Pair512 { w1, w2, d: spread(v, 0, 2), m: spread(v, 1, 3) }
     }
 }
 
@@ -100,7 +101,12 @@ impl Unpack512 for BlockQ4_0 {
         let b1 = w.get(2 * p + 1);
         // A missing block's zero bytes become -8: harmless, its activations are zero.
         let (w1, w2) = nibble_pair(&b0.qs, b1.map(|b| &b.qs), 8);
-        Pair512 { w1, w2, d: pair_of(b0.d, b1.map(|b| b.d)), m: _mm512_setzero_ps() }
+        let d1 = match b1 {
+            Some(b) => bits(b.d),
+            None => 0,
+        };
+        let v = _mm_setr_epi16(bits(b0.d) as i16, d1 as i16, 0, 0, 0, 0, 0, 0);
+        Pair512 { w1, w2, d: spread(v, 0, 1), m: _mm512_setzero_ps() }
     }
 }
 
@@ -114,8 +120,12 @@ impl Unpack512 for BlockQ8_0 {
         let (q0, q1) = (b0.qs.as_ptr() as *const u8, b1.map(|b| b.qs.as_ptr() as *const u8));
         // SAFETY: each block's `qs` is 32 bytes: halves at offsets 0 and 16.
         let (first, second) = unsafe { (two_halves(q0, q1), two_halves(q0.add(16), q1.map(|q| q.add(16)))) };
-        let d = pair_of(b0.d, b1.map(|b| b.d));
-        Pair512 { w1: _mm512_cvtepi8_epi16(first), w2: _mm512_cvtepi8_epi16(second), d, m: _mm512_setzero_ps() }
+        let d1 = match b1 {
+            Some(b) => bits(b.d),
+            None => 0,
+        };
+        let v = _mm_setr_epi16(bits(b0.d) as i16, d1 as i16, 0, 0, 0, 0, 0, 0);
+        Pair512 { w1: _mm512_cvtepi8_epi16(first), w2: _mm512_cvtepi8_epi16(second), d: spread(v, 0, 1), m: _mm512_setzero_ps() }
     }
 }
 
