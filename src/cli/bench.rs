@@ -471,15 +471,16 @@ fn offline(args: &BenchArgs) -> anyhow::Result<()> {
     let decode_end = per_stream.iter().filter_map(|t| t.last().copied()).max().expect("at least one stream");
     let decode_tokens = per_stream.iter().flatten().filter(|&&t| t > decode_start).count();
     let output_rate = decode_tokens as f64 / (decode_end - decode_start).as_secs_f64().max(1e-9);
+    let kernels = ballast::quant::Isa::best().name();
     eprintln!(
-        "offline, {threads} threads, concurrency {}: prompt {} tokens × {} → {prompt_rate:.1} tok/s; output {} tokens each → {output_rate:.1} tok/s",
+        "offline, {threads} threads, {kernels} kernels, concurrency {}: prompt {} tokens × {} → {prompt_rate:.1} tok/s; output {} tokens each → {output_rate:.1} tok/s",
         args.concurrency, args.prompt_tokens, args.concurrency, args.max_tokens
     );
     if args.json {
         println!(
             "{}",
             serde_json::json!({
-                "concurrency": args.concurrency, "threads": threads, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+                "concurrency": args.concurrency, "threads": threads, "kernels": kernels, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
                 "prompt_tokens_per_s": prompt_rate, "output_tokens_per_s": output_rate,
             })
         );

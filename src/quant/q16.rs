@@ -195,6 +195,15 @@ impl Isa {
         Isa::Portable
     }
 
+    /// The name logs and benchmarks print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
     /// Every implementation this CPU can run, slowest first.
     pub fn available() -> Vec<Isa> {
         let best = Isa::best();

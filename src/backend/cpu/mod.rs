@@ -100,7 +100,10 @@ impl Backend for CpuBackend {
     type Step<'a> = &'a BatchPlan;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads, {})", self.num_threads(), self.precision.name())
+        match self.precision {
+            Precision::Int16 => format!("cpu ({} threads, int16, {} kernels)", self.num_threads(), crate::quant::Isa::best().name()),
+            p => format!("cpu ({} threads, {})", self.num_threads(), p.name()),
+        }
     }
 
     fn alloc(&self, max_rows: usize, cols: usize) -> Result<CpuTensor> {

@@ -1,7 +1,7 @@
 //! The CPU backend's worker pool: persistent threads that spin briefly between ops.
 //!
 //! A forward pass of a small model is hundreds of short parallel ops (a 135M model at batch 1
-//! runs about 400 per token, most under 50 µs). A pool that parks its workers on a futex after
+//! runs about 300 per token, most under 50 µs). A pool that parks its workers on a futex after
 //! each op pays a wake-up per op, several microseconds each, and that dominated decode with
 //! rayon. Here the caller publishes a job by bumping an epoch; workers that saw the previous
 //! job are still spinning on it and start within nanoseconds. Tasks are claimed from a shared
