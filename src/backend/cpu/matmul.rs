@@ -22,6 +22,9 @@ use std::ops::Range;
 /// Below this many multiply-adds a matmul runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
+/// From this many activation rows on, quantizing them is a parallel job of its own.
+const PARALLEL_MIN_ROWS: usize = 4;
+
 /// Minimum weight rows per task.
 const MIN_ROWS_PER_TASK: usize = 8;
 
@@ -113,11 +116,23 @@ pub fn matmul_multi(
     }
     scratch.resize(total.div_ceil(4), 0);
     let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<u32, u8>(scratch)[..total];
+    let failure = parking_lot::Mutex::new(None);
     for &(act, offset, row_bytes) in &formats {
-        for (t, dst) in bytes[offset..offset + row_bytes * x.rows()].chunks_mut(row_bytes).enumerate() {
-            quant::quantize_act(act, x.row(t), dst)
-                .map_err(|e| BackendError::Unsupported { op: "matmul", what: e.to_string() })?;
+        let rows = SharedOut::new(&mut bytes[offset..offset + row_bytes * x.rows()]);
+        let quantize = |t: usize| {
+            // SAFETY: task `t` alone writes activation row `t`.
+            if let Err(e) = quant::quantize_act(act, x.row(t), unsafe { rows.slice(t * row_bytes, row_bytes) }) {
+                failure.lock().get_or_insert(e);
+            }
+        };
+        if x.rows() >= PARALLEL_MIN_ROWS {
+            pool.for_each(x.rows(), quantize);
+        } else {
+            (0..x.rows()).for_each(quantize);
         }
+    }
+    if let Some(e) = failure.into_inner() {
+        return Err(BackendError::Unsupported { op: "matmul", what: e.to_string() });
     }
     let bytes = &*bytes;
     let mut parts = Vec::with_capacity(ws.len());

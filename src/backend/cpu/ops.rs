@@ -9,7 +9,7 @@ use super::par::SharedOut;
 use super::pool::ThreadPool;
 
 /// Below this many elements an op runs on the calling thread: a pool round trip costs more.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 12;
 
 /// Runs `f(row_index, row)` over the rows of `data` (rows of `cols`), in parallel when large.
 fn for_each_row(
