@@ -334,4 +334,39 @@ mod tests {
             }
         }
     }
+
+    /// Several weights over one input (one quantization per activation format, one job)
+    /// give exactly what separate matmuls give, with mixed weight types and every precision.
+    #[test]
+    fn multi_matmul_equals_separate_matmuls() {
+        let pool = ThreadPool::new(2, "test").unwrap();
+        let mut rng = Rng::new(43);
+        let cols = 256;
+        let weights: Vec<HostMatrix> = [(GgmlType::Q4_1, 40), (GgmlType::Q8_0, 17), (GgmlType::Q4K, 9), (GgmlType::F16, 5), (GgmlType::Q4_0, 33)]
+            .into_iter()
+            .map(|(dtype, rows)| {
+                let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
+                let mut data = vec![0u8; rows * row_bytes];
+                for r in 0..rows {
+                    quant::quantize_row(dtype, &rng.floats(cols, 1.0), &mut data[r * row_bytes..(r + 1) * row_bytes]).unwrap();
+                }
+                HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).unwrap()
+            })
+            .collect();
+        for precision in [Precision::Int16, Precision::Int8, Precision::Reference] {
+            for n_tok in [1, 6, 13] {
+                let x = CpuTensor::from_rows(&rng.floats(n_tok * cols, 2.0), cols);
+                let mut outs: Vec<CpuTensor> = weights.iter().map(|w| CpuTensor::zeros(n_tok, w.rows).unwrap()).collect();
+                let ws: Vec<&HostMatrix> = weights.iter().collect();
+                let mut refs: Vec<&mut CpuTensor> = outs.iter_mut().collect();
+                matmul_multi(&pool, precision, &x, &ws, &mut refs, &mut Vec::new()).unwrap();
+                for (w, got) in weights.iter().zip(&outs) {
+                    let mut want = CpuTensor::zeros(n_tok, w.rows).unwrap();
+                    matmul(&pool, precision, &x, w, &mut want, &mut Vec::new()).unwrap();
+                    let bits = |t: &CpuTensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(got), bits(&want), "{} {precision:?} {n_tok} tokens", w.dtype);
+                }
+            }
+        }
+    }
 }
