@@ -72,6 +72,11 @@ fn bench_q16<W: quant::Q16Weight>(c: &mut Criterion, dtype: GgmlType) {
         group.bench_function(format!("{isa:?}_x1"), |b| {
             b.iter(|| rows.iter().map(|r| quant::vec_dot_q16_xn_on(isa, r, [&acts[0][..]])[0]).sum::<f32>())
         });
+        group.throughput(Throughput::Elements((ROWS * COLS * 4) as u64));
+        let four: [&[quant::BlockQ16x2]; 4] = std::array::from_fn(|k| &acts[k][..]);
+        group.bench_function(format!("{isa:?}_x4"), |b| {
+            b.iter(|| rows.iter().map(|r| quant::vec_dot_q16_xn_on(isa, r, four)[0]).sum::<f32>())
+        });
         group.throughput(Throughput::Elements((ROWS * COLS * 8) as u64));
         let eight: [&[quant::BlockQ16x2]; 8] = std::array::from_fn(|k| &acts[k][..]);
         group.bench_function(format!("{isa:?}_x8"), |b| {
