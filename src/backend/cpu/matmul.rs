@@ -100,13 +100,14 @@ pub fn matmul_multi(
         }
         out.set_rows("matmul", x.rows())?;
     }
-    // Quantize `x` once per activation format the weights need.
+    // The activation format each weight's integer dot product takes (none: f32 activations).
     let bits = match precision {
         Precision::Int16 => Some(ActBits::Sixteen),
         Precision::Int8 => Some(ActBits::Eight),
         Precision::Reference => None,
     };
     let act_of = |w: &HostMatrix| bits.filter(|_| float_dot(w.dtype).is_none()).map(|b| quant::act_type(w.dtype, b));
+    // Quantize `x` once per format the weights need, one after another in `scratch`.
     let mut formats: Vec<(ActType, usize, usize)> = Vec::new(); // (format, offset, row bytes)
     let mut total = 0;
     for w in ws {
@@ -119,43 +120,53 @@ pub fn matmul_multi(
     }
     scratch.resize(total.div_ceil(4), 0);
     let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<u32, u8>(scratch)[..total];
-    let failure = parking_lot::Mutex::new(None);
     for &(act, offset, row_bytes) in &formats {
-        let rows = SharedOut::new(&mut bytes[offset..offset + row_bytes * x.rows()]);
-        let quantize = |t: usize| {
-            // SAFETY: task `t` alone writes activation row `t`.
-            if let Err(e) = quant::quantize_act(act, x.row(t), unsafe { rows.slice(t * row_bytes, row_bytes) }) {
-                failure.lock().get_or_insert(e);
-            }
-        };
-        if x.rows() >= PARALLEL_MIN_ROWS {
-            pool.for_each(x.rows(), quantize);
-        } else {
-            (0..x.rows()).for_each(quantize);
-        }
-    }
-    if let Some(e) = failure.into_inner() {
-        return Err(BackendError::Unsupported { op: "matmul", what: e.to_string() });
+        quantize_rows(pool, x, act, &mut bytes[offset..offset + row_bytes * x.rows()])?;
     }
     let bytes = &*bytes;
     let mut parts = Vec::with_capacity(ws.len());
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        let acts = act_of(w).map(|act| {
-            let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == act).expect("quantized above");
-            Acts { bytes: &bytes[offset..offset + row_bytes * x.rows()], row_bytes }
-        });
-        let kernel = match (float_dot(w.dtype), acts) {
-            (Some(dot), _) => Kernel::Float(dot, x),
-            (None, None) => Kernel::Dequant(x),
-            (None, Some(acts)) => match (q16_kernel(w.dtype), precision) {
-                (Some(rows), Precision::Int16) => Kernel::Q16(rows, acts),
-                _ => Kernel::Quant(quant_dot(w.dtype, quant::act_type(w.dtype, bits.unwrap_or(ActBits::Sixteen))).ok_or_else(|| unsupported(w))?, acts),
+        let kernel = match act_of(w) {
+            None => match float_dot(w.dtype) {
+                Some(dot) => Kernel::Float(dot, x),
+                None => Kernel::Dequant(x),
             },
+            Some(act) => {
+                let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == act).expect("quantized above");
+                let acts = Acts { bytes: &bytes[offset..offset + row_bytes * x.rows()], row_bytes };
+                match (act, q16_kernel(w.dtype)) {
+                    (ActType::Q16, Some(rows)) => Kernel::Q16(rows, acts),
+                    _ => Kernel::Quant(quant_dot(w.dtype, act).ok_or_else(|| unsupported(w))?, acts),
+                }
+            }
         };
         parts.push(Part { w, out: SharedOut::new(out.as_mut_slice()), kernel });
     }
     run_parts(pool, &parts, x.rows());
     Ok(())
+}
+
+/// Quantizes every row of `x` into `out` (`x.rows()` rows of `act`), as a parallel job when
+/// there are several.
+fn quantize_rows(pool: &ThreadPool, x: &CpuTensor, act: ActType, out: &mut [u8]) -> Result<()> {
+    let row_bytes = out.len() / x.rows().max(1);
+    let rows = SharedOut::new(out);
+    let failure = parking_lot::Mutex::new(None);
+    let quantize = |t: usize| {
+        // SAFETY: task `t` alone writes activation row `t`.
+        if let Err(e) = quant::quantize_act(act, x.row(t), unsafe { rows.slice(t * row_bytes, row_bytes) }) {
+            failure.lock().get_or_insert(e);
+        }
+    };
+    if x.rows() >= PARALLEL_MIN_ROWS {
+        pool.for_each(x.rows(), quantize);
+    } else {
+        (0..x.rows()).for_each(quantize);
+    }
+    match failure.into_inner() {
+        Some(e) => Err(BackendError::Unsupported { op: "matmul", what: e.to_string() }),
+        None => Ok(()),
+    }
 }
 
 fn unsupported(w: &HostMatrix) -> BackendError {
