@@ -36,7 +36,7 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
 
 fn check_fixture(name: &str, precision: Precision, quantize: Option<GgmlType>, tolerance: f32, exact_greedy: bool) {
     let dir = shared_dir().join("fixtures").join(name);
-    let loaded = load_dir(&dir, LoadOptions { quantize });
+    let loaded = load_dir(&dir, LoadOptions { quantize, ..LoadOptions::default() });
     let mut runner = runner(loaded, precision, KvDtype::F32, 256, 64);
     for (i, (prompt, greedy)) in cases(&dir).iter().enumerate() {
         let logits = runner.prompt_logits(prompt, 0).unwrap();

@@ -44,3 +44,15 @@ fn smollm2_135m_q4_1() {
     drop(file);
     assert_eq!(views.last().unwrap().len(), last);
 }
+
+/// Reading the file into (huge-page) memory gives the same tensors as mapping it.
+#[test]
+fn resident_and_mapped_files_hold_the_same_bytes() {
+    let path = model_path();
+    let (mapped, resident) = (GgufFile::open(&path).unwrap(), GgufFile::open_resident(&path).unwrap());
+    assert_eq!(mapped.tensors().len(), resident.tensors().len());
+    for (a, b) in mapped.tensors().iter().zip(resident.tensors()) {
+        assert_eq!(a.name, b.name);
+        assert!(mapped.tensor_data(a)[..] == resident.tensor_data(b)[..], "{}", a.name);
+    }
+}

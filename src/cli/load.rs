@@ -27,6 +27,11 @@ pub struct ModelArgs {
     /// accurate) or `reference` (f32 activations against dequantized weights).
     #[arg(long, default_value = "int16", value_parser = ["int16", "int8", "reference"])]
     pub precision: String,
+    /// Map the GGUF file instead of reading it into memory: shares pages with the page cache
+    /// and other processes, but the weights sit in 4 KiB pages (decode ~15% slower here than
+    /// with the default's transparent huge pages).
+    #[arg(long)]
+    pub mmap: bool,
     /// Element type of the KV cache.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     pub kv_dtype: String,
@@ -76,7 +81,7 @@ impl ModelArgs {
         );
         bar.set_message(path.display().to_string());
         let start = Instant::now();
-        let loaded = model::load(&path, LoadOptions { quantize }, &mut |done, total| {
+        let loaded = model::load(&path, LoadOptions { quantize, map_file: self.mmap }, &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         });

@@ -1,5 +1,5 @@
 //! GGUF files (llama.cpp's format): metadata → [`ModelConfig`], tensors → zero-copy
-//! [`HostMatrix`] views of the mapped file.
+//! [`HostMatrix`] views of the file's bytes (in memory, or mapped with `map_file`).
 
 use super::{
     HostMatrix, HostWeights, LayerWeights, LoadedModel, ModelConfig, ModelError, ModelInfo,
@@ -9,8 +9,8 @@ use crate::format::gguf::{GgufFile, TensorInfo};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
 
-pub fn load(path: &Path, progress: Progress) -> Result<LoadedModel, ModelError> {
-    let file = GgufFile::open(path)?;
+pub fn load(path: &Path, map_file: bool, progress: Progress) -> Result<LoadedModel, ModelError> {
+    let file = if map_file { GgufFile::open(path)? } else { GgufFile::open_resident(path)? };
     let arch = file.get_str("general.architecture")?.ok_or_else(|| missing("general.architecture"))?;
     let style = match arch {
         "llama" | "mistral" => RopeStyle::Interleaved,

@@ -49,6 +49,10 @@ pub enum ModelError {
 pub struct LoadOptions {
     /// Quantize float matrices on load (HF checkpoints): `Q8_0` or `Q4_1`.
     pub quantize: Option<GgmlType>,
+    /// Keep a GGUF file memory-mapped (pages shared with the page cache and other processes)
+    /// instead of reading it into memory backed by huge pages (the default: faster decode,
+    /// see `GgufFile::open_resident`).
+    pub map_file: bool,
 }
 
 /// Facts about a model beyond its shape.
@@ -90,7 +94,7 @@ pub fn load(path: &Path, options: LoadOptions, progress: Progress) -> Result<Loa
                 "--quantize applies to HF checkpoints; GGUF files are already quantized".into(),
             ));
         }
-        load_gguf::load(path, progress)?
+        load_gguf::load(path, options.map_file, progress)?
     };
     loaded.config.validate().map_err(ModelError::Invalid)?;
     loaded.weights.check_shapes(&loaded.config).map_err(ModelError::Invalid)?;
