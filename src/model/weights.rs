@@ -39,8 +39,13 @@ impl HostMatrix {
     }
 
     pub fn row(&self, r: usize) -> &[u8] {
+        self.rows_bytes(r..r + 1)
+    }
+
+    /// Rows `rows`, back to back.
+    pub fn rows_bytes(&self, rows: std::ops::Range<usize>) -> &[u8] {
         let n = self.row_bytes();
-        &self.data[r * n..(r + 1) * n]
+        &self.data[rows.start * n..rows.end * n]
     }
 }
 

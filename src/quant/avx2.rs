@@ -104,3 +104,15 @@ pub unsafe fn vec_dot_q16_xn<W: Unpack256, const N: usize>(w: &[W], x: [&[BlockQ
         finish(&lanes)
     })
 }
+
+/// Consecutive weight rows · one activation row; see `avx512::vec_dot_q16_rows`.
+///
+/// # Safety
+/// As [`vec_dot_q16_xn`]; `w.len() == out.len() * row_blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q16_rows<W: Unpack256>(w: &[W], row_blocks: usize, x: &[BlockQ16x2], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_blocks)) {
+        // SAFETY: the caller's contract.
+        *o = unsafe { vec_dot_q16_xn(row, [x]) }[0];
+    }
+}

@@ -167,3 +167,17 @@ pub unsafe fn vec_dot_q16_xn<W: Unpack512, const N: usize>(w: &[W], x: [&[BlockQ
         finish(&lanes)
     })
 }
+
+/// Consecutive weight rows (`out.len()` rows of `row_blocks` blocks) · one activation row:
+/// [`vec_dot_q16_xn`] per row, with the loop inside the vector code.
+///
+/// # Safety
+/// As [`vec_dot_q16_xn`]; `w.len() == out.len() * row_blocks` and `x` has
+/// `row_blocks.div_ceil(2)` pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn vec_dot_q16_rows<W: Unpack512>(w: &[W], row_blocks: usize, x: &[BlockQ16x2], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_blocks)) {
+        // SAFETY: the caller's contract.
+        *o = unsafe { vec_dot_q16_xn(row, [x]) }[0];
+    }
+}

@@ -41,7 +41,7 @@ pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use q16::{
     BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, vec_dot_q16, vec_dot_q16_portable,
-    vec_dot_q16_xn, vec_dot_q16_xn_on,
+    vec_dot_q16_rows_on, vec_dot_q16_xn, vec_dot_q16_xn_on,
 };
 pub use q16k::{BlockQ16K, quantize_row_q16k, vec_dot_q4k_q16k, vec_dot_q6k_q16k};
 

@@ -258,6 +258,30 @@ pub fn vec_dot_q16_xn_on<W: Q16Weight, const N: usize>(isa: Isa, w: &[W], x: [&[
     }
 }
 
+/// `out[r]` = weight row `r` · `x`, for `out.len()` consecutive rows of `row_blocks` blocks
+/// in `w`: each result exactly [`vec_dot_q16_xn_on`]'s, with one dispatch for all rows.
+///
+/// # Panics
+/// If the lengths disagree, or `isa` is beyond [`Isa::best`].
+pub fn vec_dot_q16_rows_on<W: Q16Weight>(isa: Isa, w: &[W], row_blocks: usize, x: &[BlockQ16x2], out: &mut [f32]) {
+    assert!(row_blocks > 0 && w.len() == out.len() * row_blocks, "weight rows must match the outputs");
+    assert!(x.len() == q16_pairs(row_blocks), "the activation row must match the weight rows");
+    assert!(isa <= Isa::best(), "{isa:?} is not supported by this CPU");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports the features (checked above); lengths match.
+        Isa::Avx512Vnni => unsafe { super::avx512::vec_dot_q16_rows(w, row_blocks, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { super::avx2::vec_dot_q16_rows(w, row_blocks, x, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_blocks)) {
+                *o = vec_dot_q16_portable(row, x);
+            }
+        }
+    }
+}
+
 /// The portable twin: the arithmetic of the module doc, lane by lane.
 pub fn vec_dot_q16_portable<W: WeightBlock>(w: &[W], x: &[BlockQ16x2]) -> f32 {
     let mut acc = [0f32; 16];

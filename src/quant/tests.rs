@@ -152,8 +152,15 @@ fn q16_kernels_agree<W: Q16Weight + std::fmt::Debug>(w: &[W], one: &[BlockQ16x2]
     let want = |x: &[BlockQ16x2]| vec_dot_q16_portable(w, x).to_bits();
     let four: [&[BlockQ16x2]; 4] = std::array::from_fn(|k| &rows[k][..]);
     let eight: [&[BlockQ16x2]; 8] = std::array::from_fn(|k| &rows[k][..]);
+    // Three rows back to back (the row, reversed, the row) for the many-rows kernel.
+    let reversed: Vec<W> = w.iter().rev().copied().collect();
+    let three: Vec<W> = [w, &reversed[..], w].concat();
     for isa in Isa::available() {
         assert_eq!(vec_dot_q16_xn_on(isa, w, [one])[0].to_bits(), want(one), "{name} {isa:?} x1, {} blocks", w.len());
+        let mut out = [0f32; 3];
+        vec_dot_q16_rows_on(isa, &three, w.len(), one, &mut out);
+        let rows_want = [want(one), vec_dot_q16_portable(&reversed, one).to_bits(), want(one)];
+        assert_eq!(out.map(f32::to_bits), rows_want, "{name} {isa:?} rows, {} blocks", w.len());
         let got4 = vec_dot_q16_xn_on(isa, w, four);
         let got8 = vec_dot_q16_xn_on(isa, w, eight);
         for k in 0..8 {

@@ -257,11 +257,11 @@ fn q16_rows<W: Q16Weight>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<
         }
         t += 4;
     }
+    let all_rows = cast_slice::<u8, W>(w.rows_bytes(rows.clone()));
     for t in t..n_tok {
+        // SAFETY: this task alone owns columns `rows` of every output row.
         let o = unsafe { out.slice(t * w.rows + rows.start, rows.len()) };
-        for (r, o) in rows.clone().zip(o) {
-            *o = quant::vec_dot_q16_xn_on::<W, 1>(isa, wrow(r), [x(t)])[0];
-        }
+        quant::vec_dot_q16_rows_on(isa, all_rows, w.cols / quant::QK, x(t), o);
     }
 }
 
