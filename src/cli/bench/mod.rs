@@ -6,6 +6,8 @@
 //!
 //! Plain HTTP/1.1 over TCP (no TLS): what a load generator next to the server needs.
 
+mod offline;
+
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,6 +71,7 @@ const WORDS: &[&str] = &[
 ];
 
 struct Rng(u64);
+
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -248,7 +251,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.offline {
-        return offline(&args);
+        return offline::run(&args);
     }
     let target = Arc::new(parse_url(args.url.as_deref().context("a server URL (or --offline)")?)?);
     let mix: Vec<(String, f64)> = match &args.class_mix {
@@ -403,87 +406,4 @@ fn report(samples: &[Sample], secs: f64, args: &BenchArgs) {
         let total_tokens: usize = samples.iter().filter(|s| s.status == 200).map(|s| s.tokens).sum();
         println!("{}", serde_json::json!({"seconds": secs, "output_tokens_per_s": total_tokens as f64 / secs, "classes": classes}));
     }
-}
-
-/// `--offline`: the engine in-process, on the CPU backend.
-fn offline(args: &BenchArgs) -> anyhow::Result<()> {
-    use ballast::backend::cpu::{CpuBackend, Precision};
-    use ballast::engine::{Engine, EngineConfig};
-    use ballast::request::Request;
-    anyhow::ensure!(args.concurrency > 0 && args.prompt_tokens > 0 && args.max_tokens > 1, "--concurrency, --prompt-tokens must be ≥ 1 and --max-tokens ≥ 2");
-    let path = match &args.model {
-        Some(p) => std::path::PathBuf::from(p),
-        None => {
-            let manifest = ballast::fetch::Manifest::builtin();
-            ballast::fetch::ensure(manifest.default_model(), &ballast::fetch::models_dir())?
-        }
-    };
-    let loaded = ballast::model::load(&path, ballast::model::LoadOptions::default(), &mut |_, _| {})
-        .with_context(|| format!("loading {}", path.display()))?;
-    let vocab = loaded.config.vocab_size as u64;
-    let threads = args.threads.unwrap_or_else(CpuBackend::default_threads);
-    let backend = CpuBackend::new(threads, Precision::Int16)?;
-    let config = EngineConfig { max_num_seqs: args.concurrency, prefix_caching: false, ..EngineConfig::default() };
-    let engine = Engine::start(backend, loaded, config)?;
-    let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    // Random ids (past the first 1000, which hold special and byte tokens): no prefix sharing.
-    let prompts: Vec<Vec<u32>> = (0..args.concurrency)
-        .map(|_| (0..args.prompt_tokens).map(|_| (1000 + rng.next() % (vocab - 1000)) as u32).collect())
-        .collect();
-    let request = |p: &Vec<u32>, max_tokens: usize| Request { ignore_eos: true, ..Request::new(p.clone()).max_tokens(max_tokens) };
-
-    // Prompt processing: every prompt at once, one output token each.
-    let start = Instant::now();
-    let streams: Vec<_> = prompts.iter().map(|p| engine.submit(request(p, 1))).collect::<Result<_, _>>()?;
-    for s in streams {
-        s.collect_output();
-    }
-    let prompt_secs = start.elapsed().as_secs_f64();
-    let prompt_rate = (args.concurrency * args.prompt_tokens) as f64 / prompt_secs;
-
-    // Decode: fresh prompts (no cache hits), timed from when every stream has its first token.
-    let prompts: Vec<Vec<u32>> = prompts.iter().map(|p| p.iter().map(|&t| (t + 1) % vocab as u32).collect()).collect();
-    let streams: Vec<_> = prompts.iter().map(|p| engine.submit(request(p, args.max_tokens))).collect::<Result<_, _>>()?;
-    let handles: Vec<_> = streams
-        .into_iter()
-        .map(|s| {
-            std::thread::spawn(move || {
-                let mut times = Vec::new();
-                for e in s {
-                    if let ballast::request::Event::Token { ids, .. } = e {
-                        let now = Instant::now();
-                        times.extend(ids.iter().map(|_| now));
-                    }
-                }
-                times
-            })
-        })
-        .collect();
-    let mut per_stream = Vec::new();
-    for h in handles {
-        let times = h.join().map_err(|_| anyhow::anyhow!("a stream reader panicked"))?;
-        anyhow::ensure!(!times.is_empty(), "a stream produced no token");
-        per_stream.push(times);
-    }
-    // The decode window: from the moment every stream has its first token to the last token;
-    // only tokens inside it count.
-    let decode_start = per_stream.iter().map(|t| t[0]).max().expect("at least one stream");
-    let decode_end = per_stream.iter().filter_map(|t| t.last().copied()).max().expect("at least one stream");
-    let decode_tokens = per_stream.iter().flatten().filter(|&&t| t > decode_start).count();
-    let output_rate = decode_tokens as f64 / (decode_end - decode_start).as_secs_f64().max(1e-9);
-    let kernels = ballast::quant::Isa::best().name();
-    eprintln!(
-        "offline, {threads} threads, {kernels} kernels, concurrency {}: prompt {} tokens × {} → {prompt_rate:.1} tok/s; output {} tokens each → {output_rate:.1} tok/s",
-        args.concurrency, args.prompt_tokens, args.concurrency, args.max_tokens
-    );
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "concurrency": args.concurrency, "threads": threads, "kernels": kernels, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
-                "prompt_tokens_per_s": prompt_rate, "output_tokens_per_s": output_rate,
-            })
-        );
-    }
-    Ok(())
 }
