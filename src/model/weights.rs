@@ -3,16 +3,27 @@
 //! once a backend has taken them.
 
 use crate::format::bytes::TensorBytes;
-use crate::quant::GgmlType;
+use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType, PackedWeight, QuantError};
 
 /// A weight matrix in host memory: `rows` rows (output features) of `cols` elements
-/// (input features), each row `dtype.row_bytes(cols)` bytes, rows back to back.
+/// (input features), each row `dtype.row_bytes(cols)` bytes, in `layout`.
 #[derive(Clone)]
 pub struct HostMatrix {
     pub dtype: GgmlType,
     pub rows: usize,
     pub cols: usize,
+    pub layout: Layout,
     pub data: TensorBytes,
+}
+
+/// How a [`HostMatrix`]'s rows are arranged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Rows back to back, as in the model file.
+    RowMajor,
+    /// Sixteen rows interleaved per block (`quant::packed`), the last group padded: for the
+    /// CPU's 16-bit kernels. Only Q4_0, Q4_1 and Q8_0.
+    Packed16,
 }
 
 impl HostMatrix {
@@ -35,17 +46,60 @@ impl HostMatrix {
         if data.len() as u64 != expected {
             return Err(format!("{rows}x{cols} {dtype} needs {expected} bytes, got {}", data.len()));
         }
-        Ok(HostMatrix { dtype, rows, cols, data })
+        Ok(HostMatrix { dtype, rows, cols, layout: Layout::RowMajor, data })
     }
 
+    /// Row `r`'s bytes. Row-major matrices only (a packed row is not contiguous).
     pub fn row(&self, r: usize) -> &[u8] {
         self.rows_bytes(r..r + 1)
     }
 
-    /// Rows `rows`, back to back.
+    /// Rows `rows`, back to back. Row-major matrices only.
     pub fn rows_bytes(&self, rows: std::ops::Range<usize>) -> &[u8] {
+        assert_eq!(self.layout, Layout::RowMajor, "rows of a packed matrix are not contiguous");
         let n = self.row_bytes();
         &self.data[rows.start * n..rows.end * n]
+    }
+
+    /// Row `r` as f32, whatever the layout (`out.len() == cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        let blocks = self.cols / quant::QK;
+        if self.layout == Layout::RowMajor {
+            return quant::dequantize_row(self.dtype, self.row(r), out);
+        }
+        if out.len() != self.cols {
+            return Err(QuantError::RowLength { dtype: self.dtype, len: out.len() });
+        }
+        match self.dtype {
+            GgmlType::Q4_0 => quant::dequantize_packed_row::<BlockQ4_0>(&self.data, blocks, r, out),
+            GgmlType::Q4_1 => quant::dequantize_packed_row::<BlockQ4_1>(&self.data, blocks, r, out),
+            GgmlType::Q8_0 => quant::dequantize_packed_row::<BlockQ8_0>(&self.data, blocks, r, out),
+            dtype => return Err(QuantError::Unsupported { dtype, op: "packed layout" }),
+        }
+        Ok(())
+    }
+
+    /// This matrix in [`Layout::Packed16`] (a new buffer), or unchanged where its type has
+    /// no packed layout or it is packed already.
+    pub fn packed16(self) -> HostMatrix {
+        fn pack<W: PackedWeight>(m: &HostMatrix) -> TensorBytes {
+            let blocks = m.cols / quant::QK;
+            TensorBytes::from_vec(match bytemuck::try_cast_slice::<u8, W>(&m.data) {
+                Ok(w) => quant::pack(w, m.rows, blocks),
+                // Bytes at an odd address: copy them into blocks first.
+                Err(_) => quant::pack(&bytemuck::pod_collect_to_vec::<u8, W>(&m.data), m.rows, blocks),
+            })
+        }
+        if self.layout == Layout::Packed16 {
+            return self;
+        }
+        let data = match self.dtype {
+            GgmlType::Q4_0 => pack::<BlockQ4_0>(&self),
+            GgmlType::Q4_1 => pack::<BlockQ4_1>(&self),
+            GgmlType::Q8_0 => pack::<BlockQ8_0>(&self),
+            _ => return self,
+        };
+        HostMatrix { layout: Layout::Packed16, data, ..self }
     }
 }
 

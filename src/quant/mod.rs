@@ -23,6 +23,9 @@ mod float;
 mod kquants;
 pub(crate) mod multiversion;
 mod q4;
+mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_x86;
 mod q8;
 mod q16;
 mod q16k;
@@ -39,6 +42,9 @@ pub use float::{dot_bf16_f32, dot_f16_f32, dot_f32_f32, dots_scaled, f16_to_f32,
 pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
+pub use packed::{
+    PACK, PackedKernel, PackedWeight, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack, packed_bytes,
+};
 pub use q16::{
     BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, vec_dot_q16, vec_dot_q16_portable,
     vec_dot_q16_rows_on, vec_dot_q16_xn, vec_dot_q16_xn_on,

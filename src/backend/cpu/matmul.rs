@@ -5,7 +5,8 @@
 //! features and computes them for every token, so each weight row is read once per call
 //! however many tokens the step has. With 16-bit activations, Q4_0/Q4_1/Q8_0 weights go
 //! through kernels that take tokens in groups of 8 (then 4, then one by one) and unpack each
-//! weight block once per group. Each output element is still one dot product in a fixed
+//! weight block once per group: packed matrices (the CPU backend packs these types when it
+//! takes a model, see `quant::packed`) sixteen rows per call, row-major ones a row per call. Each output element is still one dot product in a fixed
 //! order, bit-identical whatever the grouping or token count (batch invariance).
 
 use super::Precision;
@@ -13,8 +14,8 @@ use super::par::{SharedOut, chunk_len};
 use super::pool::ThreadPool;
 use super::tensor::CpuTensor;
 use crate::backend::{BackendError, Result};
-use crate::model::weights::HostMatrix;
-use crate::quant::{self, ActBits, ActType, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ16x2, GgmlType, Isa, Q16Weight};
+use crate::model::weights::{HostMatrix, Layout};
+use crate::quant::{self, ActBits, ActType, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ16x2, GgmlType, Isa, PackedKernel, Q16Weight};
 use bytemuck::cast_slice;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -33,7 +34,8 @@ const MIN_ROWS_PER_TASK: usize = 8;
 
 type RowDot = fn(&[u8], &[u8]) -> f32;
 
-/// Rows `rows` of `w` against every token of the 16-bit activations (see [`q16_rows`]).
+/// Rows `rows` of `w` against every token of the 16-bit activations (see [`q16_rows`] and
+/// [`packed_rows`]).
 type Q16Rows = fn(&HostMatrix, Acts, usize, Range<usize>, &SharedOut<f32>);
 
 /// One activation format's quantized rows: token `t` is `bytes[t * row_bytes..][..row_bytes]`.
@@ -55,7 +57,8 @@ enum Kernel<'a> {
     Float(RowDot, &'a CpuTensor),
     /// Quantized weights · quantized activations, one dot product per element.
     Quant(RowDot, Acts<'a>),
-    /// Q4_0/Q4_1/Q8_0 · 16-bit activations, tokens grouped.
+    /// Q4_0/Q4_1/Q8_0 · 16-bit activations, tokens grouped: row-major weights (`q16_rows`)
+    /// or packed ones (`packed_rows`).
     Q16(Q16Rows, Acts<'a>),
     /// The reference: dequantized weight rows · f32 activations.
     Dequant(&'a CpuTensor),
@@ -134,8 +137,10 @@ pub fn matmul_multi(
             Some(act) => {
                 let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == act).expect("quantized above");
                 let acts = Acts { bytes: &bytes[offset..offset + row_bytes * x.rows()], row_bytes };
-                match (act, q16_kernel(w.dtype)) {
-                    (ActType::Q16, Some(rows)) => Kernel::Q16(rows, acts),
+                match (w.layout, act, q16_kernel(w.dtype)) {
+                    (Layout::Packed16, ActType::Q16, _) => Kernel::Q16(packed_kernel(w.dtype).ok_or_else(|| unsupported(w))?, acts),
+                    (Layout::Packed16, ..) => return Err(unsupported(w)),
+                    (Layout::RowMajor, ActType::Q16, Some(rows)) => Kernel::Q16(rows, acts),
                     _ => Kernel::Quant(quant_dot(w.dtype, act).ok_or_else(|| unsupported(w))?, acts),
                 }
             }
@@ -170,14 +175,19 @@ fn quantize_rows(pool: &ThreadPool, x: &CpuTensor, act: ActType, out: &mut [u8])
 }
 
 fn unsupported(w: &HostMatrix) -> BackendError {
-    BackendError::Unsupported { op: "matmul", what: format!("{} weights", w.dtype) }
+    let packed = if w.layout == Layout::Packed16 { "packed " } else { "" };
+    BackendError::Unsupported { op: "matmul", what: format!("{packed}{} weights with these activations", w.dtype) }
 }
 
 /// Splits every part's rows into tasks of one common size and runs them all as one job.
 fn run_parts(pool: &ThreadPool, parts: &[Part], n_tok: usize) {
     let total_rows: usize = parts.iter().map(|p| p.w.rows).sum();
     let macs: usize = parts.iter().map(|p| p.w.rows * p.w.cols * n_tok).sum();
-    let chunk = chunk_len(total_rows, pool.num_threads(), MIN_ROWS_PER_TASK);
+    let mut chunk = chunk_len(total_rows, pool.num_threads(), MIN_ROWS_PER_TASK);
+    if parts.iter().any(|p| p.w.layout == Layout::Packed16) {
+        // Tasks take whole groups of packed rows.
+        chunk = chunk.next_multiple_of(quant::PACK);
+    }
     let num_tasks: usize = parts.iter().map(|p| p.w.rows.div_ceil(chunk)).sum();
     // Task `i` counts through the parts' chunks in order.
     let task = |mut i: usize| {
@@ -265,6 +275,56 @@ fn q16_rows<W: Q16Weight>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<
     }
 }
 
+/// The packed 16-bit kernel for `dtype`, if it has one.
+fn packed_kernel(dtype: GgmlType) -> Option<Q16Rows> {
+    Some(match dtype {
+        GgmlType::Q4_0 => packed_rows::<BlockQ4_0>,
+        GgmlType::Q4_1 => packed_rows::<BlockQ4_1>,
+        GgmlType::Q8_0 => packed_rows::<BlockQ8_0>,
+        _ => return None,
+    })
+}
+
+/// Tokens per tile of [`packed_rows`]: their activations stay in L2 while the task's weight
+/// groups go by.
+const PACKED_TOKEN_TILE: usize = 64;
+
+/// Rows `rows` (whole groups of 16, but for the matrix's end) of a packed `w` against every
+/// token: per tile of tokens and per group, tokens in eights (AVX2: fours), then one by one;
+/// each group's weights are unpacked once per token group.
+fn packed_rows<W: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
+    let isa = Isa::best();
+    let blocks = w.cols / quant::QK;
+    let group_bytes = blocks * W::GROUP_BLOCK;
+    let x = |t: usize| cast_slice::<u8, BlockQ16x2>(acts.row(t));
+    let wide = if isa == Isa::Avx512Vnni { 8 } else { 4 };
+    for tile in (0..n_tok).step_by(PACKED_TOKEN_TILE) {
+        let tile_end = (tile + PACKED_TOKEN_TILE).min(n_tok);
+        for g in rows.start / quant::PACK..rows.end.div_ceil(quant::PACK) {
+            let group = &w.data[g * group_bytes..(g + 1) * group_bytes];
+            let (first, n) = (g * quant::PACK, quant::PACK.min(w.rows - g * quant::PACK));
+            let store = |t: usize, v: &[[f32; quant::PACK]]| {
+                for (k, v) in v.iter().enumerate() {
+                    // SAFETY: this task alone owns columns `rows` of every output row.
+                    unsafe { out.slice((t + k) * w.rows + first, n) }.copy_from_slice(&v[..n]);
+                }
+            };
+            let mut t = tile;
+            while wide == 8 && t + 8 <= tile_end {
+                store(t, &quant::dot_packed_xn_on::<W, 8>(isa, group, blocks, std::array::from_fn(|k| x(t + k))));
+                t += 8;
+            }
+            while t + 4 <= tile_end {
+                store(t, &quant::dot_packed_xn_on::<W, 4>(isa, group, blocks, std::array::from_fn(|k| x(t + k))));
+                t += 4;
+            }
+            for t in t..tile_end {
+                store(t, &quant::dot_packed_xn_on::<W, 1>(isa, group, blocks, [x(t)]));
+            }
+        }
+    }
+}
+
 /// Dot products of float weight rows with f32 activations (bytes of an f32 row).
 fn float_dot(dtype: GgmlType) -> Option<RowDot> {
     Some(match dtype {
@@ -304,7 +364,7 @@ fn dequantized(w: &HostMatrix, x: &CpuTensor, rows: Range<usize>, out: &SharedOu
         buf.resize(rows.len() * cols, 0.0);
         for (r, dst) in rows.clone().zip(buf.chunks_mut(cols)) {
             // Cannot fail: row sizes were validated when the matrix was built.
-            let _ = quant::dequantize_row(w.dtype, w.row(r), dst);
+            let _ = w.dequantize_row(r, dst);
         }
         for t in 0..x.rows() {
             // SAFETY: this task alone owns columns `rows` of every output row.
@@ -336,18 +396,29 @@ mod tests {
             for r in 0..rows {
                 quant::quantize_row(dtype, &rng.floats(cols, 1.0), &mut data[r * row_bytes..(r + 1) * row_bytes]).unwrap();
             }
-            let w = HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).unwrap();
-            for n_tok in [1, 3, 4, 5, 7, 8, 9, 12, 13, 17] {
+            let row_major = HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).unwrap();
+            let packed = row_major.clone().packed16();
+            assert_eq!(packed.layout, Layout::Packed16);
+            // 70 tokens cross a packed token tile.
+            for n_tok in [1, 3, 4, 5, 7, 8, 9, 12, 13, 17, 70] {
                 let xs = rng.floats(n_tok * cols, 2.0);
                 let x = CpuTensor::from_rows(&xs, cols);
-                let mut out = CpuTensor::zeros(n_tok, rows).unwrap();
-                matmul(&pool, Precision::Int16, &x, &w, &mut out, &mut Vec::new()).unwrap();
-                for t in 0..n_tok {
-                    let one = CpuTensor::from_rows(x.row(t), cols);
-                    let mut alone = CpuTensor::zeros(1, rows).unwrap();
-                    matmul(&pool, Precision::Int16, &one, &w, &mut alone, &mut Vec::new()).unwrap();
-                    let (a, b): (Vec<u32>, Vec<u32>) = (out.row(t).iter().map(|v| v.to_bits()).collect(), alone.row(0).iter().map(|v| v.to_bits()).collect());
-                    assert_eq!(a, b, "{dtype} token {t} of {n_tok}");
+                let mut outs = Vec::new();
+                for w in [&row_major, &packed] {
+                    let mut out = CpuTensor::zeros(n_tok, rows).unwrap();
+                    matmul(&pool, Precision::Int16, &x, w, &mut out, &mut Vec::new()).unwrap();
+                    for t in 0..n_tok {
+                        let one = CpuTensor::from_rows(x.row(t), cols);
+                        let mut alone = CpuTensor::zeros(1, rows).unwrap();
+                        matmul(&pool, Precision::Int16, &one, w, &mut alone, &mut Vec::new()).unwrap();
+                        let (a, b): (Vec<u32>, Vec<u32>) = (out.row(t).iter().map(|v| v.to_bits()).collect(), alone.row(0).iter().map(|v| v.to_bits()).collect());
+                        assert_eq!(a, b, "{dtype} {:?} token {t} of {n_tok}", w.layout);
+                    }
+                    outs.push(out);
+                }
+                // Both layouts compute the same products, rounded in a different order.
+                for (a, b) in outs[0].as_slice().iter().zip(outs[1].as_slice()) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{dtype}: row-major {a} vs packed {b}");
                 }
             }
         }
@@ -371,7 +442,11 @@ mod tests {
                 HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).unwrap()
             })
             .collect();
-        for precision in [Precision::Int16, Precision::Int8, Precision::Reference] {
+        // Int16 also with the Q4_1 and Q4_0 matrices packed (beside row-major Q8_0 and others).
+        let mut mixed: Vec<HostMatrix> = weights.clone();
+        mixed[0] = mixed[0].clone().packed16();
+        mixed[4] = mixed[4].clone().packed16();
+        for (precision, weights) in [(Precision::Int16, &weights), (Precision::Int16, &mixed), (Precision::Int8, &weights), (Precision::Reference, &weights), (Precision::Reference, &mixed)] {
             for n_tok in [1, 6, 13] {
                 let x = CpuTensor::from_rows(&rng.floats(n_tok * cols, 2.0), cols);
                 let mut outs: Vec<CpuTensor> = weights.iter().map(|w| CpuTensor::zeros(n_tok, w.rows).unwrap()).collect();
@@ -382,9 +457,13 @@ mod tests {
                     let mut want = CpuTensor::zeros(n_tok, w.rows).unwrap();
                     matmul(&pool, precision, &x, w, &mut want, &mut Vec::new()).unwrap();
                     let bits = |t: &CpuTensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(got), bits(&want), "{} {precision:?} {n_tok} tokens", w.dtype);
+                    assert_eq!(bits(got), bits(&want), "{} {:?} {precision:?} {n_tok} tokens", w.dtype, w.layout);
                 }
             }
         }
+        // Packed weights need 16-bit activations: with 8-bit ones, an error and no panic.
+        let x = CpuTensor::from_rows(&rng.floats(cols, 1.0), cols);
+        let mut out = CpuTensor::zeros(1, mixed[0].rows).unwrap();
+        assert!(matmul(&pool, Precision::Int8, &x, &mixed[0], &mut out, &mut Vec::new()).is_err());
     }
 }

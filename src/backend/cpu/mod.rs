@@ -11,7 +11,9 @@
 //! - `Reference`: f32 activations against dequantized weights (the plain twin);
 //! - `Int16` (default): activations quantized per block to 16-bit integers and multiplied
 //!   with the quantized weights in integer arithmetic — as close to the reference as f32
-//!   activations in the goldens, at the same weight traffic;
+//!   activations in the goldens, at the same weight traffic. Q4_0/Q4_1/Q8_0 matrices are
+//!   repacked sixteen rows at a time when uploaded, for kernels with one lane per row
+//!   (`quant::packed`);
 //! - `Int8`: ggml's 8-bit activation blocks, llama.cpp's arithmetic (less accurate).
 //!
 //! Float weights (F32/F16/BF16) always meet f32 activations.
@@ -114,8 +116,10 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::from_row(data))
     }
 
+    /// With 16-bit activations, Q4_0/Q4_1/Q8_0 matrices are repacked sixteen rows at a time
+    /// for the packed kernels (`quant::packed`).
     fn upload_matrix(&self, m: HostMatrix) -> Result<HostMatrix> {
-        Ok(m)
+        Ok(if self.precision == Precision::Int16 { m.packed16() } else { m })
     }
 
     fn alloc_kv(&self, layout: &KvLayout) -> Result<CpuKvPool> {

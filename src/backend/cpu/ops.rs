@@ -54,7 +54,7 @@ pub fn embedding(
     for_each_row(pool, out.as_mut_slice(), cols, |t, row| {
         let token = plan.token_ids[t] as usize;
         // Cannot fail: the table's rows were validated against its dtype at load.
-        let _ = crate::quant::dequantize_row(table.dtype, table.row(token), row);
+        let _ = table.dequantize_row(token, row);
     });
     Ok(())
 }
