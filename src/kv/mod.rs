@@ -1,11 +1,14 @@
 //! The paged KV cache: one pool of fixed-size blocks per model, addressed through per-sequence
 //! block tables.
 //!
-//! **Layout** (shared by every backend): K and V are two arrays of shape
-//! `[num_layers][num_blocks][block_size][num_kv_heads][head_dim]`. A *slot* is
-//! `block_id * block_size + offset_in_block`, so the K vector of (layer, slot, head) starts at
-//! element `layer * layer_stride + slot * token_stride + head * head_dim`. A sequence's token at
-//! position `p` lives in slot `table[p / block_size] * block_size + p % block_size`.
+//! **Layout** (shared by every backend): V is an array of shape
+//! `[num_layers][num_blocks][block_size][num_kv_heads][head_dim]`; K has the same size with
+//! the last three dimensions in the order `[num_kv_heads][head_dim][block_size]`, a block's
+//! keys innermost, so attention scores a block's keys one per vector lane. A *slot* is
+//! `block_id * block_size + offset_in_block`, so the V vector of (layer, slot, head) starts at
+//! element `layer * layer_stride + slot * token_stride + head * head_dim`, and element `i` of
+//! its K vector is at [`KvLayout::k_index`]. A sequence's token at position `p` lives in slot
+//! `table[p / block_size] * block_size + p % block_size`.
 //!
 //! [`BlockManager`] hands out block ids with reference counts, keeps the automatic prefix
 //! cache, and gives each sequence a [`SeqBlocks`] table that releases its blocks when dropped;
@@ -75,6 +78,13 @@ impl KvLayout {
     /// Element offset of the vector of (layer, slot, head 0).
     pub fn slot_offset(&self, layer: usize, slot: usize) -> usize {
         layer * self.layer_stride() + slot * self.token_stride()
+    }
+
+    /// Element index of K's value `j` (head `j / head_dim`, dimension `j % head_dim`) for
+    /// (layer, slot): `j` steps by `block_size`.
+    pub fn k_index(&self, layer: usize, slot: usize, j: usize) -> usize {
+        let in_block = slot % self.block_size;
+        self.slot_offset(layer, slot - in_block) + j * self.block_size + in_block
     }
 
     /// Bytes one block costs across all layers, K and V.

@@ -116,3 +116,55 @@ pub unsafe fn vec_dot_q16_rows<W: Unpack256>(w: &[W], row_blocks: usize, x: &[Bl
         *o = unsafe { vec_dot_q16_xn(row, [x]) }[0];
     }
 }
+
+/// `q16::quantize_row_q16` with vector rounding: each block's `max|x|` by vector maxima, then
+/// `q = round(x · (1/d))` half away from zero as `trunc` plus a ±1 step where the dropped
+/// fraction is at least ½ (exact: the fraction of an f32 below 2^23 is exact), the sixteen-bit
+/// halves stored straight into the pair's layout. Bit-identical to the portable quantizer for
+/// finite inputs.
+///
+/// # Safety
+/// The CPU must support AVX2; `out` must have `x.len().div_ceil(64)` pairs and `x` whole blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16x2]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    for (pair, x) in out.iter_mut().zip(x.chunks(2 * QK)) {
+        *pair = bytemuck::Zeroable::zeroed();
+        for (h, x) in x.chunks_exact(QK).enumerate() {
+            // SAFETY: `x` is 32 floats; unaligned loads.
+            let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
+            let a = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let a = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            let a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+            let amax = _mm_cvtss_f32(_mm_max_ss(a, _mm_movehdup_ps(a)));
+            let d = amax / super::q16::Q16_MAX;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let q: [__m256i; 4] = std::array::from_fn(|i| {
+                let s = _mm256_mul_ps(v[i], id);
+                let t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(s, t)), half, _CMP_GE_OQ);
+                let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(s, sign), one));
+                _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+            });
+            // `packs` interleaves 128-bit halves; the permute puts elements back in order.
+            let first = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+            let second = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
+            let base = pair.qs.as_mut_ptr();
+            // SAFETY: elements 0..16 of block `h` sit at `16h`, 16..32 at `32 + 16h` (`q16_slot`).
+            unsafe {
+                _mm256_storeu_si256(base.add(16 * h) as *mut __m256i, first);
+                _mm256_storeu_si256(base.add(32 + 16 * h) as *mut __m256i, second);
+            }
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+            pair.d[8 * h..8 * h + 8].fill(d);
+            pair.s[8 * h] = d * sum as f32;
+        }
+    }
+}

@@ -46,7 +46,7 @@ pub use packed::{
     PACK, PackedKernel, PackedWeight, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack, packed_bytes,
 };
 pub use q16::{
-    BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, vec_dot_q16, vec_dot_q16_portable,
+    BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, quantize_row_q16_portable, vec_dot_q16, vec_dot_q16_portable,
     vec_dot_q16_rows_on, vec_dot_q16_xn, vec_dot_q16_xn_on,
 };
 pub use q16k::{BlockQ16K, quantize_row_q16k, vec_dot_q4k_q16k, vec_dot_q6k_q16k};

@@ -34,7 +34,7 @@ use super::float::f16_to_f32;
 use super::multiversion::multiversion;
 use bytemuck::{Pod, Zeroable};
 
-const Q16_MAX: f32 = 32767.0;
+pub(super) const Q16_MAX: f32 = 32767.0;
 
 /// Two blocks of 32 activations, `x ≈ q * d`, interleaved for sixteen lanes: `qs` holds
 /// block 0's elements `0..16`, block 1's `0..16`, block 0's `16..32`, block 1's `16..32`;
@@ -70,8 +70,19 @@ multiversion! {
     }
 }
 
-/// Quantizes `x` (whole 32-element blocks) into `x.len() / 32` blocks, paired.
+/// Quantizes `x` (whole 32-element blocks) into `x.len() / 32` blocks, paired; with AVX2,
+/// vector code that rounds exactly as [`quantize_row_q16_portable`] (finite inputs).
 pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16x2]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::multiversion::has_avx2() && x.len().is_multiple_of(QK) && out.len() == x.len().div_ceil(2 * QK) {
+        // SAFETY: the CPU has AVX2; whole blocks and one pair per two of them (checked).
+        return unsafe { super::avx2::quantize_row_q16(x, out) };
+    }
+    quantize_row_q16_portable(x, out)
+}
+
+/// The portable quantizer: [`quantize16`] per block, scattered into the pair layout.
+pub fn quantize_row_q16_portable(x: &[f32], out: &mut [BlockQ16x2]) {
     for (pair, x) in out.iter_mut().zip(x.chunks(2 * QK)) {
         *pair = BlockQ16x2::zeroed();
         for (h, x) in x.chunks_exact(QK).enumerate() {

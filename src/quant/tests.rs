@@ -319,3 +319,27 @@ fn packed_kernels_agree_with_the_portable_twin_and_the_reference() {
     check::<BlockQ4_1>(GgmlType::Q4_1);
     check::<BlockQ8_0>(GgmlType::Q8_0);
 }
+
+/// The vector 16-bit quantizer stores exactly the portable one's bytes: random rows of
+/// 1 to 49 blocks, an all-zero block, and halves that tie (`x / d` = k + ½ exactly, which
+/// round away from zero).
+#[test]
+fn q16_quantizer_matches_its_portable_twin() {
+    let mut rng = Rng::new(31);
+    let mut rows: Vec<Vec<f32>> = [1, 2, 3, 18, 48, 49].iter().map(|&b| rng.floats(b * QK, 3.0)).collect();
+    let mut ties = vec![0.0f32; 3 * QK];
+    ties[0] = 32767.0; // d = 1: the others are their own quotients
+    for (i, v) in ties[1..QK].iter_mut().enumerate() {
+        *v = (i as f32 - 15.0) + 0.5;
+    }
+    ties[QK + 3] = -0.5; // a block with one value: d = 0.5/32767, quotient exactly -32767
+    rows.push(ties);
+    for x in rows {
+        let pairs = q16_pairs(x.len() / QK);
+        let mut fast = vec![bytemuck::Zeroable::zeroed(); pairs];
+        let mut plain = vec![bytemuck::Zeroable::zeroed(); pairs];
+        quantize_row_q16(&x, &mut fast);
+        quantize_row_q16_portable(&x, &mut plain);
+        assert_eq!(bytemuck::cast_slice::<_, u8>(&fast), bytemuck::cast_slice::<_, u8>(&plain), "{} elements", x.len());
+    }
+}

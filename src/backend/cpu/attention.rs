@@ -5,7 +5,8 @@
 //! shares the KV head (GQA) and every query row of the block. Every (row, head) accumulator
 //! visits positions `0..=pos` in chunks of `KEY_CHUNK` aligned at position 0, in order, with
 //! the same operations whatever block it sits in, so results do not depend on how the batch
-//! is composed. Within a chunk the exponentials and weighted sums run as vector loops.
+//! is composed. Within a chunk, scores run one key per lane (K is stored dimension-major per
+//! KV block), and the exponentials and weighted sums run as vector loops.
 
 use super::par::SharedOut;
 use super::tensor::{CpuKvPool, CpuTensor};
@@ -19,7 +20,7 @@ use std::cell::RefCell;
 
 const QUERY_BLOCK: usize = 16;
 
-/// Keys per softmax step (see [`Ctx::block`]).
+/// Keys per softmax step, rounded down to whole KV blocks (see [`Ctx::block`]).
 const KEY_CHUNK: usize = 64;
 
 /// An element type the KV pool can hold.
@@ -113,8 +114,8 @@ impl Ctx<'_> {
 
     /// Attention of query rows `rows` (relative to the sequence) for the heads of `kv_head`.
     ///
-    /// Keys go in chunks of [`KEY_CHUNK`] positions aligned to position 0: a chunk's K and V
-    /// vectors are widened once for every row and head of the task; each (row, head) takes
+    /// Keys go in chunks of [`KEY_CHUNK`] positions (whole KV blocks) aligned to position 0:
+    /// a chunk's K blocks and V vectors are widened once for every row and head of the task; each (row, head) takes
     /// the chunk's scores, rescales its accumulator to the new running maximum, and adds the
     /// chunk's probabilities and weighted values. Chunk boundaries are absolute positions,
     /// so a row's arithmetic is the same in any batch or query block.
@@ -133,23 +134,29 @@ impl Ctx<'_> {
         let n_acc = rows.len() * group;
         let first_row = seq.query_start + rows.start;
         let last_pos = self.plan.positions[seq.query_start + rows.end - 1] as usize;
+        // Whole blocks per chunk: a block's keys sit together in K (see `KvLayout`).
+        let chunk_keys = (KEY_CHUNK / bs).max(1) * bs;
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            buf.resize(2 * KEY_CHUNK * d + KEY_CHUNK + n_acc * (d + 2), 0.0);
-            let (kv_buf, rest) = buf.split_at_mut(2 * KEY_CHUNK * d);
-            let (kf, vf) = kv_buf.split_at_mut(KEY_CHUNK * d);
-            let (scores, acc) = rest.split_at_mut(KEY_CHUNK);
+            buf.resize(2 * chunk_keys * d + chunk_keys + n_acc * (d + 2), 0.0);
+            let (kv_buf, rest) = buf.split_at_mut(2 * chunk_keys * d);
+            let (kf, vf) = kv_buf.split_at_mut(chunk_keys * d);
+            let (scores, acc) = rest.split_at_mut(chunk_keys);
             for a in acc.chunks_mut(d + 2) {
                 a[0] = f32::NEG_INFINITY;
             }
-            for c0 in (0..=last_pos).step_by(KEY_CHUNK) {
-                let c1 = (c0 + KEY_CHUNK).min(last_pos + 1);
+            for c0 in (0..=last_pos).step_by(chunk_keys) {
+                let c1 = (c0 + chunk_keys).min(last_pos + 1);
+                // K: each block's `d` rows of `bs` keys for this KV head, as they lie.
+                for b in c0 / bs..c1.div_ceil(bs) {
+                    let off = self.layout.k_index(self.layer, table[b] as usize * bs, kv_head * d);
+                    let dst = (b - c0 / bs) * d * bs;
+                    E::widen(&k[off..off + d * bs], &mut kf[dst..dst + d * bs]);
+                }
                 for j in c0..c1 {
                     let slot = table[j / bs] as usize * bs + j % bs;
                     let off = self.layout.slot_offset(self.layer, slot) + kv_head * d;
-                    let dst = (j - c0) * d..(j - c0 + 1) * d;
-                    E::widen(&k[off..off + d], &mut kf[dst.clone()]);
-                    E::widen(&v[off..off + d], &mut vf[dst]);
+                    E::widen(&v[off..off + d], &mut vf[(j - c0) * d..(j - c0 + 1) * d]);
                 }
                 for (r, accs) in acc.chunks_mut(group * (d + 2)).enumerate() {
                     let row = first_row + r;
@@ -162,8 +169,13 @@ impl Ctx<'_> {
                     for (h, a) in accs.chunks_mut(d + 2).enumerate() {
                         let head = kv_head * group + h;
                         let qh = &q_row[head * d..(head + 1) * d];
+                        // Every key of the blocks holding the row's `n` keys (each key's
+                        // score is its own lane: the ones past `n` are not used).
+                        for b in 0..n.div_ceil(bs) {
+                            let kt = &kf[b * d * bs..(b + 1) * d * bs];
+                            softmax::scores_keys_in_lanes(qh, kt, scale, &mut scores[b * bs..(b + 1) * bs]);
+                        }
                         let s = &mut scores[..n];
-                        crate::quant::dots_scaled(qh, &kf[..n * d], scale, s);
                         fold_chunk(a, s, &vf[..n * d]);
                     }
                 }

@@ -30,6 +30,38 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     if x < -87.3 { 0.0 } else { e * scale }
 }
 
+/// Keys per lane group of [`scores_keys_in_lanes`].
+const KEY_LANES: usize = 16;
+
+multiversion! {
+    /// `out[j] = (Σ_i q[i] · kt[i · w + j]) · scale` for a block of `w = out.len()` keys stored
+    /// dimension-major (`kt` holds `q.len()` rows of `w` values): each key's dot product
+    /// runs in its own lane, dimensions in order, so nothing is summed across lanes.
+    pub fn scores_keys_in_lanes / scores_keys_in_lanes_portable(q: &[f32], kt: &[f32], scale: f32, out: &mut [f32]) -> () {
+        let w = out.len();
+        for j0 in (0..w).step_by(KEY_LANES) {
+            let mut acc = [0f32; KEY_LANES];
+            if let Some(n) = (j0 + KEY_LANES <= w).then_some(KEY_LANES) {
+                for (i, &qi) in q.iter().enumerate() {
+                    let row: &[f32; KEY_LANES] = kt[i * w + j0..][..n].try_into().expect("16 keys");
+                    for j in 0..KEY_LANES {
+                        acc[j] += qi * row[j];
+                    }
+                }
+            } else {
+                for (i, &qi) in q.iter().enumerate() {
+                    for (a, &k) in acc.iter_mut().zip(&kt[i * w + j0..(i + 1) * w]) {
+                        *a += qi * k;
+                    }
+                }
+            }
+            for (o, a) in out[j0..].iter_mut().zip(acc) {
+                *o = a * scale;
+            }
+        }
+    }
+}
+
 multiversion! {
     /// `s[j] = e^(s[j] - max)` for every score; returns `Σ s[j]` (eight lanes, fixed order).
     pub fn exp_and_sum / exp_and_sum_portable(s: &mut [f32], max: f32) -> f32 {
@@ -94,6 +126,18 @@ mod tests {
             scale_and_accumulate(&mut x, 0.25, &a, &v);
             scale_and_accumulate_portable(&mut y, 0.25, &b, &v);
             assert_eq!(x, y);
+            // Keys in lanes: blocks of 16 keys and awkward widths, head size 24.
+            let q = rng.floats(24, 1.0);
+            let kt = rng.floats(24 * (n + 16), 1.0);
+            let w = n + 16;
+            let (mut fast, mut plain) = (vec![0.0; w], vec![0.0; w]);
+            scores_keys_in_lanes(&q, &kt, 0.5, &mut fast);
+            scores_keys_in_lanes_portable(&q, &kt, 0.5, &mut plain);
+            assert_eq!(fast, plain, "{w} keys");
+            for (j, &got) in fast.iter().enumerate() {
+                let exact: f64 = (0..24).map(|i| q[i] as f64 * kt[i * w + j] as f64).sum::<f64>() * 0.5;
+                assert!((got as f64 - exact).abs() < 1e-5, "key {j} of {w}: {got} vs {exact}");
+            }
         }
     }
 }

@@ -172,14 +172,19 @@ impl CpuKvPool {
                 });
             }
             let off = layout.slot_offset(layer, slot as usize);
+            // K's values step by `block_size` from the first (see `KvLayout`).
+            let k0 = layout.k_index(layer, slot as usize, 0);
+            let bs = layout.block_size;
             match self {
                 CpuKvPool::F32 { k: kc, v: vc, .. } => {
-                    kc[off..off + width].copy_from_slice(k.row(t));
+                    for (j, &x) in k.row(t).iter().enumerate() {
+                        kc[k0 + j * bs] = x;
+                    }
                     vc[off..off + width].copy_from_slice(v.row(t));
                 }
                 CpuKvPool::F16 { k: kc, v: vc, .. } => {
-                    for (dst, src) in kc[off..off + width].iter_mut().zip(k.row(t)) {
-                        *dst = f16::from_f32(*src);
+                    for (j, &x) in k.row(t).iter().enumerate() {
+                        kc[k0 + j * bs] = f16::from_f32(x);
                     }
                     for (dst, src) in vc[off..off + width].iter_mut().zip(v.row(t)) {
                         *dst = f16::from_f32(*src);
