@@ -68,16 +68,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `out[j] = (q · k_j) * scale` for consecutive rows `k_j` of `keys` (each `q.len()`
-    /// long): every dot product exactly as [`dot_f32_f32`] computes it, in one call.
-    pub fn dots_scaled / dots_scaled_portable(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) -> () {
-        for (o, k) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
-            *o = dot_lanes(q, k, |x| x) * scale;
-        }
-    }
-}
-
 /// f16 → f32 for a slice (exact), with F16C's 8-wide conversion where the CPU has it.
 pub fn widen_f16(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -106,11 +106,7 @@ pub fn add_bias(x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
 
 pub fn silu_mul(pool: &ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) {
     let cols = gate.cols();
-    for_each_row(pool, gate.as_mut_slice(), cols, |t, row| {
-        for (g, &u) in row.iter_mut().zip(up.row(t)) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
-    });
+    for_each_row(pool, gate.as_mut_slice(), cols, |t, row| super::softmax::silu_mul_row(row, up.row(t)));
 }
 
 /// Rotates each head of each row by `position * inv_freq[i]` per channel pair `i`.

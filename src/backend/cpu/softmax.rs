@@ -1,8 +1,9 @@
 //! The arithmetic of attention's softmax over a chunk of keys, written to vectorise: an `exp`
-//! for non-positive arguments, the chunk's probabilities with their sum, and the weighted
-//! sum of value vectors. Each is compiled portable and for AVX2 (`multiversion!`) with the
-//! same operations in the same order (no fused multiply-adds, sums in fixed lanes), so both
-//! copies give bit-identical results.
+//! for non-positive arguments, the chunk's scores one key per lane, their probabilities with
+//! their sum, and the weighted sum of value vectors; and SiLU, which shares the exponential.
+//! Each is compiled portable and for AVX2 (`multiversion!`) with the same operations in the
+//! same order (no fused multiply-adds, sums in fixed lanes), so both copies give
+//! bit-identical results.
 
 use crate::quant::multiversion::multiversion;
 
@@ -28,6 +29,19 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     let e = (p * r * r + r) + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.3 { 0.0 } else { e * scale }
+}
+
+multiversion! {
+    /// `g = silu(g) · u` elementwise, `silu(g) = g / (1 + e^-g)`, with `e^-|g|` from
+    /// [`exp_nonpositive`] so it vectorises: `g / (1 + e)` for `g ≥ 0`, `g e / (1 + e)` below.
+    pub fn silu_mul_row / silu_mul_row_portable(g: &mut [f32], u: &[f32]) -> () {
+        for (g, &u) in g.iter_mut().zip(u) {
+            let x = *g;
+            let e = exp_nonpositive(-x.abs());
+            let num = if x >= 0.0 { x } else { x * e };
+            *g = num / (1.0 + e) * u;
+        }
+    }
 }
 
 /// Keys per lane group of [`scores_keys_in_lanes`].
@@ -126,6 +140,15 @@ mod tests {
             scale_and_accumulate(&mut x, 0.25, &a, &v);
             scale_and_accumulate_portable(&mut y, 0.25, &b, &v);
             assert_eq!(x, y);
+            let (mut g1, up) = (rng.floats(n * 7, 30.0), rng.floats(n * 7, 2.0));
+            let mut g2 = g1.clone();
+            let want: Vec<f64> = g1.iter().zip(&up).map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64).collect();
+            silu_mul_row(&mut g1, &up);
+            silu_mul_row_portable(&mut g2, &up);
+            assert_eq!(g1, g2);
+            for ((&got, &want), &u) in g1.iter().zip(&want).zip(&up) {
+                assert!((got as f64 - want).abs() <= 1e-6 * (want.abs() + u.abs() as f64 * 1e-3), "silu: {got} vs {want}");
+            }
             // Keys in lanes: blocks of 16 keys and awkward widths, head size 24.
             let q = rng.floats(24, 1.0);
             let kt = rng.floats(24 * (n + 16), 1.0);
