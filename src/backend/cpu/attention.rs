@@ -148,10 +148,9 @@ impl Ctx<'_> {
             for c0 in (0..=last_pos).step_by(chunk_keys) {
                 let c1 = (c0 + chunk_keys).min(last_pos + 1);
                 // K: each block's `d` rows of `bs` keys for this KV head, as they lie.
-                for b in c0 / bs..c1.div_ceil(bs) {
-                    let off = self.layout.k_index(self.layer, table[b] as usize * bs, kv_head * d);
-                    let dst = (b - c0 / bs) * d * bs;
-                    E::widen(&k[off..off + d * bs], &mut kf[dst..dst + d * bs]);
+                for (&block, dst) in table[c0 / bs..c1.div_ceil(bs)].iter().zip(kf.chunks_exact_mut(d * bs)) {
+                    let off = self.layout.k_index(self.layer, block as usize * bs, kv_head * d);
+                    E::widen(&k[off..off + d * bs], dst);
                 }
                 for j in c0..c1 {
                     let slot = table[j / bs] as usize * bs + j % bs;
