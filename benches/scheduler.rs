@@ -15,7 +15,12 @@ fn prompt(id: u64) -> Vec<u32> {
 }
 
 fn setup(running: usize, waiting: usize) -> Scheduler {
-    let config = SchedulerConfig { max_num_batched_tokens: 32768, max_num_seqs: running, aging: Duration::from_secs(10) };
+    let config = SchedulerConfig {
+        max_num_batched_tokens: 32768,
+        max_num_seqs: running,
+        max_step_tokens_while_decoding: usize::MAX,
+        aging: Duration::from_secs(10),
+    };
     let mut s = Scheduler::new(config, BlockManager::new(16384, 16, true));
     let t0 = Instant::now();
     for id in 0..(running + waiting) as u64 {

@@ -1,7 +1,11 @@
 //! Iteration-level scheduling: which sequences compute how many tokens in the next step.
 //!
 //! Each [`Scheduler::schedule`] call builds one step under two budgets, tokens
-//! (`max_num_batched_tokens`) and sequence slots (`max_num_seqs`):
+//! (`max_num_batched_tokens`) and sequence slots (`max_num_seqs`). While sequences are
+//! decoding, prefill chunks (a sequence computing more than one token) share a smaller
+//! budget, `max_step_tokens_while_decoding` less the decoding tokens (but never less than a
+//! quarter of it), so a long prompt arriving cannot stall every running stream for a whole
+//! `max_num_batched_tokens` step: it bounds the inter-token gap.
 //!
 //! 1. **Running** sequences, highest class first (FIFO within a class), each get their next
 //!    tokens: one for a decoding sequence, the next chunk of a prompt still being prefilled.
@@ -37,9 +41,42 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     /// Sequences running at once at most.
     pub max_num_seqs: usize,
+    /// Tokens a step computes at most while some sequence is decoding (see the module doc);
+    /// `usize::MAX`: no separate limit.
+    pub max_step_tokens_while_decoding: usize,
     /// Waiting this long raises a sequence one class, up to `high` (`Duration::ZERO`: no
     /// aging).
     pub aging: Duration,
+}
+
+/// What is left of one step's budgets: all tokens, and the part prefill chunks may take.
+struct Budget {
+    tokens: usize,
+    prefill: usize,
+}
+
+impl Budget {
+    /// Tokens a sequence with `left` tokens to compute gets now: a single token (a decode,
+    /// or a prompt's last) draws on `tokens` alone, a chunk on `prefill` too.
+    fn grant(&self, left: usize) -> usize {
+        if left <= 1 { left.min(self.tokens) } else { left.min(self.tokens).min(self.prefill) }
+    }
+
+    /// Records `n` tokens granted to a sequence that had `left` to compute.
+    fn take(&mut self, n: usize, left: usize) {
+        self.tokens -= n;
+        if left > 1 {
+            self.prefill -= n;
+        }
+    }
+
+    /// Returns what [`Budget::take`] took.
+    fn give_back(&mut self, n: usize, left: usize) {
+        self.tokens += n;
+        if left > 1 {
+            self.prefill = self.prefill.saturating_add(n);
+        }
+    }
 }
 
 /// A sequence to schedule.
@@ -308,13 +345,14 @@ impl Scheduler {
         now + prefill > deadline
     }
 
-    fn preempt(&mut self, id: SeqId, budget: &mut usize, out: &mut StepOutput) {
+    fn preempt(&mut self, id: SeqId, budget: &mut Budget, out: &mut StepOutput) {
         let seq = self.seqs.get_mut(&id).expect("running sequence");
+        let left = seq.tokens.len() - seq.num_computed;
         seq.blocks = None;
         seq.num_computed = 0;
         seq.num_preemptions += 1;
         if seq.scheduled > 0 {
-            *budget += seq.scheduled;
+            budget.give_back(seq.scheduled, left);
             seq.scheduled = 0;
             out.scheduled.retain(|s| s.id != id);
         }
@@ -339,7 +377,10 @@ impl Scheduler {
     /// Plans the next step (see the module doc).
     pub fn schedule(&mut self, now: Instant) -> StepOutput {
         let mut out = StepOutput::default();
-        let mut budget = self.config.max_num_batched_tokens;
+        let decoding = self.running.iter().filter(|id| self.seqs[id].tokens.len() - self.seqs[id].num_computed == 1).count();
+        let cap = self.config.max_step_tokens_while_decoding;
+        let prefill = if decoding == 0 { usize::MAX } else { cap.saturating_sub(decoding).max(cap / 4).max(1) };
+        let mut budget = Budget { tokens: self.config.max_num_batched_tokens, prefill };
         let bs = self.blocks.block_size();
 
         let expired: Vec<SeqId> = self.waiting.iter().copied().filter(|id| self.missed_deadline(&self.seqs[id], now)).collect();
@@ -355,11 +396,11 @@ impl Scheduler {
             (std::cmp::Reverse(s.rank), s.arrival, *id)
         });
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
+        while i < self.running.len() && budget.tokens > 0 {
             let id = self.running[i];
             let seq = &self.seqs[&id];
             let start = seq.num_computed;
-            let n = (seq.tokens.len() - start).min(budget);
+            let n = budget.grant(seq.tokens.len() - start);
             if n == 0 {
                 i += 1;
                 continue;
@@ -371,7 +412,7 @@ impl Scheduler {
                     seq.scheduled = n;
                     let sample = start + n == seq.tokens.len();
                     out.scheduled.push(Scheduled { id, start, num_tokens: n, sample });
-                    budget -= n;
+                    budget.take(n, seq.tokens.len() - start);
                     i += 1;
                     break;
                 }
@@ -406,7 +447,7 @@ impl Scheduler {
                 // Keep at least one token to compute: its logits are what we sample from.
                 let hit = self.blocks.lookup(&seq.tokens, seq.salt.as_deref(), (len - 1) / bs);
                 let cached = hit.blocks.len() * bs;
-                let n = (len - cached).min(budget);
+                let n = budget.grant(len - cached);
                 let new_blocks = (cached + n).div_ceil(bs) - hit.blocks.len() + hit.num_queued;
                 let slots_ok = self.slots_used() + 1 + seq.extra_slots <= self.config.max_num_seqs;
                 if n > 0 && slots_ok && new_blocks <= self.blocks.num_free() {
@@ -420,16 +461,18 @@ impl Scheduler {
                     seq.rank = rank;
                     seq.scheduled = n;
                     out.scheduled.push(Scheduled { id, start: cached, num_tokens: n, sample: cached + n == len });
-                    budget -= n;
+                    budget.take(n, len - cached);
                     self.waiting.retain(|&w| w != id);
                     self.running.push(id);
                     break;
                 }
                 // Short of tokens, slots or blocks: take them from strictly lower classes,
                 // lowest and newest first (when only tokens are short, from sequences that
-                // hold some of this step's budget).
+                // hold some of this step's budget: prefill chunks, if it is the prefill
+                // budget that ran out).
                 let only_budget = n == 0 && slots_ok;
-                let victim = self.lowest_running(|s| !only_budget || s.scheduled > 0);
+                let held = if budget.tokens > 0 { 2 } else { 1 };
+                let victim = self.lowest_running(|s| !only_budget || s.scheduled >= held);
                 match victim {
                     Some((victim, victim_rank)) if victim_rank < rank => self.preempt(victim, &mut budget, &mut out),
                     _ => break 'admit,

@@ -60,7 +60,12 @@ fn rates(t: f64, surge: bool) -> [f64; 4] {
 
 fn simulate(surge: bool) -> ([Outcome; 4], usize) {
     let t0 = Instant::now();
-    let config = SchedulerConfig { max_num_batched_tokens: 512, max_num_seqs: 48, aging: Duration::from_secs(10) };
+    let config = SchedulerConfig {
+        max_num_batched_tokens: 512,
+        max_num_seqs: 48,
+        max_step_tokens_while_decoding: 32,
+        aging: Duration::from_secs(10),
+    };
     let blocks = BlockManager::new(2048, 16, true);
     let mut sched = Scheduler::new(config, blocks.clone());
     let server = Arc::new(ServerConfig::default());

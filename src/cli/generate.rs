@@ -75,6 +75,11 @@ pub struct EngineArgs {
     /// Tokens computed per step at most (longer prompts are prefilled in chunks).
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
+    /// Tokens a step computes at most while some sequence is decoding: decodes first, prompt
+    /// chunks share the rest (at least a quarter). Bounds the inter-token gap a new prompt
+    /// causes; 0 lifts the limit (only --max-batch-tokens).
+    #[arg(long, default_value_t = 32)]
+    decode_step_tokens: usize,
     /// Sequences running at once at most.
     #[arg(long, default_value_t = 64)]
     max_num_seqs: usize,
@@ -91,6 +96,7 @@ impl EngineArgs {
         EngineConfig {
             max_num_batched_tokens: self.max_batch_tokens,
             max_num_seqs: self.max_num_seqs,
+            max_step_tokens_while_decoding: if self.decode_step_tokens == 0 { usize::MAX } else { self.decode_step_tokens },
             kv_cache_bytes: self.kv_cache_mib << 20,
             kv_dtype: model.kv_dtype(),
             prefix_caching: !self.no_prefix_caching,

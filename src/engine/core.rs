@@ -36,6 +36,7 @@ impl<B: Backend> CoreParts<B> {
         let sched_config = SchedulerConfig {
             max_num_batched_tokens: self.config.max_num_batched_tokens,
             max_num_seqs: self.config.max_num_seqs,
+            max_step_tokens_while_decoding: self.config.max_step_tokens_while_decoding,
             aging: self.config.aging,
         };
         let mut core = Core {

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     /// Sequences running at once at most.
     pub max_num_seqs: usize,
+    /// Tokens a step computes at most while some sequence is decoding: decodes go first and
+    /// prompt chunks share the rest (at least a quarter), which bounds the inter-token gap a
+    /// new prompt causes. `usize::MAX`: only `max_num_batched_tokens`.
+    pub max_step_tokens_while_decoding: usize,
     /// Tokens per KV block.
     pub block_size: usize,
     /// Memory for the KV pool; the number of blocks follows from the model's shape.
@@ -59,6 +63,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_num_batched_tokens: 512,
             max_num_seqs: 64,
+            max_step_tokens_while_decoding: 32,
             block_size: 16,
             kv_cache_bytes: 256 << 20,
             kv_dtype: KvDtype::F16,

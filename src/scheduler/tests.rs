@@ -3,7 +3,7 @@ use super::*;
 const BS: usize = 4;
 
 fn sched(max_tokens: usize, max_seqs: usize, num_blocks: usize, aging: Duration) -> Scheduler {
-    let config = SchedulerConfig { max_num_batched_tokens: max_tokens, max_num_seqs: max_seqs, aging };
+    let config = SchedulerConfig { max_num_batched_tokens: max_tokens, max_num_seqs: max_seqs, max_step_tokens_while_decoding: usize::MAX, aging };
     Scheduler::new(config, BlockManager::new(num_blocks, BS, true))
 }
 
@@ -51,6 +51,41 @@ fn chunked_prefill_mixes_with_decode_within_the_budget() {
     assert_eq!(chunks, vec![(0, 7, false), (7, 7, false), (14, 6, true)]);
     let out = step(&mut s, t0);
     assert_eq!(out.num_tokens(), 2, "both decode");
+}
+
+/// While sequences decode, prompt chunks share `max_step_tokens_while_decoding` less the
+/// decodes (never below a quarter of it); with nothing decoding they take the whole budget;
+/// a higher class short only of the prefill share takes it from a lower class's chunk, not
+/// from its decodes.
+#[test]
+fn prompt_chunks_are_capped_while_sequences_decode() {
+    let t0 = Instant::now();
+    let config = SchedulerConfig { max_num_batched_tokens: 64, max_num_seqs: 16, max_step_tokens_while_decoding: 12, aging: Duration::ZERO };
+    let mut s = Scheduler::new(config, BlockManager::new(128, BS, true));
+    s.add(spec(1, Priority::Low, t0, 40));
+    assert_eq!(step(&mut s, t0).num_tokens(), 40, "nothing decodes: the whole budget");
+    s.add(spec(2, Priority::Low, t0, 40));
+    let out = step(&mut s, t0);
+    assert_eq!(out.scheduled[1], Scheduled { id: 2, start: 0, num_tokens: 11, sample: false }, "12 less one decode");
+    for id in 3..=12 {
+        s.add(spec(id, Priority::Low, t0, 2));
+    }
+    // Until all twelve decode, prompt chunks (2's rest, the short prompts) share at most 11.
+    while (1..=12).any(|id| s.tokens(id).len() <= if id <= 2 { 40 } else { 2 }) {
+        let out = step(&mut s, t0);
+        let chunks: usize = out.scheduled.iter().filter(|x| x.num_tokens > 1).map(|x| x.num_tokens).sum();
+        assert!(chunks <= 11, "{out:?}");
+    }
+    s.add(spec(13, Priority::Low, t0, 30));
+    let out = step(&mut s, t0);
+    let chunk = out.scheduled.iter().find(|x| x.id == 13).unwrap_or_else(|| panic!("13 not admitted: {out:?} running {}", s.running.len()));
+    assert_eq!(chunk.num_tokens, 3, "a quarter of 12 while 12 sequences decode");
+    // A high prompt finds the prefill share held by 13's chunk: 13 is preempted, decodes stay.
+    s.add(spec(14, Priority::High, t0, 30));
+    let out = step(&mut s, t0);
+    assert_eq!(out.preempted, vec![13]);
+    assert_eq!(out.scheduled.iter().find(|x| x.id == 14).map(|x| x.num_tokens), Some(3));
+    assert_eq!(out.scheduled.iter().filter(|x| x.num_tokens == 1).count(), 12);
 }
 
 #[test]
