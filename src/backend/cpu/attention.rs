@@ -93,9 +93,14 @@ thread_local! {
 impl Ctx<'_> {
     fn run<E: KvElem>(&self, pool: &ThreadPool, k: &[E], v: &[E], out: &SharedOut<f32>) {
         let num_kv_heads = self.shape.num_kv_heads;
-        let seq_tasks = |s: &SeqPlan| s.num_query_tokens.div_ceil(QUERY_BLOCK) * num_kv_heads;
+        let blocks: usize = self.plan.seqs.iter().map(|s| s.num_query_tokens.div_ceil(QUERY_BLOCK)).sum();
+        // With enough query blocks to share out, a task takes every KV head of its block, so
+        // it reads each cached token's K and V as one stream; otherwise one KV head each.
+        let heads_per_task = if blocks >= 4 * pool.num_threads() { num_kv_heads } else { 1 };
+        let per_block = num_kv_heads / heads_per_task;
+        let seq_tasks = |s: &SeqPlan| s.num_query_tokens.div_ceil(QUERY_BLOCK) * per_block;
         let num_tasks: usize = self.plan.seqs.iter().map(seq_tasks).sum();
-        // Task `i` counts through the sequences' tasks in order: (query block, KV head).
+        // Task `i` counts through the sequences' tasks in order: (query block, KV heads).
         let task = |mut i: usize| {
             for seq in &self.plan.seqs {
                 let n = seq_tasks(seq);
@@ -103,10 +108,13 @@ impl Ctx<'_> {
                     i -= n;
                     continue;
                 }
-                let (block, kv_head) = (i / num_kv_heads, i % num_kv_heads);
+                let (block, part) = (i / per_block, i % per_block);
                 let first = block * QUERY_BLOCK;
                 let rows = first..(first + QUERY_BLOCK).min(seq.num_query_tokens);
-                return self.block(seq, rows, kv_head, k, v, out);
+                for kv_head in part * heads_per_task..(part + 1) * heads_per_task {
+                    self.block(seq, rows.clone(), kv_head, k, v, out);
+                }
+                return;
             }
         };
         pool.for_each(num_tasks, task);

@@ -22,7 +22,8 @@ pub struct BenchArgs {
     url: Option<String>,
     /// Measure the engine in-process instead of a server: prompt tokens/s (all prompts
     /// prefilled together, one output token each) and output tokens/s (decode after every
-    /// stream's first token), with --concurrency streams. `--model` is then a model path.
+    /// stream's first token; prompts are not held back by --decode-step-tokens here, so all
+    /// streams decode together), with --concurrency streams. `--model` is then a model path.
     #[arg(long, conflicts_with_all = ["rate", "class_mix", "api_key"])]
     offline: bool,
     /// With --offline: tokens per prompt.

@@ -23,7 +23,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let vocab = loaded.config.vocab_size as u64;
     let threads = args.threads.unwrap_or_else(CpuBackend::default_threads);
     let backend = CpuBackend::new(threads, Precision::Int16)?;
-    let config = EngineConfig { max_num_seqs: args.concurrency, prefix_caching: false, ..EngineConfig::default() };
+    // Every prompt prefilled at full chunk size even once some decode (no step-size limit
+    // while decoding), so all streams start together and the decode phase runs all of them.
+    let config = EngineConfig {
+        max_num_seqs: args.concurrency,
+        prefix_caching: false,
+        max_step_tokens_while_decoding: usize::MAX,
+        ..EngineConfig::default()
+    };
     let engine = Engine::start(backend, loaded, config)?;
     let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // Random ids (past the first 1000, which hold special and byte tokens): no prefix sharing.
