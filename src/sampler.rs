@@ -235,20 +235,25 @@ impl Sampler {
             return 0;
         }
         // Highest logit first; ties by id so the order never depends on the sort algorithm.
+        // Only truncation needs the order: plain temperature sampling walks the candidates in
+        // id order (the same distribution, without sorting the vocabulary every token).
         let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, by_logit);
             c.truncate(p.top_k);
         }
-        c.sort_unstable_by(by_logit);
-        let max = c[0].0;
+        let truncates = p.min_p > 0.0 || p.top_p < 1.0;
+        if truncates {
+            c.sort_unstable_by(by_logit);
+        }
+        let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.0));
         let mut total = 0.0f64;
         for cand in c.iter_mut() {
             cand.0 = ((cand.0 - max) / p.temperature).exp();
             total += cand.0 as f64;
         }
         if p.min_p > 0.0 {
-            // c[0] is the most likely (weight 1): keep weights ≥ min_p.
+            // Sorted: c[0] is the most likely (weight 1): keep weights ≥ min_p.
             let keep = c.iter().position(|x| x.0 < p.min_p).unwrap_or(c.len()).max(1);
             c.truncate(keep);
             total = c.iter().map(|x| x.0 as f64).sum();
@@ -302,6 +307,29 @@ mod tests {
         top5.sort_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));
         assert!(a.iter().all(|t| top5[..5].contains(t)));
         assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1);
+    }
+
+    /// Temperature sampling draws each token with its softmax probability, whether or not
+    /// the candidates are sorted first (top-p sorts; plain temperature does not).
+    #[test]
+    fn draws_follow_the_softmax() {
+        let logits = [0.5f32, 2.0, -1.0, 1.0, 1.5];
+        let t = 0.8f64;
+        let w: Vec<f64> = logits.iter().map(|&x| ((x as f64 - 2.0) / t).exp()).collect();
+        let total: f64 = w.iter().sum();
+        for top_p in [1.0, 0.9999] {
+            let params = SamplingParams { temperature: t as f32, top_p, seed: Some(3), ..Default::default() };
+            let mut s = Sampler::new(params).unwrap();
+            let mut counts = [0usize; 5];
+            let n = 40_000;
+            for _ in 0..n {
+                counts[s.sample(&mut logits.clone()) as usize] += 1;
+            }
+            for (i, &c) in counts.iter().enumerate() {
+                let (got, want) = (c as f64 / n as f64, w[i] / total);
+                assert!((got - want).abs() < 0.01, "top_p {top_p} token {i}: {got} vs {want}");
+            }
+        }
     }
 
     #[test]
