@@ -23,8 +23,9 @@ pub struct ModelArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// CPU arithmetic for quantized weights: `int16` (activations as 16-bit integers,
-    /// integer dot products), `int8` (llama.cpp's 8-bit activations: faster to compute, less
-    /// accurate) or `reference` (f32 activations against dequantized weights).
+    /// integer dot products; Q4_0/Q4_1/Q8_0 weights repacked for the fastest kernels),
+    /// `int8` (llama.cpp's 8-bit activations, for comparison: less accurate, and slower than
+    /// int16 here) or `reference` (f32 activations against dequantized weights).
     #[arg(long, default_value = "int16", value_parser = ["int16", "int8", "reference"])]
     pub precision: String,
     /// Map the GGUF file instead of reading it into memory: shares pages with the page cache

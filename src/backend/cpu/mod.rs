@@ -14,7 +14,8 @@
 //!   activations in the goldens, at the same weight traffic. Q4_0/Q4_1/Q8_0 matrices are
 //!   repacked sixteen rows at a time when uploaded, for kernels with one lane per row
 //!   (`quant::packed`);
-//! - `Int8`: ggml's 8-bit activation blocks, llama.cpp's arithmetic (less accurate).
+//! - `Int8`: ggml's 8-bit activation blocks, llama.cpp's arithmetic (less accurate; row-major
+//!   weights, so slower than `Int16` where the packed kernels run).
 //!
 //! Float weights (F32/F16/BF16) always meet f32 activations.
 
