@@ -29,68 +29,14 @@
 //! virtual time.
 
 use crate::kv::{BlockManager, SeqBlocks};
+use budget::Budget;
 use crate::request::Priority;
 use crate::idmap::IdMap;
 use std::time::{Duration, Instant};
 
 pub type SeqId = u64;
 
-#[derive(Clone, Copy, Debug)]
-pub struct SchedulerConfig {
-    /// Tokens computed per step at most.
-    pub max_num_batched_tokens: usize,
-    /// Sequences running at once at most.
-    pub max_num_seqs: usize,
-    /// Tokens a step computes at most while some sequence is decoding (see the module doc);
-    /// `usize::MAX`: no separate limit.
-    pub max_step_tokens_while_decoding: usize,
-    /// Waiting this long raises a sequence one class, up to `high` (`Duration::ZERO`: no
-    /// aging).
-    pub aging: Duration,
-}
-
-/// What is left of one step's budgets: all tokens, and the part prefill chunks may take.
-struct Budget {
-    tokens: usize,
-    prefill: usize,
-}
-
-impl Budget {
-    /// Tokens a sequence with `left` tokens to compute gets now: a single token (a decode,
-    /// or a prompt's last) draws on `tokens` alone, a chunk on `prefill` too.
-    fn grant(&self, left: usize) -> usize {
-        if left <= 1 { left.min(self.tokens) } else { left.min(self.tokens).min(self.prefill) }
-    }
-
-    /// Records `n` tokens granted to a sequence that had `left` to compute.
-    fn take(&mut self, n: usize, left: usize) {
-        self.tokens -= n;
-        if left > 1 {
-            self.prefill -= n;
-        }
-    }
-
-    /// Returns what [`Budget::take`] took.
-    fn give_back(&mut self, n: usize, left: usize) {
-        self.tokens += n;
-        if left > 1 {
-            self.prefill = self.prefill.saturating_add(n);
-        }
-    }
-}
-
-/// A sequence to schedule.
-#[derive(Clone, Debug)]
-pub struct SeqSpec {
-    pub id: SeqId,
-    pub priority: Priority,
-    pub arrival: Instant,
-    pub prompt: Vec<u32>,
-    pub salt: Option<String>,
-    pub deadline: Option<Instant>,
-    /// Slots reserved for choices that will fork from this sequence (n - 1).
-    pub extra_slots: usize,
-}
+pub use types::{Ended, Scheduled, SchedulerConfig, SeqSpec, StepOutput};
 
 #[derive(Debug)]
 struct Seq {
@@ -110,43 +56,6 @@ struct Seq {
     num_preemptions: u32,
     /// Prompt tokens found in the prefix cache at first admission.
     num_cached_prompt: Option<usize>,
-}
-
-/// One sequence's share of a step: tokens `start .. start + num_tokens` of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Scheduled {
-    pub id: SeqId,
-    pub start: usize,
-    pub num_tokens: usize,
-    /// The step reaches the sequence's last known token: sample from its logits.
-    pub sample: bool,
-}
-
-/// A sequence the scheduler removed on its own, with what it had recorded about it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ended {
-    pub id: SeqId,
-    pub num_cached_prompt: usize,
-    pub num_preemptions: u32,
-}
-
-/// What [`Scheduler::schedule`] decided.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StepOutput {
-    pub scheduled: Vec<Scheduled>,
-    /// Sequences preempted this step (now waiting).
-    pub preempted: Vec<SeqId>,
-    /// Sequences removed because their deadline can no longer be met.
-    pub expired: Vec<Ended>,
-    /// Sequences removed because they can never fit: alone they outgrow the KV pool, or they
-    /// need more sequence slots (n) than there are.
-    pub out_of_memory: Vec<Ended>,
-}
-
-impl StepOutput {
-    pub fn num_tokens(&self) -> usize {
-        self.scheduled.iter().map(|s| s.num_tokens).sum()
-    }
 }
 
 pub struct Scheduler {
@@ -257,58 +166,6 @@ impl Scheduler {
         self.seqs.get_mut(&id).expect("unknown sequence").tokens.push(token);
     }
 
-    pub fn tokens(&self, id: SeqId) -> &[u32] {
-        &self.seqs[&id].tokens
-    }
-
-    pub fn num_prompt(&self, id: SeqId) -> usize {
-        self.seqs[&id].num_prompt
-    }
-
-    /// The block table of a running sequence.
-    pub fn block_table(&self, id: SeqId) -> &[u32] {
-        self.seqs[&id].blocks.as_ref().map_or(&[], |b| b.blocks())
-    }
-
-    pub fn num_preemptions_of(&self, id: SeqId) -> u32 {
-        self.seqs.get(&id).map_or(0, |s| s.num_preemptions)
-    }
-
-    /// Prompt tokens the prefix cache supplied when the sequence was first admitted.
-    pub fn num_cached_prompt(&self, id: SeqId) -> usize {
-        self.seqs.get(&id).and_then(|s| s.num_cached_prompt).unwrap_or(0)
-    }
-
-    pub fn contains(&self, id: SeqId) -> bool {
-        self.seqs.contains_key(&id)
-    }
-
-    pub fn num_running(&self) -> usize {
-        self.running.len()
-    }
-
-    pub fn num_waiting(&self) -> usize {
-        self.waiting.len()
-    }
-
-    /// Waiting sequences per base class, indexed by [`Priority::rank`].
-    pub fn waiting_by_class(&self) -> [usize; 4] {
-        let mut n = [0; 4];
-        for id in &self.waiting {
-            n[self.seqs[id].priority.rank() as usize] += 1;
-        }
-        n
-    }
-
-    pub fn num_preemptions(&self) -> u64 {
-        self.num_preemptions
-    }
-
-    /// Preemptions by the preempted sequence's class, indexed by [`Priority::rank`].
-    pub fn preemptions_by_class(&self) -> [u64; 4] {
-        self.preemptions_by_class
-    }
-
     /// Tells the scheduler the measured prefill rate (prompt tokens per second).
     pub fn set_prefill_rate(&mut self, tokens_per_second: f64) {
         if tokens_per_second.is_finite() && tokens_per_second > 0.0 {
@@ -381,15 +238,23 @@ impl Scheduler {
         let cap = self.config.max_step_tokens_while_decoding;
         let prefill = if decoding == 0 { usize::MAX } else { cap.saturating_sub(decoding).max(cap / 4).max(1) };
         let mut budget = Budget { tokens: self.config.max_num_batched_tokens, prefill };
-        let bs = self.blocks.block_size();
 
         let expired: Vec<SeqId> = self.waiting.iter().copied().filter(|id| self.missed_deadline(&self.seqs[id], now)).collect();
         for id in expired {
             let ended = self.end(id);
             out.expired.push(ended);
         }
+        self.schedule_running(&mut budget, &mut out);
+        self.admit_waiting(now, &mut budget, &mut out);
+        for s in &out.scheduled {
+            self.seqs.get_mut(&s.id).expect("scheduled").scheduled = 0;
+        }
+        out
+    }
 
-        // 1. Running sequences, highest rank first.
+    /// Step 1 of [`Scheduler::schedule`]: running sequences, highest rank first, each its next
+    /// token or prompt chunk; out of blocks, the lowest running sequence is preempted.
+    fn schedule_running(&mut self, budget: &mut Budget, out: &mut StepOutput) {
         let seqs = &self.seqs;
         self.running.sort_by_cached_key(|id| {
             let s = &seqs[id];
@@ -418,20 +283,24 @@ impl Scheduler {
                 }
                 let last = *self.running.last().expect("non-empty");
                 if last != id {
-                    self.preempt(last, &mut budget, &mut out);
+                    self.preempt(last, budget, out);
                 } else if self.running.len() == 1 {
                     // Alone and still out of blocks: it outgrew the whole pool.
                     let ended = self.end(id);
                     out.out_of_memory.push(ended);
                     break;
                 } else {
-                    self.preempt(id, &mut budget, &mut out);
+                    self.preempt(id, budget, out);
                     break;
                 }
             }
         }
 
-        // 2. Waiting sequences by effective rank, then arrival.
+    }
+
+    /// Step 2 of [`Scheduler::schedule`]: waiting sequences by effective rank, then arrival.
+    fn admit_waiting(&mut self, now: Instant, budget: &mut Budget, out: &mut StepOutput) {
+        let bs = self.blocks.block_size();
         let mut order: Vec<(u8, Instant, SeqId)> =
             self.waiting.iter().map(|&id| (self.effective_rank(&self.seqs[&id], now), self.seqs[&id].arrival, id)).collect();
         order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
@@ -474,15 +343,11 @@ impl Scheduler {
                 let held = if budget.tokens > 0 { 2 } else { 1 };
                 let victim = self.lowest_running(|s| !only_budget || s.scheduled >= held);
                 match victim {
-                    Some((victim, victim_rank)) if victim_rank < rank => self.preempt(victim, &mut budget, &mut out),
+                    Some((victim, victim_rank)) if victim_rank < rank => self.preempt(victim, budget, out),
                     _ => break 'admit,
                 }
             }
         }
-        for s in &out.scheduled {
-            self.seqs.get_mut(&s.id).expect("scheduled").scheduled = 0;
-        }
-        out
     }
 
     /// Records that the step of `out` ran: its tokens' K/V are in the cache (full blocks are
@@ -513,5 +378,8 @@ impl Scheduler {
     }
 }
 
+mod budget;
+mod queries;
+mod types;
 #[cfg(test)]
 mod tests;

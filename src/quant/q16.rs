@@ -81,7 +81,7 @@ pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16x2]) {
     quantize_row_q16_portable(x, out)
 }
 
-/// The portable quantizer: [`quantize16`] per block, scattered into the pair layout.
+/// The portable quantizer: `quantize16` per block, scattered into the pair layout.
 pub fn quantize_row_q16_portable(x: &[f32], out: &mut [BlockQ16x2]) {
     for (pair, x) in out.iter_mut().zip(x.chunks(2 * QK)) {
         *pair = BlockQ16x2::zeroed();
