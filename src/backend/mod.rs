@@ -18,7 +18,7 @@ pub mod cpu;
 
 use crate::kv::KvLayout;
 use crate::model::RopeStyle;
-use crate::model::weights::HostMatrix;
+use crate::model::weights::{HostMatrix, HostWeights, ModelWeights};
 use crate::plan::BatchPlan;
 
 #[derive(thiserror::Error, Debug)]
@@ -75,6 +75,11 @@ pub trait Backend: Send {
     /// A one-row tensor holding `data`.
     fn upload_vector(&self, data: &[f32]) -> Result<Self::Tensor>;
     fn upload_matrix(&self, m: HostMatrix) -> Result<Self::Matrix>;
+    /// Moves a whole model's weights in (by default one matrix and vector at a time; a backend
+    /// may lay them out together).
+    fn upload_weights(&self, w: HostWeights) -> Result<ModelWeights<Self::Matrix, Self::Tensor>> {
+        w.try_map(|m| self.upload_matrix(m), |v| self.upload_vector(&v))
+    }
     fn alloc_kv(&self, layout: &KvLayout) -> Result<Self::KvPool>;
 
     fn prepare<'a>(&'a self, plan: &'a BatchPlan) -> Result<Self::Step<'a>>;

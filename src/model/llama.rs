@@ -55,8 +55,7 @@ impl<B: Backend> Llama<B> {
     ) -> Result<Llama<B>, BackendError> {
         let max_batch_tokens = max_batch_tokens.max(1);
         let inv_freq = backend.upload_vector(&config.rope.inv_freq())?;
-        let weights =
-            weights.try_map(|m| backend.upload_matrix(m), |v| backend.upload_vector(&v))?;
+        let weights = backend.upload_weights(weights)?;
         let (t, h) = (max_batch_tokens, config.hidden_size);
         let buffers = Buffers {
             x: backend.alloc(t, h)?,

@@ -82,23 +82,53 @@ impl HostMatrix {
     /// This matrix in [`Layout::Packed16`] (a new buffer), or unchanged where its type has
     /// no packed layout or it is packed already.
     pub fn packed16(self) -> HostMatrix {
-        fn pack<W: PackedWeight>(m: &HostMatrix) -> TensorBytes {
+        match self.packed16_len() {
+            Some(n) => {
+                let mut data = vec![0u8; n];
+                self.pack16_into(&mut data);
+                self.with_packed16(TensorBytes::from_vec(data))
+            }
+            None => self,
+        }
+    }
+
+    /// Bytes of this matrix in [`Layout::Packed16`], or `None` where its type has no packed
+    /// layout or it is packed already.
+    pub fn packed16_len(&self) -> Option<usize> {
+        let blocks = self.cols / quant::QK;
+        match (self.layout, self.dtype) {
+            (Layout::RowMajor, GgmlType::Q4_0) => Some(quant::packed_bytes::<BlockQ4_0>(self.rows, blocks)),
+            (Layout::RowMajor, GgmlType::Q4_1) => Some(quant::packed_bytes::<BlockQ4_1>(self.rows, blocks)),
+            (Layout::RowMajor, GgmlType::Q8_0) => Some(quant::packed_bytes::<BlockQ8_0>(self.rows, blocks)),
+            _ => None,
+        }
+    }
+
+    /// Writes this matrix in [`Layout::Packed16`] into `out` ([`HostMatrix::packed16_len`]
+    /// bytes).
+    ///
+    /// # Panics
+    /// If the matrix has no packed layout or `out` has another length.
+    pub fn pack16_into(&self, out: &mut [u8]) {
+        fn pack<W: PackedWeight>(m: &HostMatrix, out: &mut [u8]) {
             let blocks = m.cols / quant::QK;
-            TensorBytes::from_vec(match bytemuck::try_cast_slice::<u8, W>(&m.data) {
-                Ok(w) => quant::pack(w, m.rows, blocks),
+            match bytemuck::try_cast_slice::<u8, W>(&m.data) {
+                Ok(w) => quant::pack_into(w, m.rows, blocks, out),
                 // Bytes at an odd address: copy them into blocks first.
-                Err(_) => quant::pack(&bytemuck::pod_collect_to_vec::<u8, W>(&m.data), m.rows, blocks),
-            })
+                Err(_) => quant::pack_into(&bytemuck::pod_collect_to_vec::<u8, W>(&m.data), m.rows, blocks, out),
+            }
         }
-        if self.layout == Layout::Packed16 {
-            return self;
+        assert_eq!(self.packed16_len(), Some(out.len()), "pack16_into: {self:?} into {} bytes", out.len());
+        match self.dtype {
+            GgmlType::Q4_0 => pack::<BlockQ4_0>(self, out),
+            GgmlType::Q4_1 => pack::<BlockQ4_1>(self, out),
+            _ => pack::<BlockQ8_0>(self, out),
         }
-        let data = match self.dtype {
-            GgmlType::Q4_0 => pack::<BlockQ4_0>(&self),
-            GgmlType::Q4_1 => pack::<BlockQ4_1>(&self),
-            GgmlType::Q8_0 => pack::<BlockQ8_0>(&self),
-            _ => return self,
-        };
+    }
+
+    /// The packed matrix whose bytes [`HostMatrix::pack16_into`] wrote into `data`.
+    pub fn with_packed16(self, data: TensorBytes) -> HostMatrix {
+        debug_assert_eq!(self.packed16_len(), Some(data.len()));
         HostMatrix { layout: Layout::Packed16, data, ..self }
     }
 }

@@ -43,7 +43,7 @@ pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use packed::{
-    PACK, PackedKernel, PackedWeight, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack, packed_bytes,
+    PACK, PackedKernel, PackedWeight, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack, pack_into, packed_bytes,
 };
 pub use q16::{
     BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, quantize_row_q16_portable, vec_dot_q16, vec_dot_q16_portable,

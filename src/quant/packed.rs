@@ -133,8 +133,19 @@ pub fn packed_bytes<W: PackedWeight>(rows: usize, blocks: usize) -> usize {
 /// # Panics
 /// If `w` does not hold `rows * blocks` blocks.
 pub fn pack<W: PackedWeight>(w: &[W], rows: usize, blocks: usize) -> Vec<u8> {
-    assert_eq!(w.len(), rows * blocks, "pack: block count");
     let mut out = vec![0u8; packed_bytes::<W>(rows, blocks)];
+    pack_into(w, rows, blocks, &mut out);
+    out
+}
+
+/// [`pack`] into `out` (exactly [`packed_bytes`] long; every byte is written).
+///
+/// # Panics
+/// If `w` does not hold `rows * blocks` blocks or `out` has the wrong length.
+pub fn pack_into<W: PackedWeight>(w: &[W], rows: usize, blocks: usize, out: &mut [u8]) {
+    assert_eq!(w.len(), rows * blocks, "pack: block count");
+    assert_eq!(out.len(), packed_bytes::<W>(rows, blocks), "pack: output size");
+    out.fill(0);
     let zero = f16::ZERO.to_bits().to_le_bytes();
     for (g, group) in out.chunks_exact_mut(blocks * W::GROUP_BLOCK).enumerate() {
         for (b, gb) in group.chunks_exact_mut(W::GROUP_BLOCK).enumerate() {
@@ -156,7 +167,6 @@ pub fn pack<W: PackedWeight>(w: &[W], rows: usize, blocks: usize) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 /// The f16 at `i` of a header (little-endian bytes) as f32.

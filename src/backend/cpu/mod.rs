@@ -22,6 +22,7 @@
 mod attention;
 mod matmul;
 mod ops;
+mod pack;
 mod par;
 mod pool;
 mod softmax;
@@ -31,7 +32,7 @@ pub use tensor::{CpuKvPool, CpuTensor};
 
 use super::{AttentionShape, Backend, BackendError, Result, RopeShape};
 use crate::kv::KvLayout;
-use crate::model::weights::HostMatrix;
+use crate::model::weights::{HostMatrix, HostWeights, ModelWeights};
 use crate::plan::BatchPlan;
 use parking_lot::Mutex;
 
@@ -121,6 +122,13 @@ impl Backend for CpuBackend {
     /// for the packed kernels (`quant::packed`).
     fn upload_matrix(&self, m: HostMatrix) -> Result<HostMatrix> {
         Ok(if self.precision == Precision::Int16 { m.packed16() } else { m })
+    }
+
+    /// As [`Backend::upload_matrix`], with the packed matrices together in huge pages
+    /// (`pack.rs`).
+    fn upload_weights(&self, w: HostWeights) -> Result<ModelWeights<HostMatrix, CpuTensor>> {
+        let w = if self.precision == Precision::Int16 { pack::pack_model(w)? } else { w };
+        w.try_map(Ok, |v| self.upload_vector(&v))
     }
 
     fn alloc_kv(&self, layout: &KvLayout) -> Result<CpuKvPool> {
