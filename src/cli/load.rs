@@ -30,7 +30,9 @@ pub struct ModelArgs {
     pub precision: String,
     /// Map the GGUF file instead of reading it into memory: shares pages with the page cache
     /// and other processes, but the weights sit in 4 KiB pages (decode ~15% slower here than
-    /// with the default's transparent huge pages).
+    /// with transparent huge pages). With `--precision int16` (the default) Q4_0/Q4_1/Q8_0
+    /// matrices are repacked into the process's own huge pages anyway; the mapping then
+    /// serves loading and the other types.
     #[arg(long)]
     pub mmap: bool,
     /// Element type of the KV cache.
