@@ -63,6 +63,12 @@ pub trait PackedWeight: WeightBlock {
     fn put(qs: &mut [u8], r: usize, e: usize, q: i16);
     /// Reads back what [`PackedWeight::put`] wrote.
     fn get(qs: &[u8], r: usize, e: usize) -> i16;
+    /// Writes all 32 quants of row `r` (as [`PackedWeight::put`] would, one by one).
+    fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]) {
+        for (e, &q) in q.iter().enumerate() {
+            Self::put(qs, r, e, q);
+        }
+    }
 }
 
 /// Byte and shift of a 4-bit element in a block-group's quants.
@@ -74,6 +80,16 @@ fn nibble_at(r: usize, e: usize) -> (usize, u32) {
 fn put4(qs: &mut [u8], r: usize, e: usize, q: u8) {
     let (i, shift) = nibble_at(r, e);
     qs[i] = (qs[i] & !(0xF << shift)) | (q & 0xF) << shift;
+}
+
+/// A 4-bit row at once: chunk `c`'s two bytes for row `r` are elements `4c, 4c+1` (low
+/// nibbles) and `4c+2, 4c+3` (high), each quant `q + offset`.
+fn put4_row(qs: &mut [u8], r: usize, q: &[i16; QK], offset: i16) {
+    let n = |e: usize| (q[e] + offset) as u8 & 0xF;
+    for c in 0..QK / 4 {
+        qs[32 * c + 2 * r] = n(4 * c) | n(4 * c + 2) << 4;
+        qs[32 * c + 2 * r + 1] = n(4 * c + 1) | n(4 * c + 3) << 4;
+    }
 }
 
 fn get4(qs: &[u8], r: usize, e: usize) -> u8 {
@@ -88,6 +104,9 @@ impl PackedWeight for BlockQ4_0 {
     }
     fn put(qs: &mut [u8], r: usize, e: usize, q: i16) {
         put4(qs, r, e, (q + 8) as u8);
+    }
+    fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]) {
+        put4_row(qs, r, q, 8);
     }
     fn get(qs: &[u8], r: usize, e: usize) -> i16 {
         get4(qs, r, e) as i16 - 8
@@ -104,6 +123,9 @@ impl PackedWeight for BlockQ4_1 {
     }
     fn put(qs: &mut [u8], r: usize, e: usize, q: i16) {
         put4(qs, r, e, q as u8);
+    }
+    fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]) {
+        put4_row(qs, r, q, 0);
     }
     fn get(qs: &[u8], r: usize, e: usize) -> i16 {
         get4(qs, r, e) as i16
@@ -161,9 +183,7 @@ pub fn pack_into<W: PackedWeight>(w: &[W], rows: usize, blocks: usize, out: &mut
                 if W::HAS_MIN {
                     header[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&m);
                 }
-                for (e, &q) in q.iter().enumerate() {
-                    W::put(qs, r, e, q);
-                }
+                W::put_row(qs, r, &q);
             }
         }
     }
