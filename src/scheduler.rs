@@ -2,10 +2,11 @@
 //!
 //! Each [`Scheduler::schedule`] call builds one step under two budgets, tokens
 //! (`max_num_batched_tokens`) and sequence slots (`max_num_seqs`). While sequences are
-//! decoding, prefill chunks (a sequence computing more than one token) share a smaller
-//! budget, `max_step_tokens_while_decoding` less the decoding tokens (but never less than a
-//! quarter of it), so a long prompt arriving cannot stall every running stream for a whole
-//! `max_num_batched_tokens` step: it bounds the inter-token gap.
+//! decoding, prompt chunks (a sequence computing more than one token) of a class no higher
+//! than the highest decoding one share a smaller budget, `max_step_tokens_while_decoding`
+//! less the decoding tokens (but never less than a quarter of it), so a long prompt arriving
+//! cannot stall the running streams for a whole `max_num_batched_tokens` step: it bounds the
+//! inter-token gap. A higher class's prompt is not held back for a lower class's latency.
 //!
 //! 1. **Running** sequences, highest class first (FIFO within a class), each get their next
 //!    tokens: one for a decoding sequence, the next chunk of a prompt still being prefilled.
@@ -209,7 +210,7 @@ impl Scheduler {
         seq.num_computed = 0;
         seq.num_preemptions += 1;
         if seq.scheduled > 0 {
-            budget.give_back(seq.scheduled, left);
+            budget.give_back(seq.scheduled, left, seq.rank);
             seq.scheduled = 0;
             out.scheduled.retain(|s| s.id != id);
         }
@@ -234,10 +235,12 @@ impl Scheduler {
     /// Plans the next step (see the module doc).
     pub fn schedule(&mut self, now: Instant) -> StepOutput {
         let mut out = StepOutput::default();
-        let decoding = self.running.iter().filter(|id| self.seqs[id].tokens.len() - self.seqs[id].num_computed == 1).count();
+        let decoding: Vec<u8> =
+            self.running.iter().map(|id| &self.seqs[id]).filter(|s| s.tokens.len() - s.num_computed == 1).map(|s| s.rank).collect();
         let cap = self.config.max_step_tokens_while_decoding;
-        let prefill = if decoding == 0 { usize::MAX } else { cap.saturating_sub(decoding).max(cap / 4).max(1) };
-        let mut budget = Budget { tokens: self.config.max_num_batched_tokens, prefill };
+        let prefill = cap.saturating_sub(decoding.len()).max(cap / 4).max(1);
+        let capped = decoding.iter().copied().max();
+        let mut budget = Budget { tokens: self.config.max_num_batched_tokens, prefill, capped };
 
         let expired: Vec<SeqId> = self.waiting.iter().copied().filter(|id| self.missed_deadline(&self.seqs[id], now)).collect();
         for id in expired {
@@ -265,7 +268,8 @@ impl Scheduler {
             let id = self.running[i];
             let seq = &self.seqs[&id];
             let start = seq.num_computed;
-            let n = budget.grant(seq.tokens.len() - start);
+            let (left, rank) = (seq.tokens.len() - start, seq.rank);
+            let n = budget.grant(left, rank);
             if n == 0 {
                 i += 1;
                 continue;
@@ -277,7 +281,7 @@ impl Scheduler {
                     seq.scheduled = n;
                     let sample = start + n == seq.tokens.len();
                     out.scheduled.push(Scheduled { id, start, num_tokens: n, sample });
-                    budget.take(n, seq.tokens.len() - start);
+                    budget.take(n, left, rank);
                     i += 1;
                     break;
                 }
@@ -316,7 +320,7 @@ impl Scheduler {
                 // Keep at least one token to compute: its logits are what we sample from.
                 let hit = self.blocks.lookup(&seq.tokens, seq.salt.as_deref(), (len - 1) / bs);
                 let cached = hit.blocks.len() * bs;
-                let n = budget.grant(len - cached);
+                let n = budget.grant(len - cached, rank);
                 let new_blocks = (cached + n).div_ceil(bs) - hit.blocks.len() + hit.num_queued;
                 let slots_ok = self.slots_used() + 1 + seq.extra_slots <= self.config.max_num_seqs;
                 if n > 0 && slots_ok && new_blocks <= self.blocks.num_free() {
@@ -330,7 +334,7 @@ impl Scheduler {
                     seq.rank = rank;
                     seq.scheduled = n;
                     out.scheduled.push(Scheduled { id, start: cached, num_tokens: n, sample: cached + n == len });
-                    budget.take(n, len - cached);
+                    budget.take(n, len - cached, rank);
                     self.waiting.retain(|&w| w != id);
                     self.running.push(id);
                     break;

@@ -77,7 +77,8 @@ pub struct EngineArgs {
     max_batch_tokens: usize,
     /// Tokens a step computes at most while some sequence is decoding: decodes first, prompt
     /// chunks share the rest (at least a quarter). Bounds the inter-token gap a new prompt
-    /// causes; 0 lifts the limit (only --max-batch-tokens).
+    /// causes; prompts of a class above every decoding one are exempt. 0 lifts the limit
+    /// (only --max-batch-tokens).
     #[arg(long, default_value_t = 32)]
     decode_step_tokens: usize,
     /// Sequences running at once at most.

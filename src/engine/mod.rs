@@ -39,7 +39,8 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Tokens a step computes at most while some sequence is decoding: decodes go first and
     /// prompt chunks share the rest (at least a quarter), which bounds the inter-token gap a
-    /// new prompt causes. `usize::MAX`: only `max_num_batched_tokens`.
+    /// new prompt causes. Prompts of a class above every decoding one are exempt.
+    /// `usize::MAX`: only `max_num_batched_tokens`.
     pub max_step_tokens_while_decoding: usize,
     /// Tokens per KV block.
     pub block_size: usize,

@@ -54,9 +54,10 @@ fn chunked_prefill_mixes_with_decode_within_the_budget() {
 }
 
 /// While sequences decode, prompt chunks share `max_step_tokens_while_decoding` less the
-/// decodes (never below a quarter of it); with nothing decoding they take the whole budget;
-/// a higher class short only of the prefill share takes it from a lower class's chunk, not
-/// from its decodes.
+/// decodes (never below a quarter of it); with nothing decoding they take the whole budget.
+/// The share binds classes up to the highest decoding one: a higher class's prompt is not
+/// held back, and an equal class short only of the share takes it from a lower class's
+/// chunk, not from its decodes.
 #[test]
 fn prompt_chunks_are_capped_while_sequences_decode() {
     let t0 = Instant::now();
@@ -68,24 +69,31 @@ fn prompt_chunks_are_capped_while_sequences_decode() {
     let out = step(&mut s, t0);
     assert_eq!(out.scheduled[1], Scheduled { id: 2, start: 0, num_tokens: 11, sample: false }, "12 less one decode");
     for id in 3..=12 {
-        s.add(spec(id, Priority::Low, t0, 2));
+        s.add(spec(id, if id == 3 { Priority::Normal } else { Priority::Low }, t0, 2));
     }
-    // Until all twelve decode, prompt chunks (2's rest, the short prompts) share at most 11.
+    // Until all twelve decode, prompt chunks (2's rest, the short prompts) share at most 11
+    // (the Normal one's two tokens came first: nothing Normal decoded yet).
     while (1..=12).any(|id| s.tokens(id).len() <= if id <= 2 { 40 } else { 2 }) {
         let out = step(&mut s, t0);
-        let chunks: usize = out.scheduled.iter().filter(|x| x.num_tokens > 1).map(|x| x.num_tokens).sum();
+        let chunks: usize = out.scheduled.iter().filter(|x| x.num_tokens > 1 && x.id != 3).map(|x| x.num_tokens).sum();
         assert!(chunks <= 11, "{out:?}");
     }
     s.add(spec(13, Priority::Low, t0, 30));
     let out = step(&mut s, t0);
-    let chunk = out.scheduled.iter().find(|x| x.id == 13).unwrap_or_else(|| panic!("13 not admitted: {out:?} running {}", s.running.len()));
+    let chunk = out.scheduled.iter().find(|x| x.id == 13).expect("13 admitted");
     assert_eq!(chunk.num_tokens, 3, "a quarter of 12 while 12 sequences decode");
-    // A high prompt finds the prefill share held by 13's chunk: 13 is preempted, decodes stay.
+    // High is above every decoding class: its prompt takes what the step has left.
     s.add(spec(14, Priority::High, t0, 30));
     let out = step(&mut s, t0);
+    assert_eq!(out.scheduled.iter().find(|x| x.id == 14).map(|x| x.num_tokens), Some(30));
+    assert!(out.preempted.is_empty());
+    // Normal, like the highest decoding class, is capped: the share is held by 13's chunk, so
+    // 13 is preempted and the decodes stay.
+    s.add(spec(15, Priority::Normal, t0, 30));
+    let out = step(&mut s, t0);
     assert_eq!(out.preempted, vec![13]);
-    assert_eq!(out.scheduled.iter().find(|x| x.id == 14).map(|x| x.num_tokens), Some(3));
-    assert_eq!(out.scheduled.iter().filter(|x| x.num_tokens == 1).count(), 12);
+    assert_eq!(out.scheduled.iter().find(|x| x.id == 15).map(|x| x.num_tokens), Some(3));
+    assert_eq!(out.scheduled.iter().filter(|x| x.num_tokens == 1).count(), 13);
 }
 
 #[test]
