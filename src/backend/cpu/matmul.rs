@@ -6,8 +6,9 @@
 //! however many tokens the step has. With 16-bit activations, Q4_0/Q4_1/Q8_0 weights go
 //! through kernels that take tokens in groups of 8 (then 4, then one by one) and unpack each
 //! weight block once per group: packed matrices (the CPU backend packs these types when it
-//! takes a model, see `quant::packed`) sixteen rows per call, row-major ones a row per call. Each output element is still one dot product in a fixed
-//! order, bit-identical whatever the grouping or token count (batch invariance).
+//! takes a model, see `quant::packed`) sixteen rows per call, row-major ones a row per call.
+//! Each output element is still one dot product in a fixed order, bit-identical whatever the
+//! grouping or token count (batch invariance).
 
 use super::Precision;
 use super::par::{SharedOut, chunk_len};
