@@ -59,27 +59,17 @@ pub trait PackedWeight: WeightBlock {
         f16::ZERO
     }
     fn scale_bits(&self) -> f16;
-    /// Writes quant `q` (as [`WeightBlock::unpack`] gives it) of element `e` of row `r`.
-    fn put(qs: &mut [u8], r: usize, e: usize, q: i16);
-    /// Reads back what [`PackedWeight::put`] wrote.
+    /// Writes row `r`'s 32 quants (as [`WeightBlock::unpack`] gives them) into a
+    /// block-group's quants.
+    fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]);
+    /// Reads back quant `e` of row `r`, as [`PackedWeight::put_row`] wrote it.
     fn get(qs: &[u8], r: usize, e: usize) -> i16;
-    /// Writes all 32 quants of row `r` (as [`PackedWeight::put`] would, one by one).
-    fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]) {
-        for (e, &q) in q.iter().enumerate() {
-            Self::put(qs, r, e, q);
-        }
-    }
 }
 
 /// Byte and shift of a 4-bit element in a block-group's quants.
 #[inline(always)]
 fn nibble_at(r: usize, e: usize) -> (usize, u32) {
     (32 * (e / 4) + 2 * r + e % 2, 4 * ((e / 2) % 2) as u32)
-}
-
-fn put4(qs: &mut [u8], r: usize, e: usize, q: u8) {
-    let (i, shift) = nibble_at(r, e);
-    qs[i] = (qs[i] & !(0xF << shift)) | (q & 0xF) << shift;
 }
 
 /// A 4-bit row at once: chunk `c`'s two bytes for row `r` are elements `4c, 4c+1` (low
@@ -102,9 +92,6 @@ impl PackedWeight for BlockQ4_0 {
     fn scale_bits(&self) -> f16 {
         self.d
     }
-    fn put(qs: &mut [u8], r: usize, e: usize, q: i16) {
-        put4(qs, r, e, (q + 8) as u8);
-    }
     fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]) {
         put4_row(qs, r, q, 8);
     }
@@ -121,9 +108,6 @@ impl PackedWeight for BlockQ4_1 {
     fn min_bits(&self) -> f16 {
         self.m
     }
-    fn put(qs: &mut [u8], r: usize, e: usize, q: i16) {
-        put4(qs, r, e, q as u8);
-    }
     fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]) {
         put4_row(qs, r, q, 0);
     }
@@ -137,8 +121,12 @@ impl PackedWeight for BlockQ8_0 {
     fn scale_bits(&self) -> f16 {
         self.d
     }
-    fn put(qs: &mut [u8], r: usize, e: usize, q: i16) {
-        qs[32 * (e / 2) + 2 * r + e % 2] = q as i8 as u8;
+    fn put_row(qs: &mut [u8], r: usize, q: &[i16; QK]) {
+        // Chunk `p` holds elements `2p, 2p+1` of every row, two bytes a row.
+        for (p, pair) in q.chunks_exact(2).enumerate() {
+            qs[32 * p + 2 * r] = pair[0] as i8 as u8;
+            qs[32 * p + 2 * r + 1] = pair[1] as i8 as u8;
+        }
     }
     fn get(qs: &[u8], r: usize, e: usize) -> i16 {
         qs[32 * (e / 2) + 2 * r + e % 2] as i8 as i16
@@ -160,14 +148,14 @@ pub fn pack<W: PackedWeight>(w: &[W], rows: usize, blocks: usize) -> Vec<u8> {
     out
 }
 
-/// [`pack`] into `out` (exactly [`packed_bytes`] long; every byte is written).
+/// [`pack`] into `out` (exactly [`packed_bytes`] long; every byte is written: scales, mins
+/// and quants of all sixteen rows, padding rows included).
 ///
 /// # Panics
 /// If `w` does not hold `rows * blocks` blocks or `out` has the wrong length.
 pub fn pack_into<W: PackedWeight>(w: &[W], rows: usize, blocks: usize, out: &mut [u8]) {
     assert_eq!(w.len(), rows * blocks, "pack: block count");
     assert_eq!(out.len(), packed_bytes::<W>(rows, blocks), "pack: output size");
-    out.fill(0);
     let zero = f16::ZERO.to_bits().to_le_bytes();
     for (g, group) in out.chunks_exact_mut(blocks * W::GROUP_BLOCK).enumerate() {
         for (b, gb) in group.chunks_exact_mut(W::GROUP_BLOCK).enumerate() {

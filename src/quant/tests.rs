@@ -251,6 +251,10 @@ fn packed_rows_dequantize_like_row_major() {
             let w = random_blocks::<W>(&mut rng, dtype, rows, blocks);
             let packed = pack(&w, rows, blocks);
             assert_eq!(packed.len(), rows.div_ceil(PACK) * PACK * blocks * size_of::<W>());
+            // Every byte is written: packing over garbage gives the same bytes.
+            let mut dirty = vec![0xAB; packed.len()];
+            pack_into(&w, rows, blocks, &mut dirty);
+            assert_eq!(dirty, packed, "{dtype} {rows}x{blocks}: bytes left unwritten");
             let (mut want, mut got) = (vec![0.0; blocks * QK], vec![1.0; blocks * QK]);
             for r in 0..rows {
                 dequantize_row(dtype, bytemuck::cast_slice(&w[r * blocks..(r + 1) * blocks]), &mut want).unwrap();
