@@ -235,11 +235,15 @@ impl Scheduler {
     /// Plans the next step (see the module doc).
     pub fn schedule(&mut self, now: Instant) -> StepOutput {
         let mut out = StepOutput::default();
-        let decoding: Vec<u8> =
-            self.running.iter().map(|id| &self.seqs[id]).filter(|s| s.tokens.len() - s.num_computed == 1).map(|s| s.rank).collect();
+        // Decoding sequences: how many, and the highest class among them.
+        let (decoding, capped) = self
+            .running
+            .iter()
+            .map(|id| &self.seqs[id])
+            .filter(|s| s.tokens.len() - s.num_computed == 1)
+            .fold((0, None), |(n, top): (usize, Option<u8>), s| (n + 1, top.max(Some(s.rank))));
         let cap = self.config.max_step_tokens_while_decoding;
-        let prefill = cap.saturating_sub(decoding.len()).max(cap / 4).max(1);
-        let capped = decoding.iter().copied().max();
+        let prefill = cap.saturating_sub(decoding).max(cap / 4).max(1);
         let mut budget = Budget { tokens: self.config.max_num_batched_tokens, prefill, capped };
 
         let expired: Vec<SeqId> = self.waiting.iter().copied().filter(|id| self.missed_deadline(&self.seqs[id], now)).collect();
