@@ -13,12 +13,29 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
 }
 
-fn bench_type(c: &mut Criterion, dtype: GgmlType) {
+/// The benchmark matrix in `dtype`, rows back to back, and its row size in bytes.
+fn weights(dtype: GgmlType) -> (Vec<u8>, usize) {
     let row_bytes = dtype.row_bytes(COLS as u64).unwrap() as usize;
     let mut w = vec![0u8; row_bytes * ROWS];
     for (r, dst) in w.chunks_mut(row_bytes).enumerate() {
         quant::quantize_row(dtype, &data(COLS, r as u32), dst).unwrap();
     }
+    (w, row_bytes)
+}
+
+/// Eight different rows of 16-bit activations.
+fn acts16() -> Vec<Vec<quant::BlockQ16x2>> {
+    (0..8)
+        .map(|k| {
+            let mut a = vec![bytemuck::Zeroable::zeroed(); quant::q16_pairs(COLS / quant::QK)];
+            quant::quantize_row_q16(&data(COLS, 7 + k), &mut a);
+            a
+        })
+        .collect()
+}
+
+fn bench_type(c: &mut Criterion, dtype: GgmlType) {
+    let (w, row_bytes) = weights(dtype);
     let x = data(COLS, 7);
     let mut group = c.benchmark_group(format!("matvec_{}", dtype.name()));
     group.throughput(Throughput::Bytes(w.len() as u64));
@@ -52,19 +69,8 @@ fn bench_type(c: &mut Criterion, dtype: GgmlType) {
 /// The 16-bit kernels one weight row at a time against 1 and 8 activation rows, on every
 /// implementation this CPU has (the portable twin first). Throughput in multiply-adds.
 fn bench_q16<W: quant::Q16Weight>(c: &mut Criterion, dtype: GgmlType) {
-    let row_bytes = dtype.row_bytes(COLS as u64).unwrap() as usize;
-    let mut w = vec![0u8; row_bytes * ROWS];
-    for (r, dst) in w.chunks_mut(row_bytes).enumerate() {
-        quant::quantize_row(dtype, &data(COLS, r as u32), dst).unwrap();
-    }
-    let pairs = quant::q16_pairs(COLS / quant::QK);
-    let acts: Vec<Vec<quant::BlockQ16x2>> = (0..8)
-        .map(|k| {
-            let mut a = vec![bytemuck::Zeroable::zeroed(); pairs];
-            quant::quantize_row_q16(&data(COLS, 7 + k), &mut a);
-            a
-        })
-        .collect();
+    let (w, row_bytes) = weights(dtype);
+    let acts = acts16();
     let rows: Vec<&[W]> = w.chunks(row_bytes).map(bytemuck::cast_slice).collect();
     let mut group = c.benchmark_group(format!("q16_{}", dtype.name()));
     for isa in quant::Isa::available() {
@@ -89,20 +95,10 @@ fn bench_q16<W: quant::Q16Weight>(c: &mut Criterion, dtype: GgmlType) {
 /// The packed kernels (sixteen weight rows per call) against 1, 4 and 8 activation rows, on
 /// every implementation this CPU has. Throughput in multiply-adds.
 fn bench_packed<W: quant::PackedKernel>(c: &mut Criterion, dtype: GgmlType) {
-    let row_bytes = dtype.row_bytes(COLS as u64).unwrap() as usize;
-    let mut w = vec![0u8; row_bytes * ROWS];
-    for (r, dst) in w.chunks_mut(row_bytes).enumerate() {
-        quant::quantize_row(dtype, &data(COLS, r as u32), dst).unwrap();
-    }
+    let (w, _) = weights(dtype);
     let blocks = COLS / quant::QK;
     let packed = quant::pack::<W>(bytemuck::cast_slice(&w), ROWS, blocks);
-    let acts: Vec<Vec<quant::BlockQ16x2>> = (0..8)
-        .map(|k| {
-            let mut a = vec![bytemuck::Zeroable::zeroed(); quant::q16_pairs(blocks)];
-            quant::quantize_row_q16(&data(COLS, 7 + k), &mut a);
-            a
-        })
-        .collect();
+    let acts = acts16();
     let groups: Vec<&[u8]> = packed.chunks(blocks * W::GROUP_BLOCK).collect();
     let mut group = c.benchmark_group(format!("packed_{}", dtype.name()));
     for isa in quant::Isa::available() {
