@@ -15,6 +15,8 @@
 //!   [`Backend::prepare`] and passed to every op that needs it.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 
 use crate::kv::KvLayout;
 use crate::model::RopeStyle;
@@ -160,4 +162,119 @@ pub trait Backend: Send {
     ) -> Result<()>;
     /// Copies `x` to host memory (`rows * cols` floats, row-major) into `out`.
     fn read(&self, x: &Self::Tensor, out: &mut Vec<f32>) -> Result<()>;
+    /// Bytes the KV pool should take, for a backend that sizes it from its own memory (a GPU,
+    /// after the weights are in); `None`: the engine's configured budget.
+    fn kv_memory_budget(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
+}
+
+/// Where the model runs (`--device`): `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceRequest {
+    /// The first GPU when this build has CUDA and the machine a driver and a device; else the
+    /// CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceRequest::Auto),
+            "cpu" => Ok(DeviceRequest::Cpu),
+            "cuda" => Ok(DeviceRequest::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceRequest::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+/// What a GPU backend needs besides the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GpuOptions {
+    /// Share of the GPU's memory this process may fill (weights, activations, KV pool).
+    pub memory_fraction: f64,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { memory_fraction: 0.9 }
+    }
+}
+
+/// Code to run on whichever backend [`open`] chose (the backends are different types).
+pub trait WithBackend {
+    type Output;
+    fn run<B: Backend + 'static>(self, backend: B) -> Self::Output;
+}
+
+/// Opens the backend `request` names and runs `work` on it. `cpu` builds the CPU backend
+/// when that is the choice. `auto` falls back to the CPU with one log line saying why; an
+/// explicit `cuda` request that cannot be met is an error.
+pub fn open<W: WithBackend>(
+    request: DeviceRequest,
+    gpu: GpuOptions,
+    cpu: impl FnOnce() -> Result<cpu::CpuBackend>,
+    work: W,
+) -> Result<W::Output> {
+    if !(gpu.memory_fraction > 0.0 && gpu.memory_fraction <= 1.0) {
+        return Err(BackendError::Device(format!("the GPU memory fraction must be in (0, 1], got {}", gpu.memory_fraction)));
+    }
+    match request {
+        DeviceRequest::Cpu => Ok(work.run(cpu()?)),
+        #[cfg(feature = "cuda")]
+        DeviceRequest::Cuda(n) => Ok(work.run(gpu::GpuBackend::open_cuda(n, gpu)?)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceRequest::Cuda(_) => Err(BackendError::Device(
+            "this binary was built without CUDA (cargo build --features cuda)".to_string(),
+        )),
+        #[cfg(feature = "cuda")]
+        DeviceRequest::Auto => match gpu::cuda::device_count() {
+            Ok(n) if n > 0 => Ok(work.run(gpu::GpuBackend::open_cuda(0, gpu)?)),
+            Ok(_) => {
+                tracing::info!("no CUDA device found: running on the CPU");
+                Ok(work.run(cpu()?))
+            }
+            Err(why) => {
+                tracing::info!("{why}: running on the CPU");
+                Ok(work.run(cpu()?))
+            }
+        },
+        #[cfg(not(feature = "cuda"))]
+        DeviceRequest::Auto => Ok(work.run(cpu()?)),
+    }
+}
+
+/// `ballast bench-gpu`: each GPU kernel's achieved bandwidth against a device-to-device copy on
+/// `device` (`emulated`, `cuda`, `cuda:N`), as a table and a JSON value.
+pub fn gpu_kernel_bench(device: &str) -> Result<(String, serde_json::Value)> {
+    #[cfg(feature = "cuda")]
+    {
+        let (name, results) = gpu::bench::run(device)?;
+        let mut table = format!("{name}\n| kernel | time | GB/s | of copy | GFLOP/s |\n|---|---|---|---|---|\n");
+        for r in &results {
+            table += &format!(
+                "| {} | {:.1} us | {:.1} | {:.0}% | {:.1} |\n",
+                r.name,
+                r.seconds_per_call * 1e6,
+                r.gb_per_s,
+                r.of_copy * 100.0,
+                r.gflop_per_s
+            );
+        }
+        Ok((table, serde_json::json!({ "device": name, "kernels": results })))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        Err(BackendError::Device("this binary was built without CUDA (cargo build --features cuda)".to_string()))
+    }
 }

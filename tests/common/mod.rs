@@ -10,8 +10,13 @@ use ballast::model::{self, LoadOptions, LoadedModel};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// `../shared` beside the checkout, or `$BALLAST_SHARED_DIR` (test binaries carried to
+/// another machine, `scripts/gpu-check --prebuilt`).
 pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+    match std::env::var_os("BALLAST_SHARED_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    }
 }
 
 /// The default model (SmolLM2-135M-Instruct Q4_1): `$BALLAST_TEST_MODEL`, else the manifest's

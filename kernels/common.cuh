@@ -1,0 +1,83 @@
+// Shared by every kernel: the emulation switch, the export macro, reductions and element
+// loads of device matrices.
+#pragma once
+
+#include "params.h"
+
+#ifdef BALLAST_EMU
+#include "emu/cuda_emu.h"
+namespace emu {
+int register_kernel(const char* name, void (*body)(const void*));
+}
+// Host build: a plain function, registered under its name for ballast_emu_launch.
+#define BALLAST_KERNEL(name, P, threads)                                                        \
+    extern "C" void name(P p);                                                                  \
+    static int name##_registered =                                                              \
+        emu::register_kernel(#name, [](const void* a) { name(*static_cast<const P*>(a)); });   \
+    extern "C" void name(P p)
+#else
+#include <cuda_fp16.h>
+#define BALLAST_KERNEL(name, P, threads) extern "C" __global__ void __launch_bounds__(threads, 2) name(P p)
+#endif
+
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(FULL_MASK, v, m);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, m));
+    return v;
+}
+
+// Sum over a block of WARPS warps; every thread gets the total. `scratch` holds WARPS floats.
+template <int WARPS> __device__ __forceinline__ float block_sum(float v, float* scratch) {
+    v = warp_sum(v);
+    unsigned warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++) total += scratch[w];
+    __syncthreads();
+    return total;
+}
+
+__device__ __forceinline__ float half_bits_to_float(unsigned bits) {
+    return __half2float(__ushort_as_half((unsigned short)(bits & 0xffffu)));
+}
+
+__device__ __forceinline__ unsigned short float_to_half_bits(float x) {
+    return __half_as_ushort(__float2half(x));
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(unsigned bits) {
+    return __uint_as_float((bits & 0xffffu) << 16);
+}
+
+// Element (row, col) of a device matrix (the slow path: embedding lookups).
+__device__ __forceinline__ float matrix_elem(const BallastMatrix& m, size_t row, unsigned col) {
+    size_t i = row * m.cols + col;
+    switch (m.format) {
+    case BALLAST_F32:
+        return ((const float*)m.qs)[i];
+    case BALLAST_F16:
+        return half_bits_to_float(((const unsigned short*)m.qs)[i]);
+    case BALLAST_BF16:
+        return bf16_bits_to_float(((const unsigned short*)m.qs)[i]);
+    default:
+        break;
+    }
+    size_t block = row * (m.cols / 32) + col / 32;
+    unsigned j = col % 32;
+    unsigned s = m.scales[block];
+    float d = half_bits_to_float(s), mn = half_bits_to_float(s >> 16);
+    if (m.format == BALLAST_Q8_0) return d * (float)((const signed char*)m.qs)[block * 32 + j];
+    unsigned char byte = ((const unsigned char*)m.qs)[block * 16 + (j % 16)];
+    int q = j < 16 ? (byte & 15) : (byte >> 4);
+    return m.format == BALLAST_Q4_1 ? d * (float)q + mn : d * (float)(q - 8);
+}

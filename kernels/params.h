@@ -1,0 +1,160 @@
+/* Kernel parameters: one plain-C struct per kernel, passed by value as the kernel's only
+ * argument. Read by nvcc, by the host emulation (g++, kernels/emu/) and by bindgen, which
+ * makes the Rust side (src/backend/gpu/kernels.rs). Pointers are device addresses. */
+#ifndef BALLAST_PARAMS_H
+#define BALLAST_PARAMS_H
+
+#include <stdint.h>
+
+/* Element formats of a device weight matrix. Quantized matrices are stored as two arrays:
+ * `qs`, each row's blocks of 32 elements back to back (16 bytes per 4-bit block, 32 per
+ * 8-bit block, the quants in ggml's order), and `scales`, one uint32 per block (the f16
+ * scale in the low half, the f16 min of Q4_1 in the high half). */
+enum BallastFormat {
+    BALLAST_F32 = 0,
+    BALLAST_F16 = 1,
+    BALLAST_BF16 = 2,
+    BALLAST_Q4_0 = 3,
+    BALLAST_Q4_1 = 4,
+    BALLAST_Q8_0 = 5
+};
+
+/* A weight matrix [rows, cols]. Float formats use `qs` only, row-major. */
+typedef struct {
+    const void* qs;
+    const uint32_t* scales;
+    uint32_t rows;
+    uint32_t cols;
+    uint32_t format;
+} BallastMatrix;
+
+/* out[t] = table[token_ids[t]]. Grid: (tokens). */
+typedef struct {
+    BallastMatrix table;
+    const uint32_t* token_ids;
+    float* out;
+    uint32_t num_tokens; /* ids are checked against the table on the host */
+} EmbeddingParams;
+
+/* If delta: residual += delta. Then out = residual / rms(residual) * weight. Grid: (rows). */
+typedef struct {
+    float* residual;
+    const float* delta;
+    const float* weight;
+    float* out;
+    uint32_t rows;
+    uint32_t cols;
+    float eps;
+} RmsNormParams;
+
+/* out[t][r] = W[r] . x[t] for r < rows, t < tokens. Grid: (ceil(rows / 4), ceil(tokens / 8)). */
+typedef struct {
+    BallastMatrix w;
+    const float* x;
+    float* out;
+    const float* bias; /* optional, added to every row of out */
+    uint32_t tokens;
+} MatmulParams;
+
+/* Per token: rotates the heads of `q` (when set) by the token's position; rotates `k` too
+ * when `rotate_k`; then, when `k_cache` is set, writes k and v (f16) to the token's slot of one
+ * layer, whose layout is [block][kv head][slot in block][head dim]. Grid: (tokens). */
+typedef struct {
+    float* q;
+    float* k;
+    const float* v;
+    const uint32_t* positions;
+    const float* inv_freq;
+    const uint32_t* slot_mapping;
+    uint16_t* k_cache;
+    uint16_t* v_cache;
+    uint32_t num_heads;
+    uint32_t num_kv_heads;
+    uint32_t head_dim;
+    uint32_t rotary_dims;
+    uint32_t neox; /* 1: rotate pairs (i, i + rotary/2); 0: adjacent pairs (2i, 2i + 1) */
+    uint32_t rotate_k;
+    uint32_t block_size;
+} RopeKvParams;
+
+/* One row per query token of the step, for the sequence it belongs to. */
+typedef struct {
+    uint32_t seq_start;      /* first row of the token's sequence */
+    uint32_t context_len;    /* keys this token attends to (its position + 1) */
+    uint32_t table_start;    /* start of the sequence's block table */
+    uint32_t pad;
+} TokenAttn;
+
+/* Causal paged attention, each token over its sequence's cached keys. One block handles one
+ * (kv head, token, split): every query head of the group reads each key once. With more than
+ * one split, partial results go to `partials` and attention_combine finishes them.
+ * Grid: (num_kv_heads, tokens, splits). */
+typedef struct {
+    const float* q;
+    float* out;
+    const uint16_t* k_cache; /* this layer */
+    const uint16_t* v_cache;
+    const TokenAttn* tokens;
+    const uint32_t* block_tables;
+    float* partials; /* [tokens][num_heads][splits][head_dim + 2] (max, sum, acc) */
+    uint32_t num_tokens;
+    uint32_t num_heads;
+    uint32_t num_kv_heads;
+    uint32_t head_dim;
+    uint32_t block_size;
+    uint32_t split_len; /* keys per split (a multiple of block_size) */
+    uint32_t splits;
+    float scale;
+} AttentionParams;
+
+/* out = combination of the splits' partials. Grid: (num_heads, tokens). */
+typedef struct {
+    const float* partials;
+    float* out;
+    const TokenAttn* tokens;
+    uint32_t num_heads;
+    uint32_t head_dim;
+    uint32_t split_len;
+    uint32_t splits;
+} CombineParams;
+
+/* Elementwise ops over n floats. Grid: (ceil(n / 256)). */
+enum BallastEltOp { BALLAST_ADD = 0, BALLAST_SILU_MUL = 1 };
+typedef struct {
+    float* x;
+    const float* y;
+    uint64_t n;
+    uint32_t op;     /* ADD: x += y; SILU_MUL: x = silu(x) * y */
+    uint32_t y_cols; /* 0: y has n elements; else y is one row of y_cols, added to every row */
+} EltwiseParams;
+
+/* dst[i] = src[rows[i]] for i < n, rows of `cols` floats. Grid: (n). */
+typedef struct {
+    const float* src;
+    float* dst;
+    const uint32_t* rows;
+    uint32_t n;
+    uint32_t cols;
+} GatherParams;
+
+/* Copies whole KV blocks src -> dst, pairs in order, every layer, K and V.
+ * Grid: (1): the pairs are applied in order, as on the CPU. */
+typedef struct {
+    uint16_t* k_cache;
+    uint16_t* v_cache;
+    const uint32_t* pairs; /* [n][2] */
+    uint32_t n;
+    uint32_t num_layers;
+    uint64_t block_elems;  /* halves per block per layer */
+    uint64_t layer_elems;  /* halves per layer */
+} CopyBlocksParams;
+
+/* Greedy argmax of each row of logits (lowest index on ties). Grid: (rows). */
+typedef struct {
+    const float* logits;
+    uint32_t* out;
+    uint32_t rows;
+    uint32_t cols;
+} ArgmaxParams;
+
+#endif

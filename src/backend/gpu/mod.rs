@@ -1,0 +1,275 @@
+//! The GPU backend: the model's ops as launches of our kernels (`kernels/*.cu`).
+//!
+//! [`GpuBackend`] is written against [`Device`], which a real GPU ([`cuda::CudaDevice`],
+//! cudarc) and the host emulation ([`emu::EmuDevice`]) both implement: the tests run this
+//! whole file, launch geometry included, on machines without a GPU, and compare every op with
+//! the CPU backend.
+//!
+//! Memory: activations are f32 row-major; weights stay quantized in device memory
+//! (`upload.rs`); the KV pool is f16, laid out per layer as
+//! `[block][kv head][slot in block][head dim]` for K and for V, so a KV head's block is one
+//! contiguous run. Each step's plan (token ids, positions, slots, per-token attention spans,
+//! block tables) is copied to the device once, in [`Backend::prepare`].
+//!
+//! Every kernel computes a token's outputs from that token's inputs alone, in an order fixed
+//! by the shapes: a request's results never depend on what else is in the batch.
+
+pub mod any;
+pub mod bench;
+pub mod cuda;
+pub mod device;
+pub mod emu;
+pub mod kernels;
+mod ops;
+mod upload;
+
+pub use device::{Device, Dims};
+
+use crate::backend::{BackendError, GpuOptions, Result};
+use crate::kv::{KvDtype, KvLayout};
+use crate::plan::BatchPlan;
+use kernels::{BallastMatrix, TokenAttn};
+use parking_lot::Mutex;
+
+/// Keys per split of a long context (flash-decoding). Fixed, so a token's splits depend only
+/// on its own context length.
+pub const SPLIT_LEN: usize = 512;
+
+pub struct GpuBackend<D: Device> {
+    device: D,
+    options: GpuOptions,
+    staging: Mutex<Staging<D::Buffer>>,
+}
+
+/// Device memory kept free of the KV pool for each step's plan and attention partials.
+const STEP_HEADROOM: usize = 256 << 20;
+
+/// Per-step device memory, grown as needed and reused.
+struct Staging<B> {
+    /// Counts prepared steps: an op given an older step's plan refuses it.
+    generation: u64,
+    plan: Option<(B, usize)>,
+    partials: Option<(B, usize)>,
+    bytes: Vec<u8>,
+}
+
+pub struct GpuTensor<B> {
+    buf: B,
+    addr: u64,
+    rows: usize,
+    cols: usize,
+    max_rows: usize,
+}
+
+impl<B> GpuTensor<B> {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn ptr(&self) -> *mut f32 {
+        self.addr as *mut f32
+    }
+
+    fn set_rows(&mut self, op: &'static str, rows: usize) -> Result<()> {
+        if rows > self.max_rows {
+            return Err(BackendError::Shape { op, detail: format!("{rows} rows into a tensor of {}", self.max_rows) });
+        }
+        self.rows = rows;
+        Ok(())
+    }
+}
+
+pub struct GpuMatrix<B> {
+    _qs: B,
+    _scales: Option<B>,
+    qs_addr: u64,
+    scales_addr: u64,
+    rows: usize,
+    cols: usize,
+    format: u32,
+}
+
+impl<B> GpuMatrix<B> {
+    fn desc(&self) -> BallastMatrix {
+        BallastMatrix {
+            qs: self.qs_addr as *const _,
+            scales: self.scales_addr as *const u32,
+            rows: self.rows as u32,
+            cols: self.cols as u32,
+            format: self.format,
+        }
+    }
+}
+
+pub struct GpuKvPool<B> {
+    _k: B,
+    _v: B,
+    k_addr: u64,
+    v_addr: u64,
+    layout: KvLayout,
+}
+
+impl<B> GpuKvPool<B> {
+    /// Halves of one layer's K (or V).
+    fn layer_elems(&self) -> usize {
+        self.layout.num_blocks * self.layout.block_size * self.layout.token_stride()
+    }
+
+    fn k_layer(&self, layer: usize) -> *mut u16 {
+        (self.k_addr + (layer * self.layer_elems() * 2) as u64) as *mut u16
+    }
+
+    fn v_layer(&self, layer: usize) -> *mut u16 {
+        (self.v_addr + (layer * self.layer_elems() * 2) as u64) as *mut u16
+    }
+}
+
+/// The step's plan on the device. The backend keeps one: [`Backend::prepare`] replaces the
+/// previous step's (the model runs one step at a time).
+///
+/// [`Backend::prepare`]: crate::backend::Backend::prepare
+pub struct GpuStep<'a> {
+    plan: &'a BatchPlan,
+    token_ids: u64,
+    positions: u64,
+    slots: u64,
+    tokens: u64,
+    tables: u64,
+    logits_rows: u64,
+    /// Splits of the longest context.
+    splits: usize,
+    generation: u64,
+}
+
+impl<D: Device> GpuBackend<D> {
+    pub fn new(device: D) -> GpuBackend<D> {
+        GpuBackend::with_options(device, GpuOptions::default())
+    }
+
+    pub fn with_options(device: D, options: GpuOptions) -> GpuBackend<D> {
+        GpuBackend { device, options, staging: Mutex::new(Staging { generation: 0, plan: None, partials: None, bytes: Vec::new() }) }
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    fn tensor(&self, max_rows: usize, cols: usize) -> Result<GpuTensor<D::Buffer>> {
+        let bytes = max_rows.checked_mul(cols).and_then(|n| n.checked_mul(4));
+        let bytes = bytes.ok_or(BackendError::OutOfMemory { what: "tensor", bytes: usize::MAX })?;
+        let buf = self.device.alloc(bytes)?;
+        let addr = self.device.address(&buf);
+        Ok(GpuTensor { buf, addr, rows: 0, cols, max_rows })
+    }
+
+    /// Uploads `plan` for one step.
+    fn stage<'a>(&self, plan: &'a BatchPlan) -> Result<GpuStep<'a>> {
+        let mut st = self.staging.lock();
+        let st = &mut *st;
+        let mut tokens = Vec::with_capacity(plan.num_tokens());
+        let mut splits = 1;
+        for seq in &plan.seqs {
+            let first = seq.num_context_tokens - seq.num_query_tokens;
+            for i in 0..seq.num_query_tokens {
+                let context_len = first + i + 1;
+                splits = splits.max(context_len.div_ceil(SPLIT_LEN));
+                tokens.push([seq.query_start as u32, context_len as u32, seq.block_table_start as u32, 0]);
+            }
+        }
+        const _: () = assert!(std::mem::size_of::<TokenAttn>() == 16);
+        let bytes = &mut st.bytes;
+        bytes.clear();
+        let mut offsets = [0u64; 6];
+        let mut put = |i: usize, data: &[u8]| {
+            offsets[i] = bytes.len() as u64;
+            bytes.extend_from_slice(data);
+            bytes.resize(bytes.len().next_multiple_of(256), 0);
+        };
+        put(0, bytemuck::cast_slice(&plan.token_ids));
+        put(1, bytemuck::cast_slice(&plan.positions));
+        put(2, bytemuck::cast_slice(&plan.slot_mapping));
+        put(3, bytemuck::cast_slice(&tokens));
+        put(4, bytemuck::cast_slice(&plan.block_tables));
+        put(5, bytemuck::cast_slice(&plan.logits_rows));
+        let buf = grow(&self.device, &mut st.plan, bytes.len())?;
+        self.device.upload(buf, 0, bytes)?;
+        let base = self.device.address(buf);
+        st.generation += 1;
+        Ok(GpuStep {
+            plan,
+            token_ids: base + offsets[0],
+            positions: base + offsets[1],
+            slots: base + offsets[2],
+            tokens: base + offsets[3],
+            tables: base + offsets[4],
+            logits_rows: base + offsets[5],
+            splits,
+            generation: st.generation,
+        })
+    }
+
+    /// Errors if `step` is not the latest prepared one (its plan on the device was replaced).
+    fn current(&self, step: &GpuStep<'_>) -> Result<()> {
+        let latest = self.staging.lock().generation;
+        if step.generation == latest {
+            Ok(())
+        } else {
+            Err(BackendError::Device(format!("step {} used after step {latest} was prepared", step.generation)))
+        }
+    }
+
+    /// A tensor of `rows` rows holding `data` (row-major).
+    pub fn upload_tensor(&self, rows: usize, data: &[f32]) -> Result<GpuTensor<D::Buffer>> {
+        let cols = data.len().checked_div(rows).unwrap_or(0);
+        if rows * cols != data.len() {
+            return Err(BackendError::Shape { op: "upload_tensor", detail: format!("{} floats in {rows} rows", data.len()) });
+        }
+        let mut t = self.tensor(rows, cols)?;
+        self.device.upload(&t.buf, 0, bytemuck::cast_slice(data))?;
+        t.rows = rows;
+        Ok(t)
+    }
+
+    /// The attention partials' buffer, at least `bytes` long.
+    fn partials(&self, bytes: usize) -> Result<u64> {
+        let mut st = self.staging.lock();
+        Ok(self.device.address(grow(&self.device, &mut st.partials, bytes)?))
+    }
+}
+
+impl GpuBackend<cuda::CudaDevice> {
+    /// GPU `ordinal` with every kernel loaded.
+    pub fn open_cuda(ordinal: usize, options: GpuOptions) -> Result<Self> {
+        let device = cuda::CudaDevice::open(ordinal)?;
+        tracing::info!("running on {}", device.name());
+        Ok(GpuBackend::with_options(device, options))
+    }
+}
+
+/// The KV pool's share of a device with `free` of `total` bytes free once the weights are in:
+/// what `fraction` of the device leaves, less headroom for per-step buffers.
+fn kv_budget(free: usize, total: usize, fraction: f64) -> usize {
+    let reserved = ((1.0 - fraction) * total as f64) as usize;
+    free.saturating_sub(reserved).saturating_sub(STEP_HEADROOM)
+}
+
+/// `slot`'s buffer, reallocated when smaller than `bytes`.
+fn grow<'s, D: Device>(device: &D, slot: &'s mut Option<(D::Buffer, usize)>, bytes: usize) -> Result<&'s D::Buffer> {
+    let bytes = bytes.max(256);
+    if slot.as_ref().is_none_or(|(_, len)| *len < bytes) {
+        *slot = None; // free first: the device may not hold both
+        *slot = Some((device.alloc(bytes.next_power_of_two())?, bytes.next_power_of_two()));
+    }
+    Ok(&slot.as_ref().expect("just set").0)
+}
+
+fn check_kv(layout: &KvLayout) -> Result<()> {
+    if layout.dtype != KvDtype::F16 {
+        return Err(BackendError::Unsupported { op: "alloc_kv", what: format!("a {} KV cache (the GPU keeps f16)", layout.dtype.name()) });
+    }
+    Ok(())
+}

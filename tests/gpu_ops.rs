@@ -1,0 +1,359 @@
+//! The GPU backend's every op against the CPU backend's plain reference path, on random inputs
+//! of awkward shapes: partial blocks and warps, GQA ratios 1 to 8, scattered block tables,
+//! contexts of 1 to 4096 keys, batches of 1 to 64 tokens. The kernels run in the CUDA
+//! emulation (`kernels/emu/`), or on a GPU with `BALLAST_TEST_DEVICE=cuda`
+//! (`scripts/gpu-check`). Needs `--features cuda` (the README's test command has it).
+#![cfg(feature = "cuda")]
+
+use ballast::backend::cpu::{CpuBackend, Precision};
+use ballast::backend::gpu::any::AnyDevice;
+use ballast::backend::gpu::GpuBackend;
+use ballast::backend::{AttentionShape, Backend, RopeShape};
+use ballast::format::bytes::TensorBytes;
+use ballast::kv::{KvDtype, KvLayout};
+use ballast::model::RopeStyle;
+use ballast::model::weights::HostMatrix;
+use ballast::plan::{BatchPlan, LogitsFor};
+use ballast::quant::GgmlType;
+
+type Gpu = GpuBackend<AnyDevice>;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn float(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn floats(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.float()).collect()
+    }
+}
+
+fn backends() -> (CpuBackend, Gpu) {
+    (CpuBackend::new(1, Precision::Reference).unwrap(), GpuBackend::new(AnyDevice::for_tests()))
+}
+
+fn cpu_tensor(cpu: &CpuBackend, rows: usize, data: &[f32]) -> ballast::backend::cpu::CpuTensor {
+    let cols = data.len() / rows;
+    let mut t = cpu.alloc(rows, cols).unwrap();
+    t.set_rows("test", rows).unwrap();
+    t.as_mut_slice().copy_from_slice(data);
+    t
+}
+
+fn gpu_tensor(gpu: &Gpu, rows: usize, data: &[f32]) -> <Gpu as Backend>::Tensor {
+    gpu.upload_tensor(rows, data).unwrap()
+}
+
+fn read_gpu(gpu: &Gpu, t: &<Gpu as Backend>::Tensor) -> Vec<f32> {
+    let mut v = Vec::new();
+    gpu.read(t, &mut v).unwrap();
+    v
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * scale, "{what}: element {i}: got {g}, want {w} (scale {scale})");
+    }
+}
+
+fn quantized(dtype: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> HostMatrix {
+    let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
+    let mut bytes = vec![0u8; rows * row_bytes];
+    for r in 0..rows {
+        let x = rng.floats(cols);
+        ballast::quant::quantize_row(dtype, &x, &mut bytes[r * row_bytes..(r + 1) * row_bytes]).unwrap();
+    }
+    HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(bytes)).unwrap()
+}
+
+#[test]
+fn matmul_matches_the_cpu_for_every_weight_format() {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let quant_shapes = [(1, 32, 1), (5, 96, 3), (37, 160, 8), (130, 64, 9), (7, 1056, 17), (3, 256, 64)];
+    let float_shapes = [(1, 17, 1), (9, 64, 5), (33, 100, 8), (4, 160, 11)];
+    let cases = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4K];
+    for dtype in cases {
+        let shapes: &[(usize, usize, usize)] = match dtype {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &float_shapes,
+            GgmlType::Q4K => &[(3, 256, 4), (2, 512, 9)],
+            _ => &quant_shapes,
+        };
+        for &(rows, cols, tokens) in shapes {
+            let w = quantized(dtype, rows, cols, &mut rng);
+            let x = rng.floats(tokens * cols);
+            let cw = cpu.upload_matrix(w.clone()).unwrap();
+            let gw = gpu.upload_matrix(w).unwrap();
+            let (cx, gx) = (cpu_tensor(&cpu, tokens, &x), gpu_tensor(&gpu, tokens, &x));
+            let mut cout = cpu.alloc(tokens, rows).unwrap();
+            let mut gout = gpu.alloc(tokens, rows).unwrap();
+            cpu.matmul(&cx, &cw, &mut cout).unwrap();
+            gpu.matmul(&gx, &gw, &mut gout).unwrap();
+            // Formats without a GPU kernel are dequantized to f16 on upload: f16 rounding.
+            let tol = if dtype == GgmlType::Q4K { 2e-3 } else { 1e-4 };
+            assert_close(&format!("{dtype} {rows}x{cols}, {tokens} tokens"), &read_gpu(&gpu, &gout), cout.as_slice(), tol);
+        }
+    }
+}
+
+#[test]
+fn norms_elementwise_ops_and_gathers_match_the_cpu() {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(77);
+    for &(rows, cols) in &[(1, 1), (3, 64), (5, 576), (2, 1000), (17, 33)] {
+        let (x, d, w) = (rng.floats(rows * cols), rng.floats(rows * cols), rng.floats(cols));
+        let (mut cx, mut gx) = (cpu_tensor(&cpu, rows, &x), gpu_tensor(&gpu, rows, &x));
+        let (cd, gd) = (cpu_tensor(&cpu, rows, &d), gpu_tensor(&gpu, rows, &d));
+        let (cw, gw) = (cpu.upload_vector(&w).unwrap(), gpu.upload_vector(&w).unwrap());
+        let what = format!("{rows}x{cols}");
+        let (mut cout, mut gout) = (cpu.alloc(rows, cols).unwrap(), gpu.alloc(rows, cols).unwrap());
+        cpu.rms_norm(&cx, &cw, 1e-5, &mut cout).unwrap();
+        gpu.rms_norm(&gx, &gw, 1e-5, &mut gout).unwrap();
+        assert_close(&format!("rms_norm {what}"), &read_gpu(&gpu, &gout), cout.as_slice(), 1e-5);
+        cpu.add_rms_norm(&mut cx, &cd, &cw, 1e-6, &mut cout).unwrap();
+        gpu.add_rms_norm(&mut gx, &gd, &gw, 1e-6, &mut gout).unwrap();
+        assert_close(&format!("add_rms_norm {what}"), &read_gpu(&gpu, &gout), cout.as_slice(), 1e-5);
+        assert_close(&format!("add_rms_norm residual {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-6);
+        cpu.add(&mut cx, &cd).unwrap();
+        gpu.add(&mut gx, &gd).unwrap();
+        assert_close(&format!("add {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-6);
+        cpu.add_bias(&mut cx, &cw).unwrap();
+        gpu.add_bias(&mut gx, &gw).unwrap();
+        assert_close(&format!("add_bias {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-6);
+        cpu.silu_mul(&mut cx, &cd).unwrap();
+        gpu.silu_mul(&mut gx, &gd).unwrap();
+        assert_close(&format!("silu_mul {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-5);
+        // Shape errors are errors, not launches.
+        let other = gpu_tensor(&gpu, 1, &w);
+        assert!(gpu.add(&mut gx, &other).is_err() || rows == 1);
+    }
+}
+
+#[test]
+fn embedding_and_logit_rows_match_the_cpu_and_bad_ids_are_errors() {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(5);
+    for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+        let table = quantized(dtype, 50, 96, &mut rng);
+        let (ct, gt) = (cpu.upload_matrix(table.clone()).unwrap(), gpu.upload_matrix(table).unwrap());
+        let mut plan = BatchPlan::new(16, 8);
+        let a: Vec<u32> = (0..7).map(|_| rng.below(50) as u32).collect();
+        plan.push_seq(&a, 3, &[5, 2], LogitsFor::Last).unwrap();
+        plan.push_seq(&[49, 0], 0, &[1], LogitsFor::All).unwrap();
+        let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
+        let (mut ce, mut ge) = (cpu.alloc(9, 96).unwrap(), gpu.alloc(9, 96).unwrap());
+        cpu.embedding(&cs, &ct, &mut ce).unwrap();
+        gpu.embedding(&gs, &gt, &mut ge).unwrap();
+        assert_close(&format!("embedding {dtype}"), &read_gpu(&gpu, &ge), ce.as_slice(), 1e-6);
+        let (mut cl, mut gl) = (cpu.alloc(9, 96).unwrap(), gpu.alloc(9, 96).unwrap());
+        cpu.gather_logits_rows(&cs, &ce, &mut cl).unwrap();
+        gpu.gather_logits_rows(&gs, &ge, &mut gl).unwrap();
+        assert_eq!(gl.rows(), 3);
+        assert_close(&format!("logit rows {dtype}"), &read_gpu(&gpu, &gl), cl.as_slice(), 1e-6);
+        let mut bad = BatchPlan::new(16, 8);
+        bad.push_seq(&[3, 50], 0, &[0], LogitsFor::Last).unwrap();
+        let step = gpu.prepare(&bad).unwrap();
+        let err = gpu.embedding(&step, &gt, &mut ge).unwrap_err();
+        assert!(err.to_string().contains("token id 50 out of range"), "{err}");
+    }
+}
+
+#[test]
+fn rope_matches_the_cpu_in_both_styles_and_with_partial_rotation() {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(11);
+    for &(heads, head_dim, rot, style) in &[
+        (9, 64, 64, RopeStyle::HalfSplit),
+        (4, 16, 16, RopeStyle::Interleaved),
+        (3, 128, 64, RopeStyle::HalfSplit),
+        (2, 32, 8, RopeStyle::Interleaved),
+    ] {
+        let mut plan = BatchPlan::new(16, 64);
+        plan.push_seq(&[1, 2, 3, 4, 5], 0, &[0], LogitsFor::Last).unwrap();
+        plan.push_seq(&[7], 999, &(0..63).collect::<Vec<u32>>(), LogitsFor::Last).unwrap();
+        let n = plan.num_tokens();
+        let x = rng.floats(n * heads * head_dim);
+        let inv: Vec<f32> = (0..rot / 2).map(|i| 10000f32.powf(-2.0 * i as f32 / rot as f32)).collect();
+        let (mut cx, mut gx) = (cpu_tensor(&cpu, n, &x), gpu_tensor(&gpu, n, &x));
+        let (ci, gi) = (cpu.upload_vector(&inv).unwrap(), gpu.upload_vector(&inv).unwrap());
+        let shape = RopeShape { num_heads: heads, head_dim, num_rotary_dims: rot, style };
+        let step = gpu.prepare(&plan).unwrap();
+        gpu.rope(&step, &mut gx, &gi, shape).unwrap();
+        cpu.rope(&&plan, &mut cx, &ci, shape).unwrap();
+        assert_close(&format!("rope {shape:?}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-5);
+    }
+}
+
+/// Sequences for one attention step: (tokens already cached, new tokens).
+fn attention_case(
+    (num_heads, num_kv_heads, head_dim): (usize, usize, usize),
+    seqs: &[(usize, usize)],
+    seed: u64,
+) {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(seed);
+    let block_size = 16;
+    let total: usize = seqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
+    let num_blocks = total + 3;
+    let layout = KvLayout { num_layers: 2, num_blocks, block_size, num_kv_heads, head_dim, dtype: KvDtype::F16 };
+    let (mut cpool, mut gpool) = (cpu.alloc_kv(&layout).unwrap(), gpu.alloc_kv(&layout).unwrap());
+    // Blocks handed out in a scattered order: tables are not contiguous.
+    let mut free: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..free.len()).rev() {
+        free.swap(i, rng.below(i + 1));
+    }
+    let tables: Vec<Vec<u32>> =
+        seqs.iter().map(|&(c, n)| (0..(c + n).div_ceil(block_size)).map(|_| free.pop().unwrap()).collect()).collect();
+    let kv_dim = num_kv_heads * head_dim;
+    let layer = 1;
+    // Step 1 fills the cached prefixes; step 2 writes the new tokens and attends.
+    for step_no in 0..2 {
+        let mut plan = BatchPlan::new(block_size, num_blocks);
+        for (&(cached, new), table) in seqs.iter().zip(&tables) {
+            let (from, n) = if step_no == 0 { (0, cached) } else { (cached, new) };
+            if n > 0 {
+                let ids: Vec<u32> = vec![1; n];
+                plan.push_seq(&ids, from, table, LogitsFor::Last).unwrap();
+            }
+        }
+        let n = plan.num_tokens();
+        if n == 0 {
+            continue;
+        }
+        let (k, v) = (rng.floats(n * kv_dim), rng.floats(n * kv_dim));
+        let gs = gpu.prepare(&plan).unwrap();
+        let cs = cpu.prepare(&plan).unwrap();
+        cpu.write_kv(&cs, layer, &cpu_tensor(&cpu, n, &k), &cpu_tensor(&cpu, n, &v), &mut cpool).unwrap();
+        gpu.write_kv(&gs, layer, &gpu_tensor(&gpu, n, &k), &gpu_tensor(&gpu, n, &v), &mut gpool).unwrap();
+        if step_no == 0 {
+            continue;
+        }
+        let q = rng.floats(n * num_heads * head_dim);
+        let shape = AttentionShape { num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt() };
+        let (mut co, mut go) = (cpu.alloc(n, num_heads * head_dim).unwrap(), gpu.alloc(n, num_heads * head_dim).unwrap());
+        cpu.attention(&cs, layer, &cpu_tensor(&cpu, n, &q), &cpool, shape, &mut co).unwrap();
+        gpu.attention(&gs, layer, &gpu_tensor(&gpu, n, &q), &gpool, shape, &mut go).unwrap();
+        let what = format!("attention {num_heads}/{num_kv_heads} heads of {head_dim}, seqs {seqs:?}");
+        assert_close(&what, &read_gpu(&gpu, &go), co.as_slice(), 2e-5);
+    }
+}
+
+#[test]
+fn attention_matches_the_cpu_for_gqa_ratios_1_3_and_8() {
+    // Prefill chunks over cached prefixes and decode rows in one batch; partial blocks.
+    let seqs = [(0, 5), (17, 1), (3, 14), (40, 1), (0, 1)];
+    attention_case((4, 4, 64), &seqs, 1);
+    attention_case((9, 3, 64), &seqs, 2);
+    attention_case((16, 2, 128), &seqs, 3);
+    attention_case((6, 2, 16), &seqs, 4);
+    attention_case((4, 1, 256), &[(30, 2), (0, 3)], 5);
+    attention_case((10, 2, 40), &[(7, 9)], 6);
+}
+
+#[test]
+fn attention_over_long_contexts_splits_and_combines() {
+    // 4096 keys: eight splits of 512; 513 and 1500: two and three; beside a short one.
+    attention_case((2, 1, 64), &[(4095, 1)], 7);
+    attention_case((3, 3, 32), &[(512, 1), (600, 3), (1500, 1), (2, 1)], 8);
+}
+
+#[test]
+fn attention_over_a_batch_of_64_decode_rows() {
+    let mut rng = Rng(9);
+    let seqs: Vec<(usize, usize)> = (0..64).map(|_| (rng.below(60), 1)).collect();
+    attention_case((9, 3, 64), &seqs, 10);
+}
+
+#[test]
+fn copy_blocks_copies_every_layer_in_order() {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(21);
+    let layout = KvLayout { num_layers: 3, num_blocks: 6, block_size: 16, num_kv_heads: 2, head_dim: 32, dtype: KvDtype::F16 };
+    let (mut cpool, mut gpool) = (cpu.alloc_kv(&layout).unwrap(), gpu.alloc_kv(&layout).unwrap());
+    let mut plan = BatchPlan::new(16, 6);
+    plan.push_seq(&[1; 40], 0, &[4, 0, 5], LogitsFor::Last).unwrap();
+    let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
+    for layer in 0..3 {
+        let (k, v) = (rng.floats(40 * 64), rng.floats(40 * 64));
+        cpu.write_kv(&cs, layer, &cpu_tensor(&cpu, 40, &k), &cpu_tensor(&cpu, 40, &v), &mut cpool).unwrap();
+        gpu.write_kv(&gs, layer, &gpu_tensor(&gpu, 40, &k), &gpu_tensor(&gpu, 40, &v), &mut gpool).unwrap();
+    }
+    // 5 -> 2, then 2 -> 3: the second pair sees the first's result.
+    cpu.copy_blocks(&mut cpool, &[(5, 2), (2, 3)]).unwrap();
+    gpu.copy_blocks(&mut gpool, &[(5, 2), (2, 3)]).unwrap();
+    assert!(gpu.copy_blocks(&mut gpool, &[(0, 6)]).is_err());
+    // Read the copies back through attention over a table of the copied blocks.
+    let mut plan = BatchPlan::new(16, 6);
+    plan.push_seq(&[1], 47, &[4, 0, 3], LogitsFor::Last).unwrap();
+    let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
+    let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 32, scale: 0.2 };
+    for layer in 0..3 {
+        let (k, v) = (rng.floats(64), rng.floats(64));
+        cpu.write_kv(&cs, layer, &cpu_tensor(&cpu, 1, &k), &cpu_tensor(&cpu, 1, &v), &mut cpool).unwrap();
+        gpu.write_kv(&gs, layer, &gpu_tensor(&gpu, 1, &k), &gpu_tensor(&gpu, 1, &v), &mut gpool).unwrap();
+        let q = rng.floats(128);
+        let (mut co, mut go) = (cpu.alloc(1, 128).unwrap(), gpu.alloc(1, 128).unwrap());
+        cpu.attention(&cs, layer, &cpu_tensor(&cpu, 1, &q), &cpool, shape, &mut co).unwrap();
+        gpu.attention(&gs, layer, &gpu_tensor(&gpu, 1, &q), &gpool, shape, &mut go).unwrap();
+        assert_close(&format!("after copy, layer {layer}"), &read_gpu(&gpu, &go), co.as_slice(), 2e-5);
+    }
+}
+
+#[test]
+fn a_stale_step_is_an_error_not_a_wrong_answer() {
+    let gpu = GpuBackend::new(AnyDevice::for_tests());
+    let table = gpu.upload_matrix(quantized(GgmlType::F32, 4, 8, &mut Rng(3))).unwrap();
+    let mut a = BatchPlan::new(16, 2);
+    a.push_seq(&[1, 2], 0, &[0], LogitsFor::Last).unwrap();
+    let mut b = BatchPlan::new(16, 2);
+    b.push_seq(&[3], 0, &[1], LogitsFor::Last).unwrap();
+    let old = gpu.prepare(&a).unwrap();
+    let new = gpu.prepare(&b).unwrap();
+    let mut out = gpu.alloc(2, 8).unwrap();
+    let err = gpu.embedding(&old, &table, &mut out).unwrap_err();
+    assert!(err.to_string().contains("used after"), "{err}");
+    gpu.embedding(&new, &table, &mut out).unwrap();
+}
+
+#[test]
+fn device_argmax_picks_the_first_largest_logit() {
+    let gpu = GpuBackend::new(AnyDevice::for_tests());
+    let mut rng = Rng(8);
+    for cols in [1, 7, 255, 256, 257, 49152] {
+        let mut x = rng.floats(3 * cols);
+        if cols > 10 {
+            // A tie: the lower index wins. A NaN never does.
+            x[cols + 3] = 5.0;
+            x[cols + 9] = 5.0;
+            x[2 * cols + 1] = f32::NAN;
+        }
+        let t = gpu.upload_tensor(3, &x).unwrap();
+        let mut ids = Vec::new();
+        gpu.argmax(&t, &mut ids).unwrap();
+        let want: Vec<u32> = x.chunks(cols).map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] || row[best].is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        }).collect();
+        assert_eq!(ids, want, "{cols} columns");
+    }
+}
