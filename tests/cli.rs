@@ -212,3 +212,69 @@ fn bench_offline_reports_prompt_and_output_rates() {
     let out = ballast(&["bench"]);
     assert!(!out.status.success() && stderr(&out).contains("<URL>"), "a URL (or --offline) is required");
 }
+
+/// `--device`: `auto` says where it runs; a GPU that is not there is a clear error. On a
+/// machine with a GPU (and a CUDA build) `auto` must take it instead.
+#[test]
+fn device_selection_falls_back_or_fails_clearly() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let run = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["generate", "--model", m, "--prompt", "Hi", "--max-tokens", "2", "--device", device])
+            .env("BALLAST_LOG", "info")
+            .output()
+            .expect("run ballast")
+    };
+    #[cfg(feature = "cuda")]
+    let gpus = ballast::backend::gpu::cuda::device_count().unwrap_or(0);
+    #[cfg(not(feature = "cuda"))]
+    let gpus = 0;
+    let auto = run("auto");
+    assert!(auto.status.success(), "{}", stderr(&auto));
+    if gpus > 0 {
+        assert!(stderr(&auto).contains("running on cuda:0"), "{}", stderr(&auto));
+    } else {
+        assert!(stderr(&auto).contains("backend: cpu"), "{}", stderr(&auto));
+        #[cfg(feature = "cuda")]
+        assert!(stderr(&auto).contains("running on the CPU"), "the fallback is logged: {}", stderr(&auto));
+        let cuda = run("cuda");
+        #[cfg(feature = "cuda")]
+        assert_clean_failure(&cuda, "CUDA");
+        #[cfg(not(feature = "cuda"))]
+        assert_clean_failure(&cuda, "built without CUDA");
+    }
+    assert_clean_failure(&run(&format!("cuda:{}", gpus + 7)), "CUDA");
+    let bad = run("tpu");
+    assert!(!bad.status.success() && stderr(&bad).contains("unknown device"), "{}", stderr(&bad));
+}
+
+/// `make-model` writes a loadable random model (the 8B benchmark model's code path at a tiny
+/// shape), and `bench --offline` runs it; `bench-gpu` runs its whole code path on the
+/// emulated device.
+#[test]
+fn make_model_and_the_gpu_kernel_bench_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let p = path.to_str().unwrap();
+    let out = ballast(&["make-model", "--shape", "tiny", "--out", p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ballast(&[
+        "bench", "--offline", "--device", "cpu", "--model", p, "--concurrency", "2", "--prompt-tokens", "8",
+        "--max-tokens", "4", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert!(v["output_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    let bench = ballast(&["bench-gpu", "--device", "emulated", "--json"]);
+    #[cfg(feature = "cuda")]
+    {
+        assert!(bench.status.success(), "{}", stderr(&bench));
+        let v: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+        let kernels = v["kernels"].as_array().unwrap();
+        assert_eq!(kernels.len(), 8, "{v}");
+        assert!(kernels.iter().all(|k| k["gb_per_s"].as_f64().unwrap() > 0.0), "{v}");
+    }
+    #[cfg(not(feature = "cuda"))]
+    assert_clean_failure(&bench, "built without CUDA");
+}

@@ -84,7 +84,8 @@ pub struct EngineArgs {
     /// Sequences running at once at most.
     #[arg(long, default_value_t = 64)]
     max_num_seqs: usize,
-    /// Memory for the KV cache, in MiB.
+    /// Memory for the KV cache on the CPU, in MiB (a GPU sizes its cache from
+    /// --gpu-memory-fraction).
     #[arg(long, default_value_t = 256)]
     kv_cache_mib: usize,
     /// Turn the automatic prefix cache off.
@@ -205,9 +206,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         None => None,
     };
     let loaded = args.model.load()?;
-    let backend = args.model.backend()?;
-    tracing::info!("backend: {}", ballast::backend::Backend::name(&backend));
-    let engine = Engine::start(backend, loaded, args.engine.config(&args.model))?;
+    let engine = args.model.start_engine(loaded, args.engine.config(&args.model))?;
     match lines {
         Some(requests) => run_file(&engine, requests),
         None => run_one(&args, &engine),

@@ -2,6 +2,8 @@
 
 use anyhow::{Context, bail};
 use ballast::backend::cpu::{CpuBackend, Precision};
+use ballast::backend::{self, Backend, BackendError, DeviceRequest, GpuOptions, WithBackend};
+use ballast::engine::{Engine, EngineConfig, EngineError};
 use ballast::fetch::{self, Manifest};
 use ballast::kv::KvDtype;
 use ballast::model::{self, LoadOptions, LoadedModel};
@@ -35,9 +37,44 @@ pub struct ModelArgs {
     /// serves loading and the other types.
     #[arg(long)]
     pub mmap: bool,
-    /// Element type of the KV cache.
+    /// Element type of the KV cache (the GPU keeps f16).
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     pub kv_dtype: String,
+    /// Where the model runs: `auto` (the first GPU when this build has CUDA and the machine
+    /// a driver and a GPU, else the CPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
+    /// Share of the GPU's memory to use; the KV cache takes what the weights leave of it
+    /// (--kv-cache-mib sizes the CPU's).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_fraction: f64,
+}
+
+/// Starts an engine on whichever backend `open` picks.
+struct StartEngine {
+    loaded: LoadedModel,
+    config: EngineConfig,
+}
+
+/// Starts an engine for `loaded` on `device` (`cpu` builds the CPU backend if that is it).
+pub fn start_engine_on(
+    device: DeviceRequest,
+    gpu: GpuOptions,
+    cpu: impl FnOnce() -> anyhow::Result<CpuBackend>,
+    loaded: LoadedModel,
+    config: EngineConfig,
+) -> anyhow::Result<Engine> {
+    let cpu = || cpu().map_err(|e| BackendError::Device(format!("{e:#}")));
+    Ok(backend::open(device, gpu, cpu, StartEngine { loaded, config })??)
+}
+
+impl WithBackend for StartEngine {
+    type Output = Result<Engine, EngineError>;
+
+    fn run<B: Backend + 'static>(self, backend: B) -> Self::Output {
+        tracing::info!("backend: {}", backend.name());
+        Engine::start(backend, self.loaded, self.config)
+    }
 }
 
 impl ModelArgs {
@@ -45,7 +82,13 @@ impl ModelArgs {
         if self.kv_dtype == "f32" { KvDtype::F32 } else { KvDtype::F16 }
     }
 
-    pub fn backend(&self) -> anyhow::Result<CpuBackend> {
+    /// Starts the engine on `--device`.
+    pub fn start_engine(&self, loaded: LoadedModel, config: EngineConfig) -> anyhow::Result<Engine> {
+        let gpu = GpuOptions { memory_fraction: self.gpu_memory_fraction };
+        start_engine_on(self.device, gpu, || self.cpu_backend(), loaded, config)
+    }
+
+    pub fn cpu_backend(&self) -> anyhow::Result<CpuBackend> {
         let precision = match self.precision.as_str() {
             "reference" => Precision::Reference,
             "int8" => Precision::Int8,

@@ -1,6 +1,7 @@
 //! Command-line definitions and dispatch (the binary's side; `anyhow` lives only here).
 
 mod bench;
+mod devtools;
 mod fetch;
 mod generate;
 mod inspect;
@@ -32,6 +33,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Download the models of models/manifest.json (default: the default model) and verify them.
     Fetch(fetch::FetchArgs),
+    /// Benchmark the GPU kernels: achieved bandwidth against a device-to-device copy.
+    BenchGpu(devtools::BenchGpuArgs),
+    /// Write a GGUF model of a real shape with random Q4_1 weights (for benchmarks).
+    MakeModel(devtools::MakeModelArgs),
 }
 
 pub fn init_logging() {
@@ -48,5 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::BenchGpu(args) => devtools::bench_gpu(args),
+        Command::MakeModel(args) => devtools::make_model(args),
     }
 }

@@ -3,7 +3,6 @@
 use super::generate::EngineArgs;
 use super::load::ModelArgs;
 use anyhow::Context;
-use ballast::engine::Engine;
 use ballast::server::config::ServerConfig;
 use std::path::PathBuf;
 
@@ -49,7 +48,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let stem = loaded.info.path.file_stem().map(|s| s.to_string_lossy().into_owned());
         stem.filter(|s| !s.is_empty()).unwrap_or_else(|| loaded.info.name.clone())
     });
-    let backend = args.model.backend()?;
     let engine_config = args.engine.config(&args.model);
     let fallback = match &args.fallback_model {
         None => None,
@@ -58,13 +56,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             let loaded = model_args.load()?;
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "fallback".into());
             let config = ballast::engine::EngineConfig { kv_cache_bytes: engine_config.kv_cache_bytes / 4, ..engine_config.clone() };
-            let engine = Engine::start(model_args.backend()?, loaded, config).context("starting the fallback model")?;
+            let engine = model_args.start_engine(loaded, config).context("starting the fallback model")?;
             let name = if stem == name { format!("{stem}-fallback") } else { stem };
             tracing::info!("fallback model {name} for degraded requests");
             Some((engine, name))
         }
     };
-    let engine = Engine::start(backend, loaded, engine_config)?;
+    let engine = args.model.start_engine(loaded, engine_config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ballast-http")

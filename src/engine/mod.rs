@@ -200,6 +200,7 @@ pub struct Engine {
     limits: Limits,
     info: ModelInfo,
     config: EngineConfig,
+    backend: String,
 }
 
 impl Engine {
@@ -209,13 +210,17 @@ impl Engine {
             return Err(EngineError::Config("block size, token budget and sequence budget must be positive".into()));
         }
         let LoadedModel { config: model_config, weights, tokenizer, info } = model;
+        let backend_name = backend.name();
         let llama = Llama::new(&backend, model_config, weights, config.max_num_batched_tokens)?;
         let probe = llama.kv_layout(1, config.block_size, config.kv_dtype);
-        let num_blocks = probe.blocks_for_budget(config.kv_cache_bytes);
+        // A GPU sizes the pool from its free memory (--gpu-memory-fraction); the CPU from the
+        // configured budget.
+        let kv_bytes = backend.kv_memory_budget()?.unwrap_or(config.kv_cache_bytes);
+        let num_blocks = probe.blocks_for_budget(kv_bytes);
         if num_blocks == 0 {
             return Err(EngineError::Config(format!(
                 "a KV budget of {} bytes holds no block of {} bytes",
-                config.kv_cache_bytes,
+                kv_bytes,
                 probe.bytes_per_block()
             )));
         }
@@ -257,7 +262,12 @@ impl Engine {
         };
         let thread = std::thread::Builder::new().name("ballast-engine".into()).spawn(move || core_parts.run())?;
         tracing::debug!("engine started: {num_blocks} KV blocks of {} tokens", config.block_size);
-        Ok(Engine { commands: Some(tx), shared, thread: Some(thread), tokenizer, template, limits, info, config })
+        Ok(Engine { commands: Some(tx), shared, thread: Some(thread), tokenizer, template, limits, info, config, backend: backend_name })
+    }
+
+    /// The backend the model runs on, in words.
+    pub fn backend_name(&self) -> &str {
+        &self.backend
     }
 
     pub fn config(&self) -> &EngineConfig {

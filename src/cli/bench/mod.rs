@@ -55,6 +55,9 @@ pub struct BenchArgs {
     /// With --offline: CPU worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// With --offline: where the model runs (auto, cpu, cuda, cuda:N), as for `serve`.
+    #[arg(long, default_value = "auto")]
+    device: ballast::backend::DeviceRequest,
     /// Sent as `Authorization: Bearer KEY`.
     #[arg(long)]
     api_key: Option<String>,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     use ballast::backend::cpu::{CpuBackend, Precision};
-    use ballast::engine::{Engine, EngineConfig};
+    use ballast::engine::EngineConfig;
     use ballast::request::Request;
     anyhow::ensure!(args.concurrency > 0 && args.prompt_tokens > 0 && args.max_tokens > 1, "--concurrency, --prompt-tokens must be ≥ 1 and --max-tokens ≥ 2");
     let path = match &args.model {
@@ -22,7 +22,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", path.display()))?;
     let vocab = loaded.config.vocab_size as u64;
     let threads = args.threads.unwrap_or_else(CpuBackend::default_threads);
-    let backend = CpuBackend::new(threads, Precision::Int16)?;
+    let cpu = || Ok(CpuBackend::new(threads, Precision::Int16)?);
     // Every prompt prefilled at full chunk size even once some decode (no step-size limit
     // while decoding), so all streams start together and the decode phase runs all of them.
     let config = EngineConfig {
@@ -31,7 +31,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         max_step_tokens_while_decoding: usize::MAX,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(backend, loaded, config)?;
+    let engine = crate::cli::load::start_engine_on(args.device, Default::default(), cpu, loaded, config)?;
     let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // Random ids (past the first 1000, which hold special and byte tokens): no prefix sharing.
     let prompts: Vec<Vec<u32>> = (0..args.concurrency)
@@ -78,16 +78,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let decode_end = per_stream.iter().filter_map(|t| t.last().copied()).max().expect("at least one stream");
     let decode_tokens = per_stream.iter().flatten().filter(|&&t| t > decode_start).count();
     let output_rate = decode_tokens as f64 / (decode_end - decode_start).as_secs_f64().max(1e-9);
-    let kernels = ballast::quant::Isa::best().name();
+    let backend = engine.backend_name().to_string();
     eprintln!(
-        "offline, {threads} threads, {kernels} kernels, concurrency {}: prompt {} tokens × {} → {prompt_rate:.1} tok/s; output {} tokens each → {output_rate:.1} tok/s",
+        "offline on {backend}, concurrency {}: prompt {} tokens × {} → {prompt_rate:.1} tok/s; output {} tokens each → {output_rate:.1} tok/s",
         args.concurrency, args.prompt_tokens, args.concurrency, args.max_tokens
     );
     if args.json {
         println!(
             "{}",
             serde_json::json!({
-                "concurrency": args.concurrency, "threads": threads, "kernels": kernels, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+                "concurrency": args.concurrency, "backend": backend, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
                 "prompt_tokens_per_s": prompt_rate, "output_tokens_per_s": output_rate,
             })
         );

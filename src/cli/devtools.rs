@@ -1,0 +1,126 @@
+//! `ballast bench-gpu` (the GPU kernels against the device's copy bandwidth) and
+//! `ballast make-model` (random-weight GGUF models of real shapes, for benchmarks: nothing is
+//! downloaded).
+
+use anyhow::Context;
+use ballast::format::gguf::{GgufWriter, MetaValue};
+use ballast::quant::GgmlType;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchGpuArgs {
+    /// `cuda`, `cuda:N`, or `emulated` (the host emulation at 1/64 of the shapes: checks the
+    /// benchmark runs, measures nothing about GPUs).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench_gpu(args: BenchGpuArgs) -> anyhow::Result<()> {
+    let (table, json) = ballast::backend::gpu_kernel_bench(&args.device)?;
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MakeModelArgs {
+    /// The shape: `llama3-8b` (32 layers, hidden 4096, 32/8 heads, MLP 14336, vocab 128256)
+    /// or `tiny` (2 layers, hidden 256: for tests).
+    #[arg(long, default_value = "llama3-8b", value_parser = ["llama3-8b", "tiny"])]
+    shape: String,
+    /// Output GGUF file. Weights are Q4_1 with random quants (norms f32 ones); the vocabulary
+    /// is placeholders (text encodes to byte tokens). Built in memory (about twice its size).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+struct Shape {
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    ffn: usize,
+    vocab: usize,
+}
+
+/// Random Q4_1 blocks for `n` elements: small scales so activations stay finite.
+fn random_q4_1(n: usize, state: &mut u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; n / 32 * 20];
+    let (d, m) = (half::f16::from_f32(0.004).to_le_bytes(), half::f16::from_f32(-0.03).to_le_bytes());
+    for block in bytes.chunks_exact_mut(20) {
+        block[..2].copy_from_slice(&d);
+        block[2..4].copy_from_slice(&m);
+        for chunk in block[4..].chunks_exact_mut(8) {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+    }
+    bytes
+}
+
+pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
+    let s = match args.shape.as_str() {
+        "tiny" => Shape { layers: 2, hidden: 256, heads: 8, kv_heads: 2, ffn: 512, vocab: 1024 },
+        _ => Shape { layers: 32, hidden: 4096, heads: 32, kv_heads: 8, ffn: 14336, vocab: 128256 },
+    };
+    let head_dim = s.hidden / s.heads;
+    let kv_dim = s.kv_heads * head_dim;
+    let mut state = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let u = |v: usize| MetaValue::U32(v as u32);
+    let mut w = GgufWriter::new(3)
+        .metadata("general.architecture", MetaValue::Str("llama".into()))
+        .metadata("general.name", MetaValue::Str(format!("random {} (Q4_1)", args.shape)))
+        .metadata("llama.block_count", u(s.layers))
+        .metadata("llama.embedding_length", u(s.hidden))
+        .metadata("llama.feed_forward_length", u(s.ffn))
+        .metadata("llama.attention.head_count", u(s.heads))
+        .metadata("llama.attention.head_count_kv", u(s.kv_heads))
+        .metadata("llama.context_length", u(8192))
+        .metadata("llama.vocab_size", u(s.vocab))
+        .metadata("llama.rope.freq_base", MetaValue::F32(500000.0))
+        .metadata("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(1e-5));
+    // A SentencePiece-style vocabulary of the right size: <unk>, <s>, </s>, the 256 byte
+    // tokens, then placeholder pieces (text encodes to bytes; benchmarks use token ids).
+    let mut tokens = vec!["<unk>".to_string(), "<s>".to_string(), "</s>".to_string()];
+    tokens.extend((0..256).map(|b| format!("<0x{b:02X}>")));
+    tokens.extend((tokens.len()..s.vocab).map(|i| format!("\u{2581}t{i}")));
+    let types: Vec<MetaValue> = (0..s.vocab).map(|i| MetaValue::I32(match i { 0 => 2, 1 | 2 => 3, 3..=258 => 6, _ => 1 })).collect();
+    w = w
+        .metadata("tokenizer.ggml.model", MetaValue::Str("llama".into()))
+        .metadata("tokenizer.ggml.tokens", MetaValue::Array(tokens.into_iter().map(MetaValue::Str).collect()))
+        .metadata("tokenizer.ggml.scores", MetaValue::Array(vec![MetaValue::F32(0.0); s.vocab]))
+        .metadata("tokenizer.ggml.token_type", MetaValue::Array(types))
+        .metadata("tokenizer.ggml.bos_token_id", u(1))
+        .metadata("tokenizer.ggml.eos_token_id", u(2));
+    let ones: Vec<u8> = (0..s.hidden).flat_map(|_| 1f32.to_le_bytes()).collect();
+    let mut matrix = |w: GgufWriter, name: String, rows: usize, cols: usize| {
+        w.tensor(name, &[cols as u64, rows as u64], GgmlType::Q4_1, random_q4_1(rows * cols, &mut state))
+    };
+    w = matrix(w, "token_embd.weight".into(), s.vocab, s.hidden);
+    w = matrix(w, "output.weight".into(), s.vocab, s.hidden);
+    w = w.tensor("output_norm.weight", &[s.hidden as u64], GgmlType::F32, &ones);
+    for i in 0..s.layers {
+        w = w.tensor(format!("blk.{i}.attn_norm.weight"), &[s.hidden as u64], GgmlType::F32, &ones);
+        w = w.tensor(format!("blk.{i}.ffn_norm.weight"), &[s.hidden as u64], GgmlType::F32, &ones);
+        w = matrix(w, format!("blk.{i}.attn_q.weight"), s.hidden, s.hidden);
+        w = matrix(w, format!("blk.{i}.attn_k.weight"), kv_dim, s.hidden);
+        w = matrix(w, format!("blk.{i}.attn_v.weight"), kv_dim, s.hidden);
+        w = matrix(w, format!("blk.{i}.attn_output.weight"), s.hidden, s.hidden);
+        w = matrix(w, format!("blk.{i}.ffn_gate.weight"), s.ffn, s.hidden);
+        w = matrix(w, format!("blk.{i}.ffn_up.weight"), s.ffn, s.hidden);
+        w = matrix(w, format!("blk.{i}.ffn_down.weight"), s.hidden, s.ffn);
+    }
+    std::fs::write(&args.out, w.to_bytes()).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {} ({} layers, hidden {}, vocab {})", args.out.display(), s.layers, s.hidden, s.vocab);
+    Ok(())
+}
