@@ -38,7 +38,7 @@ mod cuda {
     use std::process::Command;
 
     /// Kernel sources, one module each.
-    const SOURCES: &[&str] = &["argmax", "attention", "eltwise", "embedding", "matmul", "rms_norm", "rope_kv"];
+    const SOURCES: &[&str] = &["argmax", "attention", "eltwise", "embedding", "gemm", "matmul", "rms_norm", "rope_kv"];
     const ARCHS: &[&str] = &["arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_90,code=compute_90"];
 
     pub fn build() {

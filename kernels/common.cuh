@@ -81,3 +81,19 @@ __device__ __forceinline__ float matrix_elem(const BallastMatrix& m, size_t row,
     int q = j < 16 ? (byte & 15) : (byte >> 4);
     return m.format == BALLAST_Q4_1 ? d * (float)q + mn : d * (float)(q - 8);
 }
+
+// D += A·B on the tensor cores: one m16n8k16 tile, f16 inputs, f32 accumulation. Fragments as
+// the PTX ISA lays them out (g = lane / 4, t = lane % 4): a[0] = A[g][2t..2t+1],
+// a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]; b[0] = B[2t..2t+1][g],
+// b[1] = B[2t+8..2t+9][g]; d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]. The lower
+// index sits in a register's low half. The emulation computes the same tile from every
+// lane's fragments.
+__device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+#ifdef BALLAST_EMU
+    emu::mma_m16n8k16(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use ballast::backend::Backend;
+use ballast::backend::{Backend, GpuOptions};
 use ballast::backend::gpu::GpuBackend;
 use ballast::backend::gpu::any::AnyDevice;
 use ballast::generate::{GenRequest, Runner, RunnerOptions};
@@ -17,7 +17,10 @@ use common::*;
 use std::path::Path;
 
 fn gpu_runner(loaded: LoadedModel, num_tokens: usize, max_batch_tokens: usize) -> Runner<GpuBackend<AnyDevice>> {
-    let backend = GpuBackend::new(AnyDevice::for_tests());
+    // Deterministic: the batch-invariance test needs it, and the emulation runs the GEMV
+    // far faster than the tensor-core GEMM (which tests/gpu_ops.rs checks op by op).
+    let options = GpuOptions { deterministic: true, ..GpuOptions::default() };
+    let backend = GpuBackend::with_options(AnyDevice::for_tests(), options);
     let options = RunnerOptions { max_batch_tokens, block_size: 16, num_blocks: num_tokens.div_ceil(16) + 1, kv_dtype: KvDtype::F16 };
     Runner::new(backend, loaded.config, loaded.weights, options).unwrap()
 }

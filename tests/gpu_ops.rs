@@ -8,7 +8,7 @@
 use ballast::backend::cpu::{CpuBackend, Precision};
 use ballast::backend::gpu::any::AnyDevice;
 use ballast::backend::gpu::GpuBackend;
-use ballast::backend::{AttentionShape, Backend, RopeShape};
+use ballast::backend::{AttentionShape, Backend, GpuOptions, RopeShape};
 use ballast::format::bytes::TensorBytes;
 use ballast::kv::{KvDtype, KvLayout};
 use ballast::model::RopeStyle;
@@ -42,7 +42,12 @@ impl Rng {
 }
 
 fn backends() -> (CpuBackend, Gpu) {
-    (CpuBackend::new(1, Precision::Reference).unwrap(), GpuBackend::new(AnyDevice::for_tests()))
+    (CpuBackend::new(1, Precision::Reference).unwrap(), deterministic())
+}
+
+/// One kernel per op at every batch size: the f32 GEMV even for 16+ tokens.
+fn deterministic() -> Gpu {
+    GpuBackend::with_options(AnyDevice::for_tests(), GpuOptions { deterministic: true, ..GpuOptions::default() })
 }
 
 fn cpu_tensor(cpu: &CpuBackend, rows: usize, data: &[f32]) -> ballast::backend::cpu::CpuTensor {
@@ -107,6 +112,28 @@ fn matmul_matches_the_cpu_for_every_weight_format() {
             // Formats without a GPU kernel are dequantized to f16 on upload: f16 rounding.
             let tol = if dtype == GgmlType::Q4K { 2e-3 } else { 1e-4 };
             assert_close(&format!("{dtype} {rows}x{cols}, {tokens} tokens"), &read_gpu(&gpu, &gout), cout.as_slice(), tol);
+        }
+    }
+}
+
+#[test]
+fn tensor_core_matmul_matches_the_cpu_within_f16_rounding() {
+    // 16 tokens or more of quantized weights go to matmul_mma unless deterministic: partial
+    // 64-row and 64-token tiles, several K blocks.
+    let cpu = CpuBackend::new(1, Precision::Reference).unwrap();
+    let gpu = GpuBackend::new(AnyDevice::for_tests());
+    let mut rng = Rng(0x51ab);
+    for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for &(rows, cols, tokens) in &[(64, 32, 16), (37, 96, 17), (130, 64, 70), (8, 160, 64)] {
+            let w = quantized(dtype, rows, cols, &mut rng);
+            let x = rng.floats(tokens * cols);
+            let (cw, gw) = (cpu.upload_matrix(w.clone()).unwrap(), gpu.upload_matrix(w).unwrap());
+            let mut cout = cpu.alloc(tokens, rows).unwrap();
+            let mut gout = gpu.alloc(tokens, rows).unwrap();
+            cpu.matmul(&cpu_tensor(&cpu, tokens, &x), &cw, &mut cout).unwrap();
+            gpu.matmul(&gpu_tensor(&gpu, tokens, &x), &gw, &mut gout).unwrap();
+            // Activations and dequantized weights in f16: ~1e-3 of the output's scale.
+            assert_close(&format!("mma {dtype} {rows}x{cols}, {tokens} tokens"), &read_gpu(&gpu, &gout), cout.as_slice(), 4e-3);
         }
     }
 }
@@ -316,7 +343,7 @@ fn copy_blocks_copies_every_layer_in_order() {
 
 #[test]
 fn a_stale_step_is_an_error_not_a_wrong_answer() {
-    let gpu = GpuBackend::new(AnyDevice::for_tests());
+    let gpu = deterministic();
     let table = gpu.upload_matrix(quantized(GgmlType::F32, 4, 8, &mut Rng(3))).unwrap();
     let mut a = BatchPlan::new(16, 2);
     a.push_seq(&[1, 2], 0, &[0], LogitsFor::Last).unwrap();
@@ -332,7 +359,7 @@ fn a_stale_step_is_an_error_not_a_wrong_answer() {
 
 #[test]
 fn device_argmax_picks_the_first_largest_logit() {
-    let gpu = GpuBackend::new(AnyDevice::for_tests());
+    let gpu = deterministic();
     let mut rng = Rng(8);
     for cols in [1, 7, 255, 256, 257, 49152] {
         let mut x = rng.floats(3 * cols);

@@ -6,6 +6,7 @@
 #include "../attention.cu"
 #include "../eltwise.cu"
 #include "../embedding.cu"
+#include "../gemm.cu"
 #include "../matmul.cu"
 #include "../rms_norm.cu"
 #include "../rope_kv.cu"

@@ -22,6 +22,7 @@ struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(8) uint2 { unsigned x, y; };
 struct alignas(8) float2 { float x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 namespace emu {
 
@@ -39,6 +40,12 @@ void sync_block();
 // Every lane of the calling warp publishes `bits`; returns what lane `src` published.
 uint64_t warp_exchange(uint64_t bits, unsigned src);
 void check_full_mask(unsigned mask);
+// Every lane of the calling warp publishes `n` (≤ 8) words; `all` receives lane 0's, then
+// lane 1's, ... (32 * n words).
+void warp_allgather(const uint32_t* mine, unsigned n, uint32_t* all);
+// The tensor-core tile D += A·B (m16n8k16, f16 inputs, f32 accumulation) with the PTX ISA's
+// fragment layout, computed from every lane's fragments.
+void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2]);
 
 inline unsigned lane() { return current->linear & 31; }
 

@@ -84,7 +84,8 @@ struct Launch {
 #else
     ucontext_t scheduler;
 #endif
-    std::vector<unsigned> exchange_phase; // per warp: which half of warp_slots is in use
+    std::vector<unsigned> exchange_phase; // per lane: which half of the slots its next op uses
+    std::vector<uint32_t> gather_slots;   // [half][warp][lane][8]
     unsigned running = 0;
     uint64_t progress = 0; // barrier arrivals and exits
     std::string error;
@@ -218,6 +219,43 @@ uint64_t warp_exchange(uint64_t bits, unsigned src) {
     return slots[warp * 32 + (src & 31)];
 }
 
+void warp_allgather(const uint32_t* mine, unsigned n, uint32_t* all) {
+    Launch& l = *launch_state;
+    unsigned me = current->linear, warp = me / 32;
+    unsigned half = l.exchange_phase[me];
+    l.exchange_phase[me] ^= 1;
+    uint32_t* slots = l.gather_slots.data() + (half * (l.fibers.size() / 32) + warp) * 256;
+    std::memcpy(slots + (me & 31) * 8, mine, n * 4);
+    wait(l.warp_barriers[warp], 2);
+    for (unsigned lane = 0; lane < 32; lane++) std::memcpy(all + lane * n, slots + lane * 8, n * 4);
+}
+
+void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2]) {
+    uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    uint32_t all[32 * 6];
+    warp_allgather(mine, 6, all);
+    auto lo = [](uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w & 0xffff))); };
+    auto hi = [](uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w >> 16))); };
+    float A[16][16], B[16][8];
+    for (unsigned lane = 0; lane < 32; lane++) {
+        const uint32_t* f = all + lane * 6;
+        unsigned g = lane >> 2, t = lane & 3;
+        A[g][2 * t] = lo(f[0]), A[g][2 * t + 1] = hi(f[0]);
+        A[g + 8][2 * t] = lo(f[1]), A[g + 8][2 * t + 1] = hi(f[1]);
+        A[g][2 * t + 8] = lo(f[2]), A[g][2 * t + 9] = hi(f[2]);
+        A[g + 8][2 * t + 8] = lo(f[3]), A[g + 8][2 * t + 9] = hi(f[3]);
+        B[2 * t][g] = lo(f[4]), B[2 * t + 1][g] = hi(f[4]);
+        B[2 * t + 8][g] = lo(f[5]), B[2 * t + 9][g] = hi(f[5]);
+    }
+    unsigned g = (current->linear & 31) >> 2, t = current->linear & 3;
+    for (unsigned i = 0; i < 4; i++) {
+        unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float sum = 0.0f;
+        for (unsigned k = 0; k < 16; k++) sum += A[row][k] * B[k][col];
+        d[i] += sum;
+    }
+}
+
 void check_full_mask(unsigned mask) {
     if (mask != 0xffffffffu) {
         std::fprintf(stderr, "emulation: warp operations need the full mask (got %08x)\n", mask);
@@ -277,6 +315,7 @@ extern "C" int ballast_emu_launch(const char* name, EmuDim grid, EmuDim block, c
     for (auto& b : l.warp_barriers) b.count = 32;
     l.warp_slots.resize(2 * n);
     l.exchange_phase.assign(n, 0);
+    l.gather_slots.resize(2 * n * 8);
     l.block_barrier.count = (unsigned)n;
     for (unsigned z = 0; z < block.z; z++)
         for (unsigned y = 0; y < block.y; y++)

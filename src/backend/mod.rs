@@ -202,11 +202,15 @@ impl std::str::FromStr for DeviceRequest {
 pub struct GpuOptions {
     /// Share of the GPU's memory this process may fill (weights, activations, KV pool).
     pub memory_fraction: f64,
+    /// Batch invariance: one kernel per op whatever the batch size, so a request's output
+    /// never depends on what else runs with it (off: the tensor-core GEMM takes matmuls of
+    /// 16 tokens or more, with f16 activations).
+    pub deterministic: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { memory_fraction: 0.9 }
+        GpuOptions { memory_fraction: 0.9, deterministic: false }
     }
 }
 

@@ -87,7 +87,8 @@ pub fn run(device: &str) -> Result<(String, Vec<KernelResult>)> {
             let secs = time(dev, reps, || gpu.matmul(&x, &w, &mut out))?;
             let bytes = (rows * cols / 32 * 20 + 4 * tokens * (rows + cols)) as f64;
             let flops = 2.0 * (rows * cols * tokens) as f64;
-            push(format!("matmul Q4_1 {rows}x{cols}, {tokens} tokens"), secs, bytes, flops, copy);
+            let kernel = if tokens >= super::ops::MMA_MIN_TOKENS { "tensor cores" } else { "GEMV" };
+            push(format!("matmul Q4_1 {rows}x{cols}, {tokens} tokens ({kernel})"), secs, bytes, flops, copy);
         }
     }
 

@@ -103,6 +103,7 @@ fn kernel_names(file: &str) -> Vec<String> {
             v
         }
         "eltwise" => vec!["eltwise".into(), "gather_rows".into(), "copy_blocks".into()],
+        "gemm" => vec!["matmul_mma".into()],
         other => vec![other.to_string()],
     }
 }

@@ -11,6 +11,9 @@ use crate::model::weights::HostMatrix;
 use crate::plan::BatchPlan;
 use std::ptr::null;
 
+/// Tokens from which a quantized matmul runs on the tensor cores (unless deterministic).
+pub const MMA_MIN_TOKENS: usize = 16;
+
 fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
 }
@@ -166,6 +169,11 @@ impl<D: Device> Backend for GpuBackend<D> {
             return Ok(());
         }
         let p = MatmulParams { w: w.desc(), x: x.ptr(), out: out.ptr(), bias: null(), tokens: x.rows as u32 };
+        let quantized = matches!(w.format, BALLAST_Q4_0 | BALLAST_Q4_1 | BALLAST_Q8_0);
+        if quantized && x.rows >= MMA_MIN_TOKENS && !self.options.deterministic {
+            let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(64))?, grid_len("matmul", x.rows.div_ceil(64))?);
+            return self.device.launch("matmul_mma", grid, Dims::x(128), &p);
+        }
         let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(4))?, grid_len("matmul", x.rows.div_ceil(8))?);
         self.device.launch("matmul", grid, Dims::x(128), &p)
     }

@@ -1,0 +1,105 @@
+// out[t][r] = W[r] . x[t] on the tensor cores, for prefill chunks and large decode batches
+// of quantized weights (Q4_0, Q4_1, Q8_0).
+//
+// A block computes 64 rows x 64 tokens; its 4 warps take 16 rows each, across all 64 tokens
+// (eight m16n8k16 tiles). Per 32-element quant block along K, the threads dequantize the 64
+// rows' blocks and convert the 64 tokens' activations to f16 in shared memory, then each warp
+// runs two k16 steps. Activations meet the tensor cores in f16 (f32 accumulation), so results
+// differ from the GEMV kernel's f32 arithmetic in the last bits: the backend uses this kernel
+// only when it may (not with --deterministic, which keeps every batch size on one kernel).
+#include "common.cuh"
+
+#define GM_ROWS 64
+#define GM_TOKENS 64
+#define GM_PAD 40 // halves per shared row: 32 + 8, so lanes of a fragment load hit distinct banks
+
+__device__ __forceinline__ unsigned pack_halves(unsigned short lo, unsigned short hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+
+BALLAST_KERNEL(matmul_mma, MatmulParams, 128) {
+    __shared__ unsigned short ws[GM_ROWS][GM_PAD];
+    __shared__ unsigned short xs[GM_TOKENS][GM_PAD];
+    const BallastMatrix w = p.w;
+    unsigned warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    unsigned g = lane >> 2, t = lane & 3;
+    unsigned r0 = blockIdx.x * GM_ROWS, t0 = blockIdx.y * GM_TOKENS;
+    unsigned nb = w.cols / 32;
+    bool q8 = w.format == BALLAST_Q8_0;
+    float c[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) c[n][i] = 0.0f;
+
+    // Staging: thread i takes row (or token) i / 2, elements (i % 2) * 16 .. + 16.
+    unsigned srow = threadIdx.x / 2, shalf = threadIdx.x % 2;
+    for (unsigned b = 0; b < nb; b++) {
+        unsigned row = r0 + srow;
+        unsigned short wv[16];
+        if (row < w.rows) {
+            size_t blk = (size_t)row * nb + b;
+            unsigned s = w.scales[blk];
+            float d = half_bits_to_float(s), m = half_bits_to_float(s >> 16);
+            if (q8) {
+                uint4 raw = ((const uint4*)w.qs)[2 * blk + shalf];
+                unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+                for (int j = 0; j < 16; j++) wv[j] = float_to_half_bits(d * (float)(signed char)((words[j / 4] >> (8 * (j % 4))) & 0xffu));
+            } else {
+                uint4 raw = ((const uint4*)w.qs)[blk];
+                unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    unsigned byte = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
+                    float q = (float)(shalf ? byte >> 4 : byte & 15u);
+                    wv[j] = float_to_half_bits(w.format == BALLAST_Q4_1 ? d * q + m : d * (q - 8.0f));
+                }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j++) wv[j] = 0;
+        }
+#pragma unroll
+        for (int j = 0; j < 16; j++) ws[srow][shalf * 16 + j] = wv[j];
+        unsigned tok = t0 + srow;
+#pragma unroll
+        for (int j = 0; j < 16; j += 4) {
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (tok < p.tokens) v = *(const float4*)(p.x + (size_t)tok * w.cols + b * 32 + shalf * 16 + j);
+            xs[srow][shalf * 16 + j] = float_to_half_bits(v.x);
+            xs[srow][shalf * 16 + j + 1] = float_to_half_bits(v.y);
+            xs[srow][shalf * 16 + j + 2] = float_to_half_bits(v.z);
+            xs[srow][shalf * 16 + j + 3] = float_to_half_bits(v.w);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < 32; ks += 16) {
+            unsigned ra = warp * 16 + g;
+            unsigned a[4] = {
+                pack_halves(ws[ra][ks + 2 * t], ws[ra][ks + 2 * t + 1]),
+                pack_halves(ws[ra + 8][ks + 2 * t], ws[ra + 8][ks + 2 * t + 1]),
+                pack_halves(ws[ra][ks + 2 * t + 8], ws[ra][ks + 2 * t + 9]),
+                pack_halves(ws[ra + 8][ks + 2 * t + 8], ws[ra + 8][ks + 2 * t + 9]),
+            };
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                unsigned tb = n * 8 + g;
+                unsigned bf[2] = {
+                    pack_halves(xs[tb][ks + 2 * t], xs[tb][ks + 2 * t + 1]),
+                    pack_halves(xs[tb][ks + 2 * t + 8], xs[tb][ks + 2 * t + 9]),
+                };
+                mma_16816(c[n], a, bf);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            unsigned row = r0 + warp * 16 + g + (i >= 2 ? 8 : 0);
+            unsigned tok = t0 + n * 8 + 2 * t + (i & 1);
+            if (row < w.rows && tok < p.tokens) p.out[(size_t)tok * w.rows + row] = c[n][i] + (p.bias ? p.bias[row] : 0.0f);
+        }
+}
