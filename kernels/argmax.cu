@@ -1,5 +1,6 @@
 // Greedy sampling on the device: the index of each row's largest logit (the lowest such
-// index on ties; NaN never wins), so a decode step copies one id per row, not the logits.
+// index on ties; NaN never wins, and an all-NaN row gives its last index, as the host's
+// sampler::argmax), so a decode step copies one id per row, not the logits.
 #include "common.cuh"
 
 BALLAST_KERNEL(argmax, ArgmaxParams, 256) {
@@ -36,6 +37,6 @@ BALLAST_KERNEL(argmax, ArgmaxParams, 256) {
                 v = best_v[w];
                 idx = best_i[w];
             }
-        p.out[blockIdx.x] = idx == 0xffffffffu ? 0 : idx;
+        p.out[blockIdx.x] = idx == 0xffffffffu ? p.cols - 1 : idx;
     }
 }

@@ -175,6 +175,12 @@ impl Sampler {
 
     /// Records a token that was generated (the penalties look at it). [`Self::sample`] does
     /// this itself; call it for tokens chosen elsewhere.
+    /// Whether this sampler always picks the raw logits' argmax (greedy, no penalties), so a
+    /// backend may pick it on the device ([`crate::backend::Backend::argmax`]).
+    pub fn is_plain_greedy(&self) -> bool {
+        (self.params.temperature == 0.0 || self.params.top_k == 1) && !self.params.has_penalties()
+    }
+
     pub fn observe(&mut self, token: u32) {
         if self.params.has_penalties() {
             *self.generated.entry(token).or_insert(0) += 1;

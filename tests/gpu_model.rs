@@ -106,3 +106,41 @@ fn a_sequence_computes_the_same_alone_or_in_a_batch_on_the_gpu_backend() {
         assert!(alone_logits == batched_logits[i], "prompt {i}: logits differ");
     }
 }
+
+#[test]
+fn the_engine_samples_greedy_rows_on_the_device_and_the_rest_on_the_host() {
+    use ballast::engine::{Engine, EngineConfig};
+    use ballast::request::Request;
+    let dir = shared_dir().join("fixtures").join("tiny-llama");
+    let expected = read_json(&dir.join("expected.json"));
+    let case = &expected["cases"][0];
+    let prompt = ids(&case["prompt_ids"]);
+    let options = GpuOptions { deterministic: true, ..GpuOptions::default() };
+    let device = std::sync::Arc::new(AnyDevice::for_tests());
+    let backend = GpuBackend::with_options(device.clone(), options);
+    let config = EngineConfig { kv_cache_bytes: 8 << 20, ..EngineConfig::default() };
+    let engine = Engine::start(backend, load_dir(&dir, LoadOptions::default()), config).unwrap();
+    let greedy = |r: Request| Request { ignore_eos: true, ..r.max_tokens(16) };
+    // Plain greedy: the device's argmax picks every token (only ids are copied back).
+    let on_device = engine.submit(greedy(Request::new(prompt.clone()))).unwrap().collect_output().remove(0);
+    assert_eq!(on_device.ids, ids(&case["greedy_16"]));
+    let argmax_launches = device.launches("argmax");
+    assert!(argmax_launches.is_none_or(|n| n == 16), "one device argmax per token: {argmax_launches:?}");
+    // With logprobs the row's logits come to the host: the same tokens, plus logprobs.
+    let on_host = engine
+        .submit(Request { logprobs: Some(2), ..greedy(Request::new(prompt.clone())) })
+        .unwrap()
+        .collect_output()
+        .remove(0);
+    assert_eq!(on_host.ids, on_device.ids);
+    assert_eq!(on_host.logprobs.len(), 16);
+    assert_eq!(device.launches("argmax"), argmax_launches, "logprobs need the host's logits");
+    // Beside a sampled request (host path for the whole step) greedy stays greedy.
+    let mut sampled = greedy(Request::new(prompt.clone()));
+    sampled.sampling.temperature = 0.9;
+    sampled.sampling.seed = Some(3);
+    let a = engine.submit(sampled).unwrap();
+    let b = engine.submit(greedy(Request::new(prompt))).unwrap();
+    assert_eq!(a.collect_output().remove(0).ids.len(), 16);
+    assert_eq!(b.collect_output().remove(0).ids, on_device.ids);
+}

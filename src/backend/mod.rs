@@ -162,6 +162,13 @@ pub trait Backend: Send {
     ) -> Result<()>;
     /// Copies `x` to host memory (`rows * cols` floats, row-major) into `out`.
     fn read(&self, x: &Self::Tensor, out: &mut Vec<f32>) -> Result<()>;
+    /// Each row's greedy token into `out`: the index of its largest value, the first on ties,
+    /// NaN never chosen over a number ([`crate::sampler::argmax`]), computed where `x` lives
+    /// so only the ids are copied. `Ok(false)`: not supported here (the caller reads `x`).
+    fn argmax(&self, x: &Self::Tensor, out: &mut Vec<u32>) -> Result<bool> {
+        let _ = (x, out);
+        Ok(false)
+    }
     /// Bytes the KV pool should take, for a backend that sizes it from its own memory (a GPU,
     /// after the weights are in); `None`: the engine's configured budget.
     fn kv_memory_budget(&self) -> Result<Option<usize>> {

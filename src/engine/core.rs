@@ -1,15 +1,17 @@
 //! The engine thread: owns backend, model, KV pool, block manager and scheduler, and runs
 //! steps (schedule → plan → forward → sample → emit) while there is work.
 
+mod sample;
+
 use super::stream::EventSender;
 use super::{Admitted, Command, EngineConfig, Metrics, RequestId, Shared};
-use crate::backend::{Backend, BackendError};
+use crate::backend::Backend;
 use crate::detok::{Detokenizer, StopStrings};
 use crate::kv::BlockManager;
 use crate::model::Llama;
-use crate::plan::{BatchPlan, LogitsFor};
+use crate::plan::BatchPlan;
 use crate::request::{Event, FinishReason, Timings, Usage};
-use crate::sampler::{Sampler, TokenLogprob, logprobs};
+use crate::sampler::{Sampler, TokenLogprob};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId, SeqSpec};
 use crate::tokenizer::Tokenizer;
 use crossbeam_channel::Receiver;
@@ -50,6 +52,7 @@ impl<B: Backend> CoreParts<B> {
             commands: self.commands,
             shared: self.shared,
             logits: Vec::new(),
+            greedy: Vec::new(),
             scratch: Vec::new(),
             requests: HashMap::new(),
             seqs: HashMap::new(),
@@ -99,6 +102,8 @@ struct Core<B: Backend> {
     scheduler: Scheduler,
     plan: BatchPlan,
     logits: Vec<f32>,
+    /// This step's tokens when the backend picked them (every sampled sequence greedy).
+    greedy: Vec<u32>,
     scratch: Vec<f32>,
     tokenizer: Option<Arc<Tokenizer>>,
     commands: Receiver<Command>,
@@ -250,13 +255,16 @@ impl<B: Backend> Core<B> {
                 st.first_scheduled.get_or_insert(now);
             }
         }
-        if let Err(e) = self.forward(&out) {
-            tracing::error!("step failed: {e}");
-            for s in &out.scheduled {
-                self.finish_seq(s.id, FinishReason::Error(e.to_string()));
+        let on_device = match self.forward(&out) {
+            Ok(on_device) => on_device,
+            Err(e) => {
+                tracing::error!("step failed: {e}");
+                for s in &out.scheduled {
+                    self.finish_seq(s.id, FinishReason::Error(e.to_string()));
+                }
+                return true;
             }
-            return true;
-        }
+        };
         let elapsed = now.elapsed().as_secs_f64();
         let num_tokens = out.num_tokens();
         if num_tokens >= 32 {
@@ -272,7 +280,10 @@ impl<B: Backend> Core<B> {
                 continue;
             }
             // A panic in one request's sampling or detokenizing fails that request only.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.on_logits(s.id, range)));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match on_device {
+                true => self.on_greedy_token(s.id, self.greedy[row]),
+                false => self.on_logits(s.id, range),
+            }));
             if let Err(panic) = result {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -286,73 +297,6 @@ impl<B: Backend> Core<B> {
             }
         }
         true
-    }
-
-    fn forward(&mut self, out: &crate::scheduler::StepOutput) -> Result<(), BackendError> {
-        let copies = self.blocks.take_copies();
-        if !copies.is_empty() {
-            self.backend.copy_blocks(&mut self.kv, &copies)?;
-        }
-        self.plan.clear();
-        for s in &out.scheduled {
-            let tokens = &self.scheduler.tokens(s.id)[s.start..s.start + s.num_tokens];
-            let logits = if s.sample { LogitsFor::Last } else { LogitsFor::None };
-            self.plan
-                .push_seq(tokens, s.start, self.scheduler.block_table(s.id), logits)
-                .map_err(|e| BackendError::Shape { op: "plan", detail: e.to_string() })?;
-        }
-        self.model.forward(&self.backend, &self.plan, &mut self.kv, &mut self.logits)
-    }
-
-    /// A sequence's logits are ready (`self.logits[range]`): fork pending choices, sample.
-    fn on_logits(&mut self, id: SeqId, range: std::ops::Range<usize>) {
-        let st = self.seqs.get_mut(&id).expect("checked");
-        let forks = std::mem::take(&mut st.pending_forks);
-        let mut choices = vec![id];
-        if forks > 0 {
-            let req = st.request;
-            for i in 1..=forks {
-                let child = self.next_seq;
-                self.next_seq += 1;
-                self.scheduler.fork(id, child);
-                let parent = &self.seqs[&id];
-                let seed = parent.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let state = SeqState {
-                    request: req,
-                    index: i,
-                    sampler: parent.sampler.fork(seed),
-                    seed,
-                    detok: parent.detok.clone(),
-                    stops: parent.stops.clone(),
-                    stop_ids: parent.stop_ids.clone(),
-                    max_tokens: parent.max_tokens,
-                    logprobs: parent.logprobs,
-                    num_generated: 0,
-                    pending_forks: 0,
-                    first_scheduled: parent.first_scheduled,
-                    first_token: None,
-                    inject_panic: parent.inject_panic,
-                };
-                self.seqs.insert(child, state);
-                self.requests.get_mut(&req).expect("live request").seq_ids.push(child);
-                choices.push(child);
-            }
-        }
-        for choice in choices {
-            // Each choice samples from its own copy (penalties edit the row in place).
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&self.logits[range.clone()]);
-            // A failed delivery cancels the whole request, siblings included.
-            let Some(st) = self.seqs.get_mut(&choice) else { continue };
-            let top = st.logprobs;
-            let raw = top.map(|_| self.scratch.clone());
-            let token = st.sampler.sample(&mut self.scratch);
-            let lp = match (top, raw) {
-                (Some(k), Some(raw)) => Some(logprobs(&raw, token, k)),
-                _ => None,
-            };
-            self.on_token(choice, token, lp);
-        }
     }
 
     fn on_token(&mut self, id: SeqId, token: u32, lp: Option<TokenLogprob>) {

@@ -102,6 +102,38 @@ impl<B: Backend> Llama<B> {
         kv: &mut B::KvPool,
         logits: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
+        logits.clear();
+        if self.compute(backend, plan, kv)? {
+            backend.read(&self.buffers.logits, logits)?;
+        }
+        Ok(())
+    }
+
+    /// As [`Llama::forward`], but each logits row's argmax (greedy sampling) is computed by
+    /// the backend where the logits live, and only the ids come back: `Ok(false)` when the
+    /// backend cannot, and `logits` then holds the logits instead.
+    pub fn forward_argmax(
+        &mut self,
+        backend: &B,
+        plan: &BatchPlan,
+        kv: &mut B::KvPool,
+        ids: &mut Vec<u32>,
+        logits: &mut Vec<f32>,
+    ) -> Result<bool, BackendError> {
+        ids.clear();
+        logits.clear();
+        if !self.compute(backend, plan, kv)? {
+            return Ok(true);
+        }
+        if backend.argmax(&self.buffers.logits, ids)? {
+            return Ok(true);
+        }
+        backend.read(&self.buffers.logits, logits)?;
+        Ok(false)
+    }
+
+    /// The forward pass up to the logits tensor; false if no row wants logits.
+    fn compute(&mut self, backend: &B, plan: &BatchPlan, kv: &mut B::KvPool) -> Result<bool, BackendError> {
         if plan.num_tokens() == 0 || plan.num_tokens() > self.max_batch_tokens {
             return Err(BackendError::Shape {
                 op: "forward",
@@ -122,13 +154,12 @@ impl<B: Backend> Llama<B> {
             let next_norm = w.layers.get(i + 1).map_or(&w.final_norm, |l| &l.attn_norm);
             backend.add_rms_norm(&mut b.x, &b.delta, next_norm, eps, &mut b.xn)?;
         }
-        logits.clear();
         if plan.logits_rows.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         backend.gather_logits_rows(&step, &b.xn, &mut b.last)?;
         backend.matmul(&b.last, w.output(), &mut b.logits)?;
-        backend.read(&b.logits, logits)
+        Ok(true)
     }
 }
 

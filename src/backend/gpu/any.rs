@@ -40,6 +40,14 @@ impl AnyDevice {
     pub fn is_emulated(&self) -> bool {
         matches!(self, AnyDevice::Emulated(_))
     }
+
+    /// Launches of kernel `name` so far, where the device counts them (the emulation).
+    pub fn launches(&self, name: &str) -> Option<u64> {
+        match self {
+            AnyDevice::Emulated(d) => Some(d.launches(name)),
+            AnyDevice::Cuda(_) => None,
+        }
+    }
 }
 
 fn mismatch() -> BackendError {

@@ -51,3 +51,44 @@ pub trait Device: Send + Sync + 'static {
     /// Free and total device memory in bytes.
     fn memory(&self) -> Result<(usize, usize)>;
 }
+
+/// A shared device: the backend and its owner (a test counting launches, say) both hold it.
+impl<D: Device> Device for std::sync::Arc<D> {
+    type Buffer = D::Buffer;
+
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Self::Buffer> {
+        (**self).alloc(bytes)
+    }
+
+    fn address(&self, buf: &Self::Buffer) -> u64 {
+        (**self).address(buf)
+    }
+
+    fn upload(&self, buf: &Self::Buffer, offset: usize, data: &[u8]) -> Result<()> {
+        (**self).upload(buf, offset, data)
+    }
+
+    fn download(&self, buf: &Self::Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        (**self).download(buf, offset, out)
+    }
+
+    fn launch<P: KernelParams>(&self, name: &str, grid: Dims, block: Dims, params: &P) -> Result<()> {
+        (**self).launch(name, grid, block, params)
+    }
+
+    fn copy(&self, dst: &Self::Buffer, src: &Self::Buffer, bytes: usize) -> Result<()> {
+        (**self).copy(dst, src, bytes)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        (**self).synchronize()
+    }
+
+    fn memory(&self) -> Result<(usize, usize)> {
+        (**self).memory()
+    }
+}

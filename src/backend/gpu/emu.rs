@@ -33,11 +33,18 @@ impl Drop for EmuBuffer {
 }
 
 #[derive(Default)]
-pub struct EmuDevice {}
+pub struct EmuDevice {
+    launches: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+}
 
 impl EmuDevice {
     pub fn new() -> EmuDevice {
-        EmuDevice {}
+        EmuDevice::default()
+    }
+
+    /// How many times kernel `name` has been launched (for tests of which path ran).
+    pub fn launches(&self, name: &str) -> u64 {
+        self.launches.lock().get(name).copied().unwrap_or(0)
     }
 }
 
@@ -83,6 +90,7 @@ impl Device for EmuDevice {
 
     fn launch<P: KernelParams>(&self, name: &str, grid: Dims, block: Dims, params: &P) -> Result<()> {
         let cname = CString::new(name).map_err(|_| BackendError::Device(format!("bad kernel name {name:?}")))?;
+        *self.launches.lock().entry(name.to_string()).or_insert(0) += 1;
         let mut error = vec![0u8; 512];
         let dim = |d: Dims| EmuDim { x: d.x, y: d.y, z: d.z };
         // SAFETY: `params` is the kernel's params struct (KernelParams); the kernel reads only

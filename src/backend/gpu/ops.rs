@@ -357,6 +357,20 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.device.download(&x.buf, 0, bytemuck::cast_slice_mut(out))
     }
 
+    /// The `argmax` kernel: one id per row comes back instead of the logits.
+    fn argmax(&self, logits: &Self::Tensor, out: &mut Vec<u32>) -> Result<bool> {
+        out.clear();
+        out.resize(logits.rows, 0);
+        if logits.rows == 0 {
+            return Ok(true);
+        }
+        let ids = self.device.alloc(logits.rows * 4)?;
+        let p = ArgmaxParams { logits: logits.ptr(), out: self.device.address(&ids) as *mut u32, rows: logits.rows as u32, cols: logits.cols as u32 };
+        self.device.launch("argmax", Dims::x(logits.rows as u32), Dims::x(256), &p)?;
+        self.device.download(&ids, 0, bytemuck::cast_slice_mut(out))?;
+        Ok(true)
+    }
+
     /// What `--gpu-memory-fraction` leaves once the weights and activations are in.
     fn kv_memory_budget(&self) -> Result<Option<usize>> {
         let (free, total) = self.device.memory()?;
@@ -368,18 +382,3 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 }
 
-impl<D: Device> GpuBackend<D> {
-    /// Each row's greedy token (the lowest index of its largest logit), computed on the device:
-    /// a decode step copies one id per row instead of the logits.
-    pub fn argmax(&self, logits: &GpuTensor<D::Buffer>, out: &mut Vec<u32>) -> Result<()> {
-        out.clear();
-        out.resize(logits.rows, 0);
-        if logits.rows == 0 {
-            return Ok(());
-        }
-        let ids = self.device.alloc(logits.rows * 4)?;
-        let p = ArgmaxParams { logits: logits.ptr(), out: self.device.address(&ids) as *mut u32, rows: logits.rows as u32, cols: logits.cols as u32 };
-        self.device.launch("argmax", Dims::x(logits.rows as u32), Dims::x(256), &p)?;
-        self.device.download(&ids, 0, bytemuck::cast_slice_mut(out))
-    }
-}
