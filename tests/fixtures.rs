@@ -15,14 +15,6 @@ use std::path::Path;
 
 const FIXTURES: [&str; 3] = ["tiny-llama", "tiny-llama3-rope-sharded", "tiny-qwen2"];
 
-/// `logits_{i}` of `expected.safetensors`: the float32 logits at every prompt position.
-fn expected_logits(dir: &Path, case: usize) -> Vec<f32> {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(&format!("logits_{case}")).unwrap();
-    t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-}
-
 fn cases(dir: &Path) -> Vec<(Vec<u32>, Vec<u32>)> {
     let expected = read_json(&dir.join("expected.json"));
     expected["cases"].as_array().unwrap().iter().map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_16"]))).collect()

@@ -13,16 +13,6 @@ use ballast::kv::KvDtype;
 use ballast::sampler::SamplingParams;
 use common::*;
 
-/// Tokens of `ours` agreeing with the reference (48 = full match; reaching the reference's EOS
-/// counts as full).
-fn agreement(ours: &[u32], reference: &[u32], eos_index: Option<usize>) -> usize {
-    let n = ours.iter().zip(reference).take_while(|(a, b)| a == b).count();
-    match eos_index {
-        Some(e) if n > e => reference.len(),
-        _ => n,
-    }
-}
-
 fn llama_cpp_agreement(case: &serde_json::Value) -> usize {
     let l = &case["llama_cpp"];
     if l["match_until_ref_eos"].as_bool() == Some(true) {

@@ -14,7 +14,6 @@ use ballast::kv::KvDtype;
 use ballast::model::{LoadOptions, LoadedModel};
 use ballast::sampler::SamplingParams;
 use common::*;
-use std::path::Path;
 
 fn gpu_runner(loaded: LoadedModel, num_tokens: usize, max_batch_tokens: usize) -> Runner<GpuBackend<AnyDevice>> {
     // Deterministic: the batch-invariance test needs it, and the emulation runs the GEMV
@@ -28,14 +27,6 @@ fn gpu_runner(loaded: LoadedModel, num_tokens: usize, max_batch_tokens: usize) -
 fn greedy(prompt: &[u32], n: usize) -> GenRequest {
     GenRequest { prompt: prompt.to_vec(), params: SamplingParams::greedy(), max_tokens: n, stop_ids: vec![] }
 }
-
-fn expected_logits(dir: &Path, case: usize) -> Vec<f32> {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(&format!("logits_{case}")).unwrap();
-    t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-}
-
 #[test]
 fn the_transformers_fixtures_match_their_reference_on_the_gpu_backend() {
     for name in ["tiny-llama", "tiny-llama3-rope-sharded", "tiny-qwen2"] {
@@ -53,15 +44,6 @@ fn the_transformers_fixtures_match_their_reference_on_the_gpu_backend() {
             let out = runner.generate(&[greedy(&prompt, 16)], |_, _, _| {}).unwrap();
             assert_eq!(out[0].tokens, ids(&case["greedy_16"]), "{name} case {i}: greedy continuation");
         }
-    }
-}
-
-/// Tokens of `ours` agreeing with the reference; reaching the reference's EOS counts as all.
-fn agreement(ours: &[u32], reference: &[u32], eos_index: Option<usize>) -> usize {
-    let n = ours.iter().zip(reference).take_while(|(a, b)| a == b).count();
-    match eos_index {
-        Some(e) if n > e => reference.len(),
-        _ => n,
     }
 }
 

@@ -16,30 +16,11 @@ use ballast::model::weights::HostMatrix;
 use ballast::plan::{BatchPlan, LogitsFor};
 use ballast::quant::GgmlType;
 
+mod common;
+
+use common::Rng;
+
 type Gpu = GpuBackend<AnyDevice>;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn float(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn floats(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.float()).collect()
-    }
-}
 
 fn backends() -> (CpuBackend, Gpu) {
     (CpuBackend::new(1, Precision::Reference).unwrap(), deterministic())

@@ -76,3 +76,47 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 pub fn argmax(row: &[f32]) -> u32 {
     ballast::sampler::argmax(row)
 }
+
+/// xorshift64: deterministic test inputs.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn float(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    pub fn floats(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.float()).collect()
+    }
+}
+
+/// `logits_{i}` of `expected.safetensors`: the float32 logits at every prompt position.
+pub fn expected_logits(dir: &Path, case: usize) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(&format!("logits_{case}")).unwrap();
+    t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// Tokens of `ours` agreeing with the reference (48 = full match; reaching the reference's EOS
+/// counts as full).
+pub fn agreement(ours: &[u32], reference: &[u32], eos_index: Option<usize>) -> usize {
+    let n = ours.iter().zip(reference).take_while(|(a, b)| a == b).count();
+    match eos_index {
+        Some(e) if n > e => reference.len(),
+        _ => n,
+    }
+}
