@@ -3,8 +3,9 @@
 //
 // One block (4 warps) per (kv head, token, split). All G query heads that share the KV head
 // are handled together, so each key and value is read once for the group (GQA). Warps take
-// keys round-robin; in a warp, lane l holds dimensions l, l + 32, ... of the queries, of its
-// running output and of each key and value it reads. Per key: G dot products (warp sums),
+// keys round-robin; in a warp, lane l holds dimensions l*D .. l*D + D - 1 of the queries, of
+// its running output and of each key and value it reads (D = 1, 2, 4 or 8: one 2- to 16-byte
+// load per key and lane). Per key: G dot products (warp sums),
 // then an online-softmax update. The warps' states are merged in shared memory at the end.
 //
 // Long contexts are split (flash-decoding): a token with more than `split_len` keys gets one
@@ -14,6 +15,31 @@
 #include "common.cuh"
 
 #define ATT_WARPS 4
+
+// DL consecutive halves as floats: one vector load when the row length allows it.
+template <int DL> __device__ __forceinline__ void load_halves(const uint16_t* p, bool vector, unsigned valid, float out[DL]) {
+    if (!vector) {
+#pragma unroll
+        for (int i = 0; i < DL; i++) out[i] = (unsigned)i < valid ? half_bits_to_float(p[i]) : 0.0f;
+        return;
+    }
+    if constexpr (DL == 1) {
+        out[0] = half_bits_to_float(*p);
+    } else {
+        unsigned w[DL / 2];
+        if constexpr (DL == 2) {
+            w[0] = *(const unsigned*)p;
+        } else if constexpr (DL == 4) {
+            uint2 v = *(const uint2*)p;
+            w[0] = v.x, w[1] = v.y;
+        } else {
+            uint4 v = *(const uint4*)p;
+            w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+        }
+#pragma unroll
+        for (int i = 0; i < DL; i++) out[i] = half_bits_to_float(w[i / 2] >> (16 * (i % 2)));
+    }
+}
 
 template <int G, int DL> __device__ void attention_body(const AttentionParams& p) {
     __shared__ float sm_m[ATT_WARPS][G];
@@ -35,7 +61,7 @@ template <int G, int DL> __device__ void attention_body(const AttentionParams& p
         const float* qh = p.q + ((size_t)t * p.num_heads + kvh * G + g) * hd;
 #pragma unroll
         for (int i = 0; i < DL; i++) {
-            unsigned d = lane + 32 * i;
+            unsigned d = lane * DL + i;
             q[g][i] = d < hd ? qh[d] * p.scale : 0.0f;
             acc[g][i] = 0.0f;
         }
@@ -43,16 +69,16 @@ template <int G, int DL> __device__ void attention_body(const AttentionParams& p
         l[g] = 0.0f;
     }
     const uint32_t* table = p.block_tables + info.table_start;
+    // This lane's dimensions: lane*DL .. +DL, `valid` of them inside the head.
+    unsigned first = lane * DL;
+    unsigned valid = first < hd ? (hd - first < DL ? hd - first : DL) : 0;
+    bool vector = hd % DL == 0 && valid == DL;
     for (unsigned key = begin + warp; key < end; key += ATT_WARPS) {
         size_t block = table[key / p.block_size];
         size_t base = ((block * p.num_kv_heads + kvh) * p.block_size + key % p.block_size) * hd;
         float k[DL], v[DL];
-#pragma unroll
-        for (int i = 0; i < DL; i++) {
-            unsigned d = lane + 32 * i;
-            k[i] = d < hd ? half_bits_to_float(p.k_cache[base + d]) : 0.0f;
-            v[i] = d < hd ? half_bits_to_float(p.v_cache[base + d]) : 0.0f;
-        }
+        load_halves<DL>(p.k_cache + base + first, vector, valid, k);
+        load_halves<DL>(p.v_cache + base + first, vector, valid, v);
 #pragma unroll
         for (int g = 0; g < G; g++) {
             float s = 0.0f;
@@ -75,7 +101,7 @@ template <int G, int DL> __device__ void attention_body(const AttentionParams& p
             sm_l[warp][g] = l[g];
         }
 #pragma unroll
-        for (int i = 0; i < DL; i++) sm_acc[warp][g][lane + 32 * i] = acc[g][i];
+        for (int i = 0; i < DL; i++) sm_acc[warp][g][lane * DL + i] = acc[g][i];
     }
     __syncthreads();
     for (unsigned e = threadIdx.x; e < G * hd; e += blockDim.x) {
