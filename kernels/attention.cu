@@ -46,7 +46,7 @@ template <int G, int DL> __device__ void attention_body(const AttentionParams& p
     __shared__ float sm_l[ATT_WARPS][G];
     __shared__ float sm_acc[ATT_WARPS][G][DL * 32];
 
-    unsigned kvh = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
+    unsigned kvh = blockIdx.x, local = blockIdx.y, t = p.first_token + local, split = blockIdx.z;
     unsigned warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const TokenAttn info = p.tokens[t];
     unsigned hd = p.head_dim;
@@ -121,7 +121,7 @@ template <int G, int DL> __device__ void attention_body(const AttentionParams& p
         if (!split_mode) {
             p.out[((size_t)t * p.num_heads + head) * hd + d] = out / sum;
         } else {
-            float* part = p.partials + (((size_t)t * p.num_heads + head) * p.splits + split) * (hd + 2);
+            float* part = p.partials + (((size_t)local * p.num_heads + head) * p.splits + split) * (hd + 2);
             part[2 + d] = out;
             if (d == 0) {
                 part[0] = mx;
@@ -149,11 +149,11 @@ ATTENTION_KERNELS(8)
 
 // Merges the splits of tokens whose context was split; others were written directly.
 BALLAST_KERNEL(attention_combine, CombineParams, 128) {
-    unsigned head = blockIdx.x, t = blockIdx.y;
+    unsigned head = blockIdx.x, local = blockIdx.y, t = p.first_token + local;
     unsigned ctx = p.tokens[t].context_len;
     if (ctx <= p.split_len) return;
     unsigned used = (ctx + p.split_len - 1) / p.split_len;
-    const float* parts = p.partials + ((size_t)t * p.num_heads + head) * p.splits * (p.head_dim + 2);
+    const float* parts = p.partials + ((size_t)local * p.num_heads + head) * p.splits * (p.head_dim + 2);
     float mx = -INFINITY;
     for (unsigned s = 0; s < used; s++) mx = fmaxf(mx, parts[s * (p.head_dim + 2)]);
     for (unsigned d = threadIdx.x; d < p.head_dim; d += blockDim.x) {

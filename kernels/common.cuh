@@ -7,13 +7,14 @@
 #ifdef BALLAST_EMU
 #include "emu/cuda_emu.h"
 namespace emu {
-int register_kernel(const char* name, void (*body)(const void*));
+int register_kernel(const char* name, unsigned threads, void (*body)(const void*));
 }
-// Host build: a plain function, registered under its name for ballast_emu_launch.
+// Host build: a plain function, registered under its name for ballast_emu_launch with the
+// block size it is written for (0: any), which launches must use.
 #define BALLAST_KERNEL(name, P, threads)                                                        \
     extern "C" void name(P p);                                                                  \
-    static int name##_registered =                                                              \
-        emu::register_kernel(#name, [](const void* a) { name(*static_cast<const P*>(a)); });   \
+    static int name##_registered = emu::register_kernel(                                        \
+        #name, threads, [](const void* a) { name(*static_cast<const P*>(a)); });              \
     extern "C" void name(P p)
 #else
 #include <cuda_fp16.h>

@@ -4,7 +4,9 @@
 // A block computes 64 rows x 64 tokens; its 4 warps take 16 rows each, across all 64 tokens
 // (eight m16n8k16 tiles). Per 32-element quant block along K, the threads dequantize the 64
 // rows' blocks and convert the 64 tokens' activations to f16 in shared memory, then each warp
-// runs two k16 steps. Activations meet the tensor cores in f16 (f32 accumulation), so results
+// runs two k16 steps. Each token's activations are first scaled by a power of two (row_scales)
+// so none overflows f16; the outputs are scaled back, exactly.
+// Activations meet the tensor cores in f16 (f32 accumulation), so results
 // differ from the GEMV kernel's f32 arithmetic in the last bits: the backend uses this kernel
 // only when it may (not with --deterministic, which keeps every batch size on one kernel).
 #include "common.cuh"
@@ -63,14 +65,15 @@ BALLAST_KERNEL(matmul_mma, MatmulParams, 128) {
 #pragma unroll
         for (int j = 0; j < 16; j++) ws[srow][shalf * 16 + j] = wv[j];
         unsigned tok = t0 + srow;
+        float sc = tok < p.tokens && p.x_scale ? p.x_scale[tok] : 1.0f;
 #pragma unroll
         for (int j = 0; j < 16; j += 4) {
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (tok < p.tokens) v = *(const float4*)(p.x + (size_t)tok * w.cols + b * 32 + shalf * 16 + j);
-            xs[srow][shalf * 16 + j] = float_to_half_bits(v.x);
-            xs[srow][shalf * 16 + j + 1] = float_to_half_bits(v.y);
-            xs[srow][shalf * 16 + j + 2] = float_to_half_bits(v.z);
-            xs[srow][shalf * 16 + j + 3] = float_to_half_bits(v.w);
+            xs[srow][shalf * 16 + j] = float_to_half_bits(v.x * sc);
+            xs[srow][shalf * 16 + j + 1] = float_to_half_bits(v.y * sc);
+            xs[srow][shalf * 16 + j + 2] = float_to_half_bits(v.z * sc);
+            xs[srow][shalf * 16 + j + 3] = float_to_half_bits(v.w * sc);
         }
         __syncthreads();
 #pragma unroll
@@ -100,6 +103,29 @@ BALLAST_KERNEL(matmul_mma, MatmulParams, 128) {
         for (int i = 0; i < 4; i++) {
             unsigned row = r0 + warp * 16 + g + (i >= 2 ? 8 : 0);
             unsigned tok = t0 + n * 8 + 2 * t + (i & 1);
-            if (row < w.rows && tok < p.tokens) p.out[(size_t)tok * w.rows + row] = c[n][i] + (p.bias ? p.bias[row] : 0.0f);
+            if (row < w.rows && tok < p.tokens) {
+                float unscale = p.x_scale ? 1.0f / p.x_scale[tok] : 1.0f; // a power of two: exact
+                p.out[(size_t)tok * w.rows + row] = c[n][i] * unscale + (p.bias ? p.bias[row] : 0.0f);
+            }
         }
+}
+
+BALLAST_KERNEL(row_scales, RowScaleParams, 256) {
+    __shared__ float scratch[8];
+    const float* x = p.x + (size_t)blockIdx.x * p.cols;
+    float m = 0.0f;
+    for (unsigned c = threadIdx.x; c < p.cols; c += 256) m = fmaxf(m, fabsf(x[c]));
+    m = warp_max(m);
+    unsigned warp = threadIdx.x / 32;
+    if ((threadIdx.x & 31) == 0) scratch[warp] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 0; w < 8; w++) m = fmaxf(m, scratch[w]);
+        // Halve until under 2^14: a power of two keeps every mantissa bit. Not finite: leave
+        // the row alone, its inf or NaN shows in the output either way.
+        float s = 1.0f;
+        if (m < INFINITY)
+            while (m * s >= 16384.0f) s *= 0.5f;
+        p.scale[blockIdx.x] = s;
+    }
 }

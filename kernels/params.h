@@ -47,14 +47,24 @@ typedef struct {
     float eps;
 } RmsNormParams;
 
-/* out[t][r] = W[r] . x[t] for r < rows, t < tokens. Grid: (ceil(rows / 4), ceil(tokens / 8)). */
+/* out[t][r] = W[r] . x[t] for r < rows, t < tokens. Grid: matmul (ceil(rows / 4),
+ * ceil(tokens / 8)); matmul_mma (ceil(rows / 64), ceil(tokens / 64)). */
 typedef struct {
     BallastMatrix w;
     const float* x;
     float* out;
-    const float* bias; /* optional, added to every row of out */
+    const float* bias;    /* optional, added to every row of out */
+    const float* x_scale; /* matmul_mma: per token, a power of two bringing x into f16 range */
     uint32_t tokens;
 } MatmulParams;
+
+/* scale[t] = the power of two (at most 1) that brings row t's largest |x| under 2^14, so
+ * the tensor cores' f16 activations cannot overflow. Grid: (rows). */
+typedef struct {
+    const float* x;
+    float* scale;
+    uint32_t cols;
+} RowScaleParams;
 
 /* Per token: rotates the heads of `q` (when set) by the token's position; rotates `k` too
  * when `rotate_k`; then, when `k_cache` is set, writes k and v (f16) to the token's slot of one
@@ -87,8 +97,9 @@ typedef struct {
 
 /* Causal paged attention, each token over its sequence's cached keys. One block handles one
  * (kv head, token, split): every query head of the group reads each key once. With more than
- * one split, partial results go to `partials` and attention_combine finishes them.
- * Grid: (num_kv_heads, tokens, splits). */
+ * one split, partial results go to `partials` and attention_combine finishes them. A launch
+ * covers tokens first_token .. first_token + gridDim.y (the host launches groups of tokens
+ * so the partials fit a fixed buffer). Grid: (num_kv_heads, tokens in the group, splits). */
 typedef struct {
     const float* q;
     float* out;
@@ -96,7 +107,8 @@ typedef struct {
     const uint16_t* v_cache;
     const TokenAttn* tokens;
     const uint32_t* block_tables;
-    float* partials; /* [tokens][num_heads][splits][head_dim + 2] (max, sum, acc) */
+    float* partials; /* [group's tokens][num_heads][splits][head_dim + 2] (max, sum, acc) */
+    uint32_t first_token;
     uint32_t num_tokens;
     uint32_t num_heads;
     uint32_t num_kv_heads;
@@ -107,11 +119,13 @@ typedef struct {
     float scale;
 } AttentionParams;
 
-/* out = combination of the splits' partials. Grid: (num_heads, tokens). */
+/* out = combination of the splits' partials, for the tokens of one attention launch.
+ * Grid: (num_heads, tokens in the group). */
 typedef struct {
     const float* partials;
     float* out;
     const TokenAttn* tokens;
+    uint32_t first_token;
     uint32_t num_heads;
     uint32_t head_dim;
     uint32_t split_len;

@@ -105,9 +105,10 @@ fn tensor_core_matmul_matches_the_cpu_within_f16_rounding() {
     let gpu = GpuBackend::new(AnyDevice::for_tests());
     let mut rng = Rng(0x51ab);
     for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        for &(rows, cols, tokens) in &[(64, 32, 16), (37, 96, 17), (130, 64, 70), (8, 160, 64)] {
+        for &(rows, cols, tokens, magnitude) in &[(64, 32, 16, 1.0), (37, 96, 17, 1.0), (130, 64, 70, 1.0), (8, 160, 64, 3e5)] {
             let w = quantized(dtype, rows, cols, &mut rng);
-            let x = rng.floats(tokens * cols);
+            // 3e5 is past f16's range: the per-token power-of-two scale must bring it back.
+            let x: Vec<f32> = rng.floats(tokens * cols).iter().map(|v| v * magnitude).collect();
             let (cw, gw) = (cpu.upload_matrix(w.clone()).unwrap(), gpu.upload_matrix(w).unwrap());
             let mut cout = cpu.alloc(tokens, rows).unwrap();
             let mut gout = gpu.alloc(tokens, rows).unwrap();
@@ -213,7 +214,20 @@ fn attention_case(
     seqs: &[(usize, usize)],
     seed: u64,
 ) {
-    let (cpu, gpu) = backends();
+    attention_case_capped((num_heads, num_kv_heads, head_dim), seqs, seed, None)
+}
+
+/// As `attention_case`, with split attention's partials capped at `cap` bytes per launch.
+fn attention_case_capped(
+    (num_heads, num_kv_heads, head_dim): (usize, usize, usize),
+    seqs: &[(usize, usize)],
+    seed: u64,
+    cap: Option<usize>,
+) {
+    let (cpu, mut gpu) = backends();
+    if let Some(cap) = cap {
+        gpu.set_partials_cap(cap);
+    }
     let mut rng = Rng(seed);
     let block_size = 16;
     let total: usize = seqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
@@ -278,6 +292,9 @@ fn attention_over_long_contexts_splits_and_combines() {
     // 4096 keys: eight splits of 512; 513 and 1500: two and three; beside a short one.
     attention_case((2, 1, 64), &[(4095, 1)], 7);
     attention_case((3, 3, 32), &[(512, 1), (600, 3), (1500, 1), (2, 1)], 8);
+    // Partials for two tokens per launch group (3 heads x 3 splits x 34 floats each): six
+    // tokens in three groups, split and unsplit tokens mixed.
+    attention_case_capped((3, 3, 32), &[(1100, 3), (4, 2), (700, 1)], 9, Some(2 * 3 * 3 * 34 * 4));
 }
 
 #[test]

@@ -196,8 +196,13 @@ bool run_block(Launch& l) {
     return true;
 }
 
-std::map<std::string, void (*)(const void*)>& registry() {
-    static std::map<std::string, void (*)(const void*)> r;
+struct Registered {
+    void (*body)(const void*);
+    unsigned threads; // 0: any block size
+};
+
+std::map<std::string, Registered>& registry() {
+    static std::map<std::string, Registered> r;
     return r;
 }
 
@@ -263,8 +268,8 @@ void check_full_mask(unsigned mask) {
     }
 }
 
-int register_kernel(const char* name, void (*body)(const void*)) {
-    registry()[name] = body;
+int register_kernel(const char* name, unsigned threads, void (*body)(const void*)) {
+    registry()[name] = Registered{body, threads};
     return 0;
 }
 
@@ -298,6 +303,9 @@ extern "C" int ballast_emu_launch(const char* name, EmuDim grid, EmuDim block, c
     if (n == 0 || n > 1024 || n % 32 != 0)
         return fail(name + std::string(": a block needs a whole number of warps, 32 to 1024 threads, got ") +
                     std::to_string(n));
+    if (it->second.threads != 0 && n != it->second.threads)
+        return fail(name + std::string(" is written for blocks of ") + std::to_string(it->second.threads) +
+                    " threads, launched with " + std::to_string(n));
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
         return fail(name + std::string(": bad grid"));
     if (stacks_len < n * kStack) {
@@ -308,7 +316,7 @@ extern "C" int ballast_emu_launch(const char* name, EmuDim grid, EmuDim block, c
         stacks_len = n * kStack;
     }
     Launch l;
-    l.body = it->second;
+    l.body = it->second.body;
     l.params = params;
     l.fibers.resize(n);
     l.warp_barriers.resize(n / 32);

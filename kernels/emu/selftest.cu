@@ -2,7 +2,8 @@
 #include "../common.cuh"
 #include "emu.h"
 
-BALLAST_KERNEL(emu_selftest, EmuSelfTestParams, 1024) {
+// Block size 0: any (the tests launch several).
+BALLAST_KERNEL(emu_selftest, EmuSelfTestParams, 0) {
     unsigned tid = threadIdx.x + threadIdx.y * blockDim.x;
     unsigned n = blockDim.x * blockDim.y;
     unsigned lane = tid & 31;

@@ -38,6 +38,9 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
     name: String,
+    /// `BALLAST_CUDA_SYNC=1`: wait after every launch, so a kernel fault is reported against
+    /// the kernel that caused it (debugging, `scripts/gpu-check`), not at the next copy.
+    sync_launches: bool,
 }
 
 /// Device memory from `cuMemAlloc`, freed on drop.
@@ -49,9 +52,14 @@ pub struct CudaBuffer {
 
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: allocated by `malloc_sync`; freeing synchronises with pending work.
-            let _ = unsafe { result::free_sync(self.ptr) };
+        // Bind without cudarc's error bookkeeping (which would clear an error recorded for
+        // someone else); a failure here can only leak the allocation.
+        // SAFETY: the context outlives the buffer (`ctx`); the pointer came from `malloc_sync`,
+        // and freeing waits for the work that may still use it.
+        unsafe {
+            if result::ctx::set_current(self.ctx.cu_ctx()).is_ok() {
+                let _ = result::free_sync(self.ptr);
+            }
         }
     }
 }
@@ -85,7 +93,8 @@ impl CudaDevice {
             }
         }
         let name = format!("cuda:{ordinal} ({gpu}, sm_{major}{minor})");
-        Ok(CudaDevice { ctx, stream, functions, name })
+        let sync_launches = std::env::var("BALLAST_CUDA_SYNC").is_ok_and(|v| v == "1");
+        Ok(CudaDevice { ctx, stream, functions, name, sync_launches })
     }
 
     fn bind(&self) -> Result<()> {
@@ -103,7 +112,7 @@ fn kernel_names(file: &str) -> Vec<String> {
             v
         }
         "eltwise" => vec!["eltwise".into(), "gather_rows".into(), "copy_blocks".into()],
-        "gemm" => vec!["matmul_mma".into()],
+        "gemm" => vec!["matmul_mma".into(), "row_scales".into()],
         other => vec![other.to_string()],
     }
 }
@@ -119,7 +128,10 @@ impl Device for CudaDevice {
         self.bind()?;
         let len = bytes.max(1);
         // SAFETY: plain allocation; zeroed before use.
-        let ptr = unsafe { result::malloc_sync(len) }.map_err(|_| BackendError::OutOfMemory { what: "GPU memory", bytes })?;
+        let ptr = unsafe { result::malloc_sync(len) }.map_err(|e| match e.0 {
+            cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => BackendError::OutOfMemory { what: "GPU memory", bytes },
+            _ => BackendError::Device(format!("allocating {bytes} bytes: {e}")),
+        })?;
         let buf = CudaBuffer { ptr, len, ctx: self.ctx.clone() };
         // SAFETY: `ptr` has `len` bytes.
         unsafe { result::memset_d8_sync(ptr, 0, len) }.map_err(device_err("memset"))?;
@@ -158,6 +170,9 @@ impl Device for CudaDevice {
         // SAFETY: the params match the kernel's signature (one struct of params.h, by value)
         // and point at buffers the backend keeps alive until the work is done.
         unsafe { launch.launch(cfg) }.map_err(|e| BackendError::Device(format!("launch of {name}: {e}")))?;
+        if self.sync_launches {
+            result::ctx::synchronize().map_err(|e| BackendError::Device(format!("{name} failed on the GPU: {e}")))?;
+        }
         Ok(())
     }
 

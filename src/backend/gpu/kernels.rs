@@ -29,6 +29,7 @@ params!(
     GatherParams,
     CopyBlocksParams,
     ArgmaxParams,
+    RowScaleParams,
     EmuSelfTestParams
 );
 
@@ -43,4 +44,5 @@ unsafe impl Send for EltwiseParams {}
 unsafe impl Send for GatherParams {}
 unsafe impl Send for CopyBlocksParams {}
 unsafe impl Send for ArgmaxParams {}
+unsafe impl Send for RowScaleParams {}
 unsafe impl Send for EmuSelfTestParams {}

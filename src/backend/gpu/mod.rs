@@ -39,19 +39,40 @@ pub struct GpuBackend<D: Device> {
     device: D,
     options: GpuOptions,
     staging: Mutex<Staging<D::Buffer>>,
+    /// Bytes of split-attention partials per launch group ([`PARTIALS_BYTES`]).
+    partials_cap: usize,
 }
 
-/// Device memory kept free of the KV pool for each step's plan and attention partials.
+/// Device memory kept free of the KV pool for each step's scratch buffers (the attention
+/// partials take at most [`PARTIALS_BYTES`]).
 const STEP_HEADROOM: usize = 256 << 20;
 
-/// Per-step device memory, grown as needed and reused.
+/// Per-step device memory, grown as needed and reused (allocating per step would cost a
+/// device-wide synchronisation at every free).
 struct Staging<B> {
     /// Counts prepared steps: an op given an older step's plan refuses it.
     generation: u64,
-    plan: Option<(B, usize)>,
-    partials: Option<(B, usize)>,
+    buffers: [Option<(B, usize)>; 5],
     bytes: Vec<u8>,
 }
+
+/// The scratch buffers of [`Staging`].
+#[derive(Clone, Copy)]
+enum Scratch {
+    /// The step's plan.
+    Plan = 0,
+    /// Split attention's partial results (at most [`PARTIALS_BYTES`]).
+    Partials = 1,
+    /// The tensor-core matmul's per-token activation scales.
+    Scales = 2,
+    /// Greedy ids.
+    Ids = 3,
+    /// Block pairs to copy.
+    Pairs = 4,
+}
+
+/// Split attention runs in groups of tokens whose partials fit this.
+pub const PARTIALS_BYTES: usize = 64 << 20;
 
 pub struct GpuTensor<B> {
     buf: B,
@@ -151,11 +172,18 @@ impl<D: Device> GpuBackend<D> {
     }
 
     pub fn with_options(device: D, options: GpuOptions) -> GpuBackend<D> {
-        GpuBackend { device, options, staging: Mutex::new(Staging { generation: 0, plan: None, partials: None, bytes: Vec::new() }) }
+        let staging = Mutex::new(Staging { generation: 0, buffers: Default::default(), bytes: Vec::new() });
+        GpuBackend { device, options, staging, partials_cap: PARTIALS_BYTES }
     }
 
     pub fn device(&self) -> &D {
         &self.device
+    }
+
+    /// Caps split attention's partials at `bytes` per launch group (default
+    /// [`PARTIALS_BYTES`]): tests make groups of one or two tokens with it.
+    pub fn set_partials_cap(&mut self, bytes: usize) {
+        self.partials_cap = bytes.max(1);
     }
 
     fn tensor(&self, max_rows: usize, cols: usize) -> Result<GpuTensor<D::Buffer>> {
@@ -195,7 +223,7 @@ impl<D: Device> GpuBackend<D> {
         put(3, bytemuck::cast_slice(&tokens));
         put(4, bytemuck::cast_slice(&plan.block_tables));
         put(5, bytemuck::cast_slice(&plan.logits_rows));
-        let buf = grow(&self.device, &mut st.plan, bytes.len())?;
+        let buf = grow(&self.device, &mut st.buffers[Scratch::Plan as usize], bytes.len())?;
         self.device.upload(buf, 0, bytes)?;
         let base = self.device.address(buf);
         st.generation += 1;
@@ -234,10 +262,11 @@ impl<D: Device> GpuBackend<D> {
         Ok(t)
     }
 
-    /// The attention partials' buffer, at least `bytes` long.
-    fn partials(&self, bytes: usize) -> Result<u64> {
+    /// Runs `f` with scratch buffer `which`, at least `bytes` long. `f` must not prepare a
+    /// step or take another scratch buffer (the staging lock is held).
+    fn with_scratch<R>(&self, which: Scratch, bytes: usize, f: impl FnOnce(&D::Buffer) -> Result<R>) -> Result<R> {
         let mut st = self.staging.lock();
-        Ok(self.device.address(grow(&self.device, &mut st.partials, bytes)?))
+        f(grow(&self.device, &mut st.buffers[which as usize], bytes)?)
     }
 }
 

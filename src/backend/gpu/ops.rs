@@ -3,7 +3,7 @@
 
 use super::kernels::*;
 use super::upload::device_layout;
-use super::{Device, Dims, GpuBackend, GpuKvPool, GpuMatrix, GpuStep, GpuTensor, SPLIT_LEN, STEP_HEADROOM, check_kv, kv_budget};
+use super::{Device, Dims, GpuBackend, GpuKvPool, GpuMatrix, GpuStep, GpuTensor, SPLIT_LEN, STEP_HEADROOM, Scratch, check_kv, kv_budget};
 use crate::backend::{AttentionShape, Backend, BackendError, Result, RopeShape};
 use crate::kv::KvLayout;
 use crate::model::RopeStyle;
@@ -13,6 +13,9 @@ use std::ptr::null;
 
 /// Tokens from which a quantized matmul runs on the tensor cores (unless deterministic).
 pub const MMA_MIN_TOKENS: usize = 16;
+
+/// Blocks along a grid's y (and z) axis at most.
+const MAX_GRID_Y: usize = 65535;
 
 fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
@@ -168,11 +171,17 @@ impl<D: Device> Backend for GpuBackend<D> {
         if x.rows == 0 {
             return Ok(());
         }
-        let p = MatmulParams { w: w.desc(), x: x.ptr(), out: out.ptr(), bias: null(), tokens: x.rows as u32 };
+        let mut p = MatmulParams { w: w.desc(), x: x.ptr(), out: out.ptr(), bias: null(), x_scale: null(), tokens: x.rows as u32 };
         let quantized = matches!(w.format, BALLAST_Q4_0 | BALLAST_Q4_1 | BALLAST_Q8_0);
         if quantized && x.rows >= MMA_MIN_TOKENS && !self.options.deterministic {
-            let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(64))?, grid_len("matmul", x.rows.div_ceil(64))?);
-            return self.device.launch("matmul_mma", grid, Dims::x(128), &p);
+            // f16 activations: each token scaled by a power of two into range first.
+            return self.with_scratch(Scratch::Scales, x.rows * 4, |scales| {
+                let rs = RowScaleParams { x: x.ptr(), scale: self.device.address(scales) as *mut f32, cols: x.cols as u32 };
+                self.device.launch("row_scales", Dims::x(grid_len("matmul", x.rows)?), Dims::x(256), &rs)?;
+                p.x_scale = rs.scale;
+                let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(64))?, grid_len("matmul", x.rows.div_ceil(64))?);
+                self.device.launch("matmul_mma", grid, Dims::x(128), &p)
+            });
         }
         let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(4))?, grid_len("matmul", x.rows.div_ceil(8))?);
         self.device.launch("matmul", grid, Dims::x(128), &p)
@@ -272,15 +281,15 @@ impl<D: Device> Backend for GpuBackend<D> {
             return Ok(());
         }
         let splits = step.splits;
-        let partials = if splits > 1 { self.partials(n * num_heads * splits * (head_dim + 2) * 4)? } else { 0 };
-        let p = AttentionParams {
+        let mut p = AttentionParams {
             q: q.ptr(),
             out: out.ptr(),
             k_cache: pool.k_layer(layer),
             v_cache: pool.v_layer(layer),
             tokens: step.tokens as *const TokenAttn,
             block_tables: step.tables as *const u32,
-            partials: partials as *mut f32,
+            partials: std::ptr::null_mut(),
+            first_token: 0,
             num_tokens: n as u32,
             num_heads: num_heads as u32,
             num_kv_heads: num_kv_heads as u32,
@@ -290,21 +299,39 @@ impl<D: Device> Backend for GpuBackend<D> {
             splits: splits as u32,
             scale,
         };
-        let grid = Dims::xyz(num_kv_heads as u32, grid_len("attention", n)?, splits as u32);
-        self.device.launch(&kernel, grid, Dims::x(128), &p)?;
-        if splits > 1 {
-            let c = CombineParams {
-                partials: partials as *const f32,
-                out: out.ptr(),
-                tokens: step.tokens as *const TokenAttn,
-                num_heads: num_heads as u32,
-                head_dim: head_dim as u32,
-                split_len: SPLIT_LEN as u32,
-                splits: splits as u32,
-            };
-            self.device.launch("attention_combine", Dims::xy(num_heads as u32, n as u32), Dims::x(128), &c)?;
+        if splits == 1 {
+            // Every token's context fits one split: one launch writes the outputs.
+            for first in (0..n).step_by(MAX_GRID_Y) {
+                p.first_token = first as u32;
+                let grid = Dims::xyz(num_kv_heads as u32, (n - first).min(MAX_GRID_Y) as u32, 1);
+                self.device.launch(&kernel, grid, Dims::x(128), &p)?;
+            }
+            return Ok(());
         }
-        Ok(())
+        // Split contexts: groups of tokens whose partials fit the cap, each finished
+        // by attention_combine. A token's arithmetic does not depend on its group.
+        let per_token = num_heads * splits * (head_dim + 2) * 4;
+        let group = (self.partials_cap / per_token).clamp(1, MAX_GRID_Y);
+        self.with_scratch(Scratch::Partials, group.min(n) * per_token, |buf| {
+            p.partials = self.device.address(buf) as *mut f32;
+            for first in (0..n).step_by(group) {
+                let len = (n - first).min(group) as u32;
+                p.first_token = first as u32;
+                self.device.launch(&kernel, Dims::xyz(num_kv_heads as u32, len, splits as u32), Dims::x(128), &p)?;
+                let c = CombineParams {
+                    partials: p.partials,
+                    out: out.ptr(),
+                    tokens: p.tokens,
+                    first_token: first as u32,
+                    num_heads: num_heads as u32,
+                    head_dim: head_dim as u32,
+                    split_len: SPLIT_LEN as u32,
+                    splits: splits as u32,
+                };
+                self.device.launch("attention_combine", Dims::xy(num_heads as u32, len), Dims::x(128), &c)?;
+            }
+            Ok(())
+        })
     }
 
     fn copy_blocks(&self, pool: &mut Self::KvPool, pairs: &[(u32, u32)]) -> Result<()> {
@@ -316,20 +343,19 @@ impl<D: Device> Backend for GpuBackend<D> {
             return Err(shape_err("copy_blocks", format!("pair ({a}, {b}) in a pool of {} blocks", l.num_blocks)));
         }
         let flat: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
-        let buf = self.device.alloc(flat.len() * 4)?;
-        self.device.upload(&buf, 0, bytemuck::cast_slice(&flat))?;
-        let p = CopyBlocksParams {
-            k_cache: pool.k_layer(0),
-            v_cache: pool.v_layer(0),
-            pairs: self.device.address(&buf) as *const u32,
-            n: pairs.len() as u32,
-            num_layers: l.num_layers as u32,
-            block_elems: (l.block_size * l.token_stride()) as u64,
-            layer_elems: pool.layer_elems() as u64,
-        };
-        self.device.launch("copy_blocks", Dims::x(1), Dims::x(256), &p)?;
-        // Keep `buf` until the copy has run: a download orders after it.
-        self.device.download(&buf, 0, &mut [0u8; 4])
+        self.with_scratch(Scratch::Pairs, flat.len() * 4, |buf| {
+            self.device.upload(buf, 0, bytemuck::cast_slice(&flat))?;
+            let p = CopyBlocksParams {
+                k_cache: pool.k_layer(0),
+                v_cache: pool.v_layer(0),
+                pairs: self.device.address(buf) as *const u32,
+                n: pairs.len() as u32,
+                num_layers: l.num_layers as u32,
+                block_elems: (l.block_size * l.token_stride()) as u64,
+                layer_elems: pool.layer_elems() as u64,
+            };
+            self.device.launch("copy_blocks", Dims::x(1), Dims::x(256), &p)
+        })
     }
 
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()> {
@@ -364,10 +390,11 @@ impl<D: Device> Backend for GpuBackend<D> {
         if logits.rows == 0 {
             return Ok(true);
         }
-        let ids = self.device.alloc(logits.rows * 4)?;
-        let p = ArgmaxParams { logits: logits.ptr(), out: self.device.address(&ids) as *mut u32, rows: logits.rows as u32, cols: logits.cols as u32 };
-        self.device.launch("argmax", Dims::x(logits.rows as u32), Dims::x(256), &p)?;
-        self.device.download(&ids, 0, bytemuck::cast_slice_mut(out))?;
+        self.with_scratch(Scratch::Ids, logits.rows * 4, |ids| {
+            let p = ArgmaxParams { logits: logits.ptr(), out: self.device.address(ids) as *mut u32, rows: logits.rows as u32, cols: logits.cols as u32 };
+            self.device.launch("argmax", Dims::x(logits.rows as u32), Dims::x(256), &p)?;
+            self.device.download(ids, 0, bytemuck::cast_slice_mut(out))
+        })?;
         Ok(true)
     }
 
