@@ -1,5 +1,6 @@
-// out[t][r] = W[r] . x[t] on the tensor cores, for prefill chunks and large decode batches
-// of quantized weights (Q4_0, Q4_1, Q8_0).
+// out[t][r] = W[r] . x[t] on the tensor cores, for prefill chunks and large decode batches:
+// quantized weights (Q4_0, Q4_1, Q8_0) and float ones (F16, BF16 and F32, converted to f16;
+// rows a multiple of 32 long).
 //
 // A block computes 64 rows x 64 tokens; its 4 warps take 16 rows each, across all 64 tokens
 // (eight m16n8k16 tiles). Per 32-element quant block along K, the threads dequantize the 64
@@ -39,7 +40,25 @@ BALLAST_KERNEL(matmul_mma, MatmulParams, 128) {
     for (unsigned b = 0; b < nb; b++) {
         unsigned row = r0 + srow;
         unsigned short wv[16];
-        if (row < w.rows) {
+        if (row < w.rows && (w.format == BALLAST_F16 || w.format == BALLAST_BF16)) {
+            // 16 consecutive 16-bit weights: two 16-byte loads (cols is a multiple of 32).
+            const uint4* src = (const uint4*)((const unsigned short*)w.qs + (size_t)row * w.cols + b * 32 + shalf * 16);
+            uint4 lo = src[0], hi = src[1];
+            unsigned words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                unsigned bits = (words[j / 2] >> (16 * (j % 2))) & 0xffffu;
+                wv[j] = w.format == BALLAST_F16 ? (unsigned short)bits : float_to_half_bits(bf16_bits_to_float(bits));
+            }
+        } else if (row < w.rows && w.format == BALLAST_F32) {
+            const float4* src = (const float4*)((const float*)w.qs + (size_t)row * w.cols + b * 32 + shalf * 16);
+#pragma unroll
+            for (int j = 0; j < 16; j += 4) {
+                float4 v = src[j / 4];
+                wv[j] = float_to_half_bits(v.x), wv[j + 1] = float_to_half_bits(v.y);
+                wv[j + 2] = float_to_half_bits(v.z), wv[j + 3] = float_to_half_bits(v.w);
+            }
+        } else if (row < w.rows) {
             size_t blk = (size_t)row * nb + b;
             unsigned s = w.scales[blk];
             float d = half_bits_to_float(s), m = half_bits_to_float(s >> 16);

@@ -99,12 +99,12 @@ fn matmul_matches_the_cpu_for_every_weight_format() {
 
 #[test]
 fn tensor_core_matmul_matches_the_cpu_within_f16_rounding() {
-    // 16 tokens or more of quantized weights go to matmul_mma unless deterministic: partial
+    // 16 tokens or more go to matmul_mma unless deterministic: every weight format, partial
     // 64-row and 64-token tiles, several K blocks.
     let cpu = CpuBackend::new(1, Precision::Reference).unwrap();
     let gpu = GpuBackend::new(AnyDevice::for_tests());
     let mut rng = Rng(0x51ab);
-    for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+    for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
         for &(rows, cols, tokens, magnitude) in &[(64, 32, 16, 1.0), (37, 96, 17, 1.0), (130, 64, 70, 1.0), (8, 160, 64, 3e5)] {
             let w = quantized(dtype, rows, cols, &mut rng);
             // 3e5 is past f16's range: the per-token power-of-two scale must bring it back.

@@ -11,7 +11,7 @@ use crate::model::weights::HostMatrix;
 use crate::plan::BatchPlan;
 use std::ptr::null;
 
-/// Tokens from which a quantized matmul runs on the tensor cores (unless deterministic).
+/// Tokens from which a matmul runs on the tensor cores (unless deterministic).
 pub const MMA_MIN_TOKENS: usize = 16;
 
 /// Blocks along a grid's y (and z) axis at most.
@@ -172,8 +172,8 @@ impl<D: Device> Backend for GpuBackend<D> {
             return Ok(());
         }
         let mut p = MatmulParams { w: w.desc(), x: x.ptr(), out: out.ptr(), bias: null(), x_scale: null(), tokens: x.rows as u32 };
-        let quantized = matches!(w.format, BALLAST_Q4_0 | BALLAST_Q4_1 | BALLAST_Q8_0);
-        if quantized && x.rows >= MMA_MIN_TOKENS && !self.options.deterministic {
+        // The tensor cores take any format, in 32-element blocks along the row.
+        if w.cols % 32 == 0 && x.rows >= MMA_MIN_TOKENS && !self.options.deterministic {
             // f16 activations: each token scaled by a power of two into range first.
             return self.with_scratch(Scratch::Scales, x.rows * 4, |scales| {
                 let rs = RowScaleParams { x: x.ptr(), scale: self.device.address(scales) as *mut f32, cols: x.cols as u32 };
