@@ -127,8 +127,8 @@ impl Device for EmuDevice {
     }
 
     fn memory(&self) -> Result<(usize, usize)> {
-        // A notional 1 GiB device: enough for tests, small enough to size pools quickly.
-        Ok((1 << 30, 1 << 30))
+        // A notional 512 MiB device: the engine's KV pool then takes ~200 MiB of host memory.
+        Ok((512 << 20, 512 << 20))
     }
 }
 

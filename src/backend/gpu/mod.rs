@@ -282,7 +282,7 @@ impl GpuBackend<cuda::CudaDevice> {
 /// The KV pool's share of a device with `free` of `total` bytes free once the weights are in:
 /// what `fraction` of the device leaves, less headroom for per-step buffers.
 fn kv_budget(free: usize, total: usize, fraction: f64) -> usize {
-    let reserved = ((1.0 - fraction) * total as f64) as usize;
+    let reserved = ((1.0 - fraction) * total as f64).ceil() as usize;
     free.saturating_sub(reserved).saturating_sub(STEP_HEADROOM)
 }
 
@@ -301,4 +301,19 @@ fn check_kv(layout: &KvLayout) -> Result<()> {
         return Err(BackendError::Unsupported { op: "alloc_kv", what: format!("a {} KV cache (the GPU keeps f16)", layout.dtype.name()) });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kv_pool_gets_what_the_memory_fraction_leaves() {
+        const GB: usize = 1 << 30;
+        // 80 GB device, weights and buffers took 10: 0.9 leaves 62 GB less the step headroom.
+        assert_eq!(kv_budget(70 * GB, 80 * GB, 0.9), 62 * GB - STEP_HEADROOM);
+        assert_eq!(kv_budget(70 * GB, 80 * GB, 1.0), 70 * GB - STEP_HEADROOM);
+        // The weights already fill the share: nothing, never an underflow.
+        assert_eq!(kv_budget(5 * GB, 80 * GB, 0.9), 0);
+    }
 }
