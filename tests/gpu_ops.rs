@@ -378,3 +378,35 @@ fn device_argmax_picks_the_first_largest_logit() {
         assert_eq!(ids, want, "{cols} columns");
     }
 }
+
+#[test]
+fn fused_rope_and_kv_write_match_the_cpu_ops_one_by_one() {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(31);
+    let (heads, kv_heads, head_dim) = (9, 3, 64);
+    let layout = KvLayout { num_layers: 2, num_blocks: 8, block_size: 16, num_kv_heads: kv_heads, head_dim, dtype: KvDtype::F16 };
+    let (mut cpool, mut gpool) = (cpu.alloc_kv(&layout).unwrap(), gpu.alloc_kv(&layout).unwrap());
+    let mut plan = BatchPlan::new(16, 8);
+    plan.push_seq(&[1; 21], 0, &[6, 1], LogitsFor::Last).unwrap();
+    plan.push_seq(&[1; 3], 0, &[3], LogitsFor::Last).unwrap();
+    let n = plan.num_tokens();
+    let (q, k, v) = (rng.floats(n * heads * head_dim), rng.floats(n * kv_heads * head_dim), rng.floats(n * kv_heads * head_dim));
+    let inv: Vec<f32> = (0..head_dim / 2).map(|i| 10000f32.powf(-2.0 * i as f32 / head_dim as f32)).collect();
+    let rope = RopeShape { num_heads: heads, head_dim, num_rotary_dims: head_dim, style: RopeStyle::HalfSplit };
+    let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
+    let (mut cq, mut ck, cv) = (cpu_tensor(&cpu, n, &q), cpu_tensor(&cpu, n, &k), cpu_tensor(&cpu, n, &v));
+    let (mut gq, mut gk, gv) = (gpu_tensor(&gpu, n, &q), gpu_tensor(&gpu, n, &k), gpu_tensor(&gpu, n, &v));
+    let (ci, gi) = (cpu.upload_vector(&inv).unwrap(), gpu.upload_vector(&inv).unwrap());
+    cpu.rope_write_kv(&cs, 1, &mut cq, &mut ck, &cv, &ci, rope, kv_heads, &mut cpool).unwrap();
+    gpu.rope_write_kv(&gs, 1, &mut gq, &mut gk, &gv, &gi, rope, kv_heads, &mut gpool).unwrap();
+    assert_close("rotated q", &read_gpu(&gpu, &gq), cq.as_slice(), 1e-5);
+    assert_close("rotated k", &read_gpu(&gpu, &gk), ck.as_slice(), 1e-5);
+    // The cache holds the rotated k and v: attention reads them back.
+    let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim, scale: 0.125 };
+    let (mut co, mut go) = (cpu.alloc(n, heads * head_dim).unwrap(), gpu.alloc(n, heads * head_dim).unwrap());
+    cpu.attention(&cs, 1, &cq, &cpool, shape, &mut co).unwrap();
+    gpu.attention(&gs, 1, &gq, &gpool, shape, &mut go).unwrap();
+    assert_close("attention after the fused write", &read_gpu(&gpu, &go), co.as_slice(), 2e-5);
+    // Mismatched shapes are an error, not a launch.
+    assert!(gpu.rope_write_kv(&gs, 2, &mut gq, &mut gk, &gv, &gi, rope, kv_heads, &mut gpool).is_err());
+}

@@ -137,6 +137,26 @@ pub trait Backend: Send {
         v: &Self::Tensor,
         pool: &mut Self::KvPool,
     ) -> Result<()>;
+    /// Rotates `q` (`rope.num_heads` heads) and `k` (`num_kv_heads` heads) by each token's
+    /// position, then stores k and v in their slots of `layer`: [`Backend::rope`] twice and
+    /// [`Backend::write_kv`], which a backend may do in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write_kv(
+        &self,
+        step: &Self::Step<'_>,
+        layer: usize,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        inv_freq: &Self::Tensor,
+        rope: RopeShape,
+        num_kv_heads: usize,
+        pool: &mut Self::KvPool,
+    ) -> Result<()> {
+        self.rope(step, q, inv_freq, rope)?;
+        self.rope(step, k, inv_freq, RopeShape { num_heads: num_kv_heads, ..rope })?;
+        self.write_kv(step, layer, k, v, pool)
+    }
     /// Causal attention of each token's queries over its sequence's cached K/V up to and
     /// including its own position. `q`, `out`: `[tokens, num_heads * head_dim]`.
     fn attention(

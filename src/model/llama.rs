@@ -187,15 +187,13 @@ fn attention_block<B: Backend>(
         num_rotary_dims: c.rope.num_rotary_dims,
         style: c.rope.style,
     };
-    backend.rope(step, &mut b.q, inv_freq, rope(c.num_heads))?;
-    backend.rope(step, &mut b.k, inv_freq, rope(c.num_kv_heads))?;
+    backend.rope_write_kv(step, i, &mut b.q, &mut b.k, &b.v, inv_freq, rope(c.num_heads), c.num_kv_heads, kv)?;
     let shape = AttentionShape {
         num_heads: c.num_heads,
         num_kv_heads: c.num_kv_heads,
         head_dim: c.head_dim,
         scale: 1.0 / (c.head_dim as f32).sqrt(),
     };
-    backend.write_kv(step, i, &b.k, &b.v, kv)?;
     backend.attention(step, i, &b.q, kv, shape, &mut b.attn)?;
     backend.matmul(&b.attn, &layer.wo, &mut b.delta)
 }

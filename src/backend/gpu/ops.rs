@@ -248,6 +248,56 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.rope_kv(&p, k.rows)
     }
 
+    /// One `rope_kv` launch: q and k rotated, k and v written to the pool.
+    fn rope_write_kv(
+        &self,
+        step: &GpuStep<'_>,
+        layer: usize,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        inv_freq: &Self::Tensor,
+        rope: RopeShape,
+        num_kv_heads: usize,
+        pool: &mut Self::KvPool,
+    ) -> Result<()> {
+        self.current(step)?;
+        let l = pool.layout;
+        let RopeShape { num_heads, head_dim, num_rotary_dims: rot, style } = rope;
+        let n = step.plan.num_tokens();
+        same_shape("rope_write_kv", k, v)?;
+        let ok = q.cols == num_heads * head_dim
+            && q.rows == n
+            && k.rows == n
+            && k.cols == num_kv_heads * head_dim
+            && num_kv_heads == l.num_kv_heads
+            && head_dim == l.head_dim
+            && inv_freq.cols == rot / 2
+            && rot <= head_dim
+            && layer < l.num_layers;
+        if !ok {
+            return Err(shape_err("rope_write_kv", format!("q {}x{}, k {}x{}, {rope:?}, pool {l:?}", q.rows, q.cols, k.rows, k.cols)));
+        }
+        let p = RopeKvParams {
+            q: q.ptr(),
+            k: k.ptr(),
+            v: v.ptr(),
+            positions: step.positions as *const u32,
+            inv_freq: inv_freq.ptr(),
+            slot_mapping: step.slots as *const u32,
+            k_cache: pool.k_layer(layer),
+            v_cache: pool.v_layer(layer),
+            num_heads: num_heads as u32,
+            num_kv_heads: num_kv_heads as u32,
+            head_dim: head_dim as u32,
+            rotary_dims: rot as u32,
+            neox: (style == RopeStyle::HalfSplit) as u32,
+            rotate_k: 1,
+            block_size: l.block_size as u32,
+        };
+        self.rope_kv(&p, n)
+    }
+
     fn attention(
         &self,
         step: &GpuStep<'_>,
