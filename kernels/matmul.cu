@@ -47,9 +47,17 @@ __device__ __forceinline__ void dot32(const float q[32], const float* x, float& 
 }
 
 BALLAST_KERNEL(matmul, MatmulParams, 128) {
-    const BallastMatrix w = p.w;
+    // Which matrix this block serves (one launch may cover up to three sharing x).
+    BallastMatrix w = p.w;
+    float* out = p.out;
+    unsigned bx = blockIdx.x;
+    for (int i = 0; i < 2 && p.blocks[i + 1] != 0 && bx >= p.blocks[i]; i++) {
+        bx -= p.blocks[i];
+        w = p.w_more[i];
+        out = p.out_more[i];
+    }
     unsigned warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    unsigned row = blockIdx.x * MM_WARPS + warp;
+    unsigned row = bx * MM_WARPS + warp;
     unsigned t0 = blockIdx.y * MM_TOKENS;
     unsigned nt = p.tokens - t0 < MM_TOKENS ? p.tokens - t0 : MM_TOKENS;
     bool active = row < w.rows; // uniform across the warp
@@ -98,9 +106,9 @@ BALLAST_KERNEL(matmul, MatmulParams, 128) {
     for (int t = 0; t < MM_TOKENS; t++)
         if (t < (int)nt) acc[t] = warp_sum(acc[t]); // nt is uniform: every lane takes part
     if (active && lane == 0) {
-        float bias = p.bias ? p.bias[row] : 0.0f;
+        float bias = p.bias && out == p.out ? p.bias[row] : 0.0f;
 #pragma unroll
         for (int t = 0; t < MM_TOKENS; t++)
-            if (t < (int)nt) p.out[(size_t)(t0 + t) * w.rows + row] = acc[t] + bias;
+            if (t < (int)nt) out[(size_t)(t0 + t) * w.rows + row] = acc[t] + bias;
     }
 }

@@ -56,6 +56,11 @@ typedef struct {
     const float* bias;    /* optional, added to every row of out */
     const float* x_scale; /* matmul_mma: per token, a power of two bringing x into f16 range */
     uint32_t tokens;
+    /* matmul only: up to two more matrices of the same width sharing x (Q/K/V, gate/up), in
+     * one launch. blocks[i]: grid.x blocks of matrix i (w, then w_more); 0 ends the list. */
+    BallastMatrix w_more[2];
+    float* out_more[2];
+    uint32_t blocks[3];
 } MatmulParams;
 
 /* scale[t] = the power of two (at most 1) that brings row t's largest |x| under 2^14, so

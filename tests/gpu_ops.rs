@@ -410,3 +410,28 @@ fn fused_rope_and_kv_write_match_the_cpu_ops_one_by_one() {
     // Mismatched shapes are an error, not a launch.
     assert!(gpu.rope_write_kv(&gs, 2, &mut gq, &mut gk, &gv, &gi, rope, kv_heads, &mut gpool).is_err());
 }
+
+#[test]
+fn matmuls_sharing_an_input_in_one_launch_match_one_at_a_time() {
+    let (cpu, gpu) = backends();
+    let mut rng = Rng(41);
+    let cols = 96;
+    let ws = [quantized(GgmlType::Q4_1, 37, cols, &mut rng), quantized(GgmlType::Q8_0, 5, cols, &mut rng), quantized(GgmlType::F16, 130, cols, &mut rng)];
+    for (count, tokens) in [(3, 1), (2, 9), (3, 17)] {
+        let x = rng.floats(tokens * cols);
+        let cws: Vec<_> = ws[..count].iter().map(|w| cpu.upload_matrix(w.clone()).unwrap()).collect();
+        let gws: Vec<_> = ws[..count].iter().map(|w| gpu.upload_matrix(w.clone()).unwrap()).collect();
+        let mut couts: Vec<_> = ws[..count].iter().map(|w| cpu.alloc(tokens, w.rows).unwrap()).collect();
+        let mut gouts: Vec<_> = ws[..count].iter().map(|w| gpu.alloc(tokens, w.rows).unwrap()).collect();
+        let (cx, gx) = (cpu_tensor(&cpu, tokens, &x), gpu_tensor(&gpu, tokens, &x));
+        for (w, out) in cws.iter().zip(couts.iter_mut()) {
+            cpu.matmul(&cx, w, out).unwrap();
+        }
+        let gw_refs: Vec<_> = gws.iter().collect();
+        let mut gout_refs: Vec<_> = gouts.iter_mut().collect();
+        gpu.matmul_multi(&gx, &gw_refs, &mut gout_refs).unwrap();
+        for (i, (g, c)) in gouts.iter().zip(&couts).enumerate() {
+            assert_close(&format!("matrix {i} of {count}, {tokens} tokens"), &read_gpu(&gpu, g), c.as_slice(), 1e-4);
+        }
+    }
+}

@@ -171,7 +171,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         if x.rows == 0 {
             return Ok(());
         }
-        let mut p = MatmulParams { w: w.desc(), x: x.ptr(), out: out.ptr(), bias: null(), x_scale: null(), tokens: x.rows as u32 };
+        let mut p = MatmulParams { w: w.desc(), x: x.ptr(), out: out.ptr(), tokens: x.rows as u32, ..MatmulParams::default() };
         // The tensor cores take any format, in 32-element blocks along the row.
         if w.cols % 32 == 0 && x.rows >= MMA_MIN_TOKENS && !self.options.deterministic {
             // f16 activations: each token scaled by a power of two into range first.
@@ -184,6 +184,35 @@ impl<D: Device> Backend for GpuBackend<D> {
             });
         }
         let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(4))?, grid_len("matmul", x.rows.div_ceil(8))?);
+        self.device.launch("matmul", grid, Dims::x(128), &p)
+    }
+
+    /// On the GEMV path, up to three weights sharing `x` (Q/K/V, gate/up) in one launch.
+    fn matmul_multi(&self, x: &Self::Tensor, ws: &[&Self::Matrix], outs: &mut [&mut Self::Tensor]) -> Result<()> {
+        let gemv = x.rows < MMA_MIN_TOKENS || self.options.deterministic;
+        let one_launch = gemv && (2..=3).contains(&ws.len()) && ws.len() == outs.len() && ws.iter().all(|w| w.cols == x.cols && w.rows > 0);
+        if !one_launch || x.rows == 0 {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul(x, w, out)?;
+            }
+            return Ok(());
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            if out.cols != w.rows {
+                return Err(shape_err("matmul_multi", format!("w {}x{} into out cols {}", w.rows, w.cols, out.cols)));
+            }
+            out.set_rows("matmul_multi", x.rows)?;
+        }
+        let mut p = MatmulParams { w: ws[0].desc(), x: x.ptr(), out: outs[0].ptr(), tokens: x.rows as u32, ..MatmulParams::default() };
+        for (i, (w, out)) in ws.iter().zip(outs.iter()).enumerate() {
+            p.blocks[i] = w.rows.div_ceil(4) as u32;
+            if i > 0 {
+                p.w_more[i - 1] = w.desc();
+                p.out_more[i - 1] = out.ptr();
+            }
+        }
+        let blocks: usize = p.blocks.iter().map(|&b| b as usize).sum();
+        let grid = Dims::xy(grid_len("matmul", blocks)?, grid_len("matmul", x.rows.div_ceil(8))?);
         self.device.launch("matmul", grid, Dims::x(128), &p)
     }
 
