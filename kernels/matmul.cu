@@ -3,7 +3,8 @@
 //
 // A block is 4 warps; each warp owns one row and up to MM_TOKENS tokens. A lane takes the
 // row's 32-element blocks lane, lane + 32, ...: one 16-byte load brings a whole 4-bit block
-// (two for 8-bit), dequantized in registers and dotted with each token's 32 activations
+// (two for 8-bit), dequantized in registers a word at a time (few registers, so many warps
+// stay resident to keep loads in flight) and dotted with each token's 32 activations
 // (float4 loads). Warp sums finish each token. A token's result depends only on its own
 // activations and the row, never on the other tokens of the launch: batch invariant.
 #include "common.cuh"
@@ -11,39 +12,10 @@
 #define MM_WARPS 4
 #define MM_TOKENS 8
 
-// The 32 quants of a 4-bit block (ggml's order: byte j holds elements j and j + 16).
-__device__ __forceinline__ void unpack_q4(uint4 raw, float q[32]) {
-    unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int w = 0; w < 4; w++)
-#pragma unroll
-        for (int b = 0; b < 4; b++) {
-            unsigned byte = (words[w] >> (8 * b)) & 0xffu;
-            q[w * 4 + b] = (float)(byte & 15u);
-            q[w * 4 + b + 16] = (float)(byte >> 4);
-        }
-}
-
-__device__ __forceinline__ void unpack_q8(uint4 lo, uint4 hi, float q[32]) {
-    unsigned words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-    for (int w = 0; w < 8; w++)
-#pragma unroll
-        for (int b = 0; b < 4; b++) q[w * 4 + b] = (float)(signed char)((words[w] >> (8 * b)) & 0xffu);
-}
-
-// sum_j q[j] * x[j] and sum_j x[j] over one block's 32 activations.
-__device__ __forceinline__ void dot32(const float q[32], const float* x, float& qx, float& sx) {
-    const float4* x4 = (const float4*)x;
-    float a = 0.0f, s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        float4 v = x4[i];
-        a += q[4 * i] * v.x + q[4 * i + 1] * v.y + q[4 * i + 2] * v.z + q[4 * i + 3] * v.w;
-        s += (v.x + v.y) + (v.z + v.w);
-    }
-    qx = a;
-    sx = s;
+// Adds q . v to qx and the sum of v to sx (four weights, four activations).
+__device__ __forceinline__ void dot4(float q0, float q1, float q2, float q3, float4 v, float& qx, float& sx) {
+    qx += q0 * v.x + q1 * v.y + q2 * v.z + q3 * v.w;
+    sx += (v.x + v.y) + (v.z + v.w);
 }
 
 BALLAST_KERNEL(matmul, MatmulParams, 128) {
@@ -72,22 +44,38 @@ BALLAST_KERNEL(matmul, MatmulParams, 128) {
         const uint4* qs = (const uint4*)w.qs + (size_t)row * nb * (q8 ? 2 : 1);
         const unsigned* sc = w.scales + (size_t)row * nb;
         for (unsigned b = lane; b < nb; b += 32) {
-            float q[32];
-            if (q8)
-                unpack_q8(qs[2 * b], qs[2 * b + 1], q);
-            else
-                unpack_q4(qs[b], q);
             unsigned s = sc[b];
             float d = half_bits_to_float(s), m = half_bits_to_float(s >> 16);
             // Q4_1: d*q + m; Q4_0: d*(q - 8); Q8_0: d*q.
             float bias = w.format == BALLAST_Q4_1 ? m : (w.format == BALLAST_Q4_0 ? -8.0f * d : 0.0f);
+            // Token by token, word by word: the quants are unpacked again for each token
+            // (integer work is cheap here) so only a word's weights are live at a time.
+            uint4 lo = qs[q8 ? 2 * b : b], hi = q8 ? qs[2 * b + 1] : lo;
+            unsigned words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
             for (int t = 0; t < MM_TOKENS; t++) {
-                if (t < (int)nt) {
-                    float qx, sx;
-                    dot32(q, x0 + (size_t)t * w.cols + b * 32, qx, sx);
-                    acc[t] += d * qx + bias * sx;
+                if (t >= (int)nt) continue;
+                const float4* x4 = (const float4*)(x0 + (size_t)t * w.cols + b * 32);
+                float qx = 0.0f, sx = 0.0f; // sum of quant * activation, sum of activations
+                if (q8) {
+#pragma unroll 2
+                    for (int wd = 0; wd < 8; wd++) {
+                        unsigned word = words[wd];
+                        dot4((float)(signed char)(word & 0xffu), (float)(signed char)((word >> 8) & 0xffu),
+                             (float)(signed char)((word >> 16) & 0xffu), (float)(signed char)(word >> 24), x4[wd], qx, sx);
+                    }
+                } else {
+                    // ggml's order: byte j holds elements j (low nibble) and j + 16 (high).
+#pragma unroll 2
+                    for (int wd = 0; wd < 4; wd++) {
+                        unsigned word = words[wd];
+                        dot4((float)(word & 15u), (float)((word >> 8) & 15u), (float)((word >> 16) & 15u),
+                             (float)((word >> 24) & 15u), x4[wd], qx, sx);
+                        dot4((float)((word >> 4) & 15u), (float)((word >> 12) & 15u), (float)((word >> 20) & 15u),
+                             (float)(word >> 28), x4[4 + wd], qx, sx);
+                    }
                 }
+                acc[t] += d * qx + bias * sx;
             }
         }
     } else if (active) {
