@@ -20,8 +20,10 @@
 //!    prefixes (automatic prefix caching, per-tenant salt, copy-on-write for n > 1).
 //! 4. **Plan and forward** — the step's tokens are flattened once into a [`plan::BatchPlan`]
 //!    (token ids, positions, KV slot of each token, block tables); [`model::Llama`] runs it
-//!    against the [`backend::Backend`] trait over the paged pool whose layout every backend
-//!    shares. [`backend::cpu`] is the reference and embedded default.
+//!    against the [`backend::Backend`] trait over a paged KV pool. [`backend::cpu`] is the
+//!    reference and embedded default; with the `cuda` feature, `backend::gpu` runs our CUDA
+//!    kernels (`kernels/`), chosen by `backend::open` (`--device`). Greedy steps pick their
+//!    tokens on the backend's side when it can.
 //! 5. **Sample and emit** — per sequence, [`sampler::Sampler`] (penalties, temperature, top-k,
 //!    min-p, top-p, seeded) picks the token, [`detok::Detokenizer`] turns tokens into text that
 //!    never splits a character, [`detok::StopStrings`] holds back text that may become a stop
