@@ -9,7 +9,7 @@
 //! (`upload.rs`); the KV pool is f16, laid out per layer as
 //! `[block][kv head][slot in block][head dim]` for K and for V, so a KV head's block is one
 //! contiguous run. Each step's plan (token ids, positions, slots, per-token attention spans,
-//! block tables) is copied to the device once, in [`Backend::prepare`].
+//! block tables) is copied to the device once, in [`Backend::prepare`](crate::backend::Backend::prepare).
 //!
 //! Every kernel computes a token's outputs from that token's inputs alone, in an order fixed
 //! by the shapes: a request's results never depend on what else is in the batch.
