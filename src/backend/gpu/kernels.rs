@@ -13,7 +13,7 @@ pub const PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/ptxas-rep
 /// # Safety
 /// The type must be a `#[repr(C)]` struct of `kernels/params.h`, so that its bytes are what
 /// the kernel reads.
-pub unsafe trait KernelParams: Copy + Send {}
+pub unsafe trait KernelParams: Copy {}
 
 macro_rules! params {
     ($($t:ty),*) => { $(unsafe impl KernelParams for $t {})* };
@@ -32,17 +32,3 @@ params!(
     RowScaleParams,
     EmuSelfTestParams
 );
-
-// SAFETY: the structs hold device addresses, never dereferenced on the host.
-unsafe impl Send for EmbeddingParams {}
-unsafe impl Send for RmsNormParams {}
-unsafe impl Send for MatmulParams {}
-unsafe impl Send for RopeKvParams {}
-unsafe impl Send for AttentionParams {}
-unsafe impl Send for CombineParams {}
-unsafe impl Send for EltwiseParams {}
-unsafe impl Send for GatherParams {}
-unsafe impl Send for CopyBlocksParams {}
-unsafe impl Send for ArgmaxParams {}
-unsafe impl Send for RowScaleParams {}
-unsafe impl Send for EmuSelfTestParams {}

@@ -21,6 +21,7 @@ pub mod device;
 pub mod emu;
 pub mod kernels;
 mod ops;
+mod paged;
 mod upload;
 
 pub use device::{Device, Dims};

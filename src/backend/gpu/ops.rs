@@ -1,12 +1,12 @@
-//! [`Backend`] for [`GpuBackend`]: shape checks on the host, then one launch per op (two for
-//! split attention).
+//! [`Backend`] for [`GpuBackend`]: shape checks on the host, then one launch per op. The
+//! paged-KV ops (rope and the K/V write, attention, block copies) live in `paged.rs`.
 
 use super::kernels::*;
 use super::upload::device_layout;
-use super::{Device, Dims, GpuBackend, GpuKvPool, GpuMatrix, GpuStep, GpuTensor, SPLIT_LEN, STEP_HEADROOM, Scratch, check_kv, kv_budget};
+use super::paged::{KvWrite, Rotate};
+use super::{Device, Dims, GpuBackend, GpuKvPool, GpuMatrix, GpuStep, GpuTensor, STEP_HEADROOM, Scratch, check_kv, kv_budget};
 use crate::backend::{AttentionShape, Backend, BackendError, Result, RopeShape};
 use crate::kv::KvLayout;
-use crate::model::RopeStyle;
 use crate::model::weights::HostMatrix;
 use crate::plan::BatchPlan;
 use std::ptr::null;
@@ -14,14 +14,11 @@ use std::ptr::null;
 /// Tokens from which a matmul runs on the tensor cores (unless deterministic).
 pub const MMA_MIN_TOKENS: usize = 16;
 
-/// Blocks along a grid's y (and z) axis at most.
-const MAX_GRID_Y: usize = 65535;
-
-fn shape_err(op: &'static str, detail: String) -> BackendError {
+pub(super) fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
 }
 
-fn same_shape<B>(op: &'static str, a: &GpuTensor<B>, b: &GpuTensor<B>) -> Result<()> {
+pub(super) fn same_shape<B>(op: &'static str, a: &GpuTensor<B>, b: &GpuTensor<B>) -> Result<()> {
     if a.rows == b.rows && a.cols == b.cols {
         Ok(())
     } else {
@@ -29,7 +26,7 @@ fn same_shape<B>(op: &'static str, a: &GpuTensor<B>, b: &GpuTensor<B>) -> Result
     }
 }
 
-fn grid_len(op: &'static str, n: usize) -> Result<u32> {
+pub(super) fn grid_len(op: &'static str, n: usize) -> Result<u32> {
     u32::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| shape_err(op, format!("grid of {n} blocks")))
 }
 
@@ -62,25 +59,6 @@ impl<D: Device> GpuBackend<D> {
         let p = RmsNormParams { residual, delta, weight: w.ptr(), out: out.ptr(), rows: rows as u32, cols: cols as u32, eps };
         self.device.launch("rms_norm", Dims::x(grid_len("rms_norm", rows)?), Dims::x(256), &p)
     }
-
-    fn rope_kv(&self, p: &RopeKvParams, tokens: usize) -> Result<()> {
-        if tokens == 0 {
-            return Ok(());
-        }
-        self.device.launch("rope_kv", Dims::x(grid_len("rope_kv", tokens)?), Dims::x(128), p)
-    }
-}
-
-/// The attention kernel for a GQA group of `g` query heads per KV head and `head_dim`.
-fn attention_kernel(g: usize, head_dim: usize) -> Option<String> {
-    let dl = match head_dim {
-        1..=32 => 1,
-        33..=64 => 2,
-        65..=128 => 4,
-        129..=256 => 8,
-        _ => return None,
-    };
-    (1..=8).contains(&g).then(|| format!("attention_g{g}_d{dl}"))
 }
 
 impl<D: Device> Backend for GpuBackend<D> {
@@ -229,52 +207,11 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn rope(&self, step: &GpuStep<'_>, x: &mut Self::Tensor, inv_freq: &Self::Tensor, shape: RopeShape) -> Result<()> {
-        self.current(step)?;
-        let RopeShape { num_heads, head_dim, num_rotary_dims: rot, style } = shape;
-        let ok = x.cols == num_heads * head_dim && x.rows == step.plan.num_tokens() && inv_freq.cols == rot / 2 && rot <= head_dim;
-        if !ok {
-            return Err(shape_err("rope", format!("x {}x{}, {num_heads} heads of {head_dim}, {rot} rotary dims", x.rows, x.cols)));
-        }
-        let p = RopeKvParams {
-            q: x.ptr(),
-            positions: step.positions as *const u32,
-            inv_freq: inv_freq.ptr(),
-            num_heads: num_heads as u32,
-            head_dim: head_dim as u32,
-            rotary_dims: rot as u32,
-            neox: (style == RopeStyle::HalfSplit) as u32,
-            ..RopeKvParams::default()
-        };
-        self.rope_kv(&p, x.rows)
+        self.rotate_and_store(step, Some(Rotate { x, inv_freq, shape }), None)
     }
 
-    fn write_kv(
-        &self,
-        step: &GpuStep<'_>,
-        layer: usize,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
-        pool: &mut Self::KvPool,
-    ) -> Result<()> {
-        self.current(step)?;
-        let l = pool.layout;
-        same_shape("write_kv", k, v)?;
-        if k.cols != l.token_stride() || k.rows != step.plan.num_tokens() || layer >= l.num_layers {
-            return Err(shape_err("write_kv", format!("k {}x{} into layer {layer} of {:?}", k.rows, k.cols, l)));
-        }
-        let p = RopeKvParams {
-            k: k.ptr(),
-            v: v.ptr(),
-            positions: step.positions as *const u32,
-            slot_mapping: step.slots as *const u32,
-            k_cache: pool.k_layer(layer),
-            v_cache: pool.v_layer(layer),
-            num_kv_heads: l.num_kv_heads as u32,
-            head_dim: l.head_dim as u32,
-            block_size: l.block_size as u32,
-            ..RopeKvParams::default()
-        };
-        self.rope_kv(&p, k.rows)
+    fn write_kv(&self, step: &GpuStep<'_>, layer: usize, k: &Self::Tensor, v: &Self::Tensor, pool: &mut Self::KvPool) -> Result<()> {
+        self.rotate_and_store(step, None, Some(KvWrite { layer, k, v, rotate_k: false, pool }))
     }
 
     /// One `rope_kv` launch: q and k rotated, k and v written to the pool.
@@ -290,41 +227,10 @@ impl<D: Device> Backend for GpuBackend<D> {
         num_kv_heads: usize,
         pool: &mut Self::KvPool,
     ) -> Result<()> {
-        self.current(step)?;
-        let l = pool.layout;
-        let RopeShape { num_heads, head_dim, num_rotary_dims: rot, style } = rope;
-        let n = step.plan.num_tokens();
-        same_shape("rope_write_kv", k, v)?;
-        let ok = q.cols == num_heads * head_dim
-            && q.rows == n
-            && k.rows == n
-            && k.cols == num_kv_heads * head_dim
-            && num_kv_heads == l.num_kv_heads
-            && head_dim == l.head_dim
-            && inv_freq.cols == rot / 2
-            && rot <= head_dim
-            && layer < l.num_layers;
-        if !ok {
-            return Err(shape_err("rope_write_kv", format!("q {}x{}, k {}x{}, {rope:?}, pool {l:?}", q.rows, q.cols, k.rows, k.cols)));
+        if num_kv_heads != pool.layout.num_kv_heads || rope.head_dim != pool.layout.head_dim {
+            return Err(shape_err("rope_write_kv", format!("{num_kv_heads} KV heads of {} into {:?}", rope.head_dim, pool.layout)));
         }
-        let p = RopeKvParams {
-            q: q.ptr(),
-            k: k.ptr(),
-            v: v.ptr(),
-            positions: step.positions as *const u32,
-            inv_freq: inv_freq.ptr(),
-            slot_mapping: step.slots as *const u32,
-            k_cache: pool.k_layer(layer),
-            v_cache: pool.v_layer(layer),
-            num_heads: num_heads as u32,
-            num_kv_heads: num_kv_heads as u32,
-            head_dim: head_dim as u32,
-            rotary_dims: rot as u32,
-            neox: (style == RopeStyle::HalfSplit) as u32,
-            rotate_k: 1,
-            block_size: l.block_size as u32,
-        };
-        self.rope_kv(&p, n)
+        self.rotate_and_store(step, Some(Rotate { x: q, inv_freq, shape: rope }), Some(KvWrite { layer, k, v, rotate_k: true, pool }))
     }
 
     fn attention(
@@ -336,105 +242,11 @@ impl<D: Device> Backend for GpuBackend<D> {
         shape: AttentionShape,
         out: &mut Self::Tensor,
     ) -> Result<()> {
-        self.current(step)?;
-        let l = pool.layout;
-        let AttentionShape { num_heads, num_kv_heads, head_dim, scale } = shape;
-        let n = step.plan.num_tokens();
-        let fits = q.cols == num_heads * head_dim
-            && out.cols == q.cols
-            && q.rows == n
-            && num_kv_heads == l.num_kv_heads
-            && head_dim == l.head_dim
-            && layer < l.num_layers
-            && num_kv_heads > 0
-            && num_heads % num_kv_heads == 0;
-        if !fits {
-            return Err(shape_err("attention", format!("q {}x{}, {shape:?}, pool {l:?}", q.rows, q.cols)));
-        }
-        let kernel = attention_kernel(num_heads / num_kv_heads, head_dim).ok_or_else(|| BackendError::Unsupported {
-            op: "attention",
-            what: format!("{num_heads} query heads over {num_kv_heads} KV heads of {head_dim} dims (up to 8 per KV head, 256 dims)"),
-        })?;
-        out.set_rows("attention", n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let splits = step.splits;
-        let mut p = AttentionParams {
-            q: q.ptr(),
-            out: out.ptr(),
-            k_cache: pool.k_layer(layer),
-            v_cache: pool.v_layer(layer),
-            tokens: step.tokens as *const TokenAttn,
-            block_tables: step.tables as *const u32,
-            partials: std::ptr::null_mut(),
-            first_token: 0,
-            num_tokens: n as u32,
-            num_heads: num_heads as u32,
-            num_kv_heads: num_kv_heads as u32,
-            head_dim: head_dim as u32,
-            block_size: l.block_size as u32,
-            split_len: SPLIT_LEN as u32,
-            splits: splits as u32,
-            scale,
-        };
-        if splits == 1 {
-            // Every token's context fits one split: one launch writes the outputs.
-            for first in (0..n).step_by(MAX_GRID_Y) {
-                p.first_token = first as u32;
-                let grid = Dims::xyz(num_kv_heads as u32, (n - first).min(MAX_GRID_Y) as u32, 1);
-                self.device.launch(&kernel, grid, Dims::x(128), &p)?;
-            }
-            return Ok(());
-        }
-        // Split contexts: groups of tokens whose partials fit the cap, each finished
-        // by attention_combine. A token's arithmetic does not depend on its group.
-        let per_token = num_heads * splits * (head_dim + 2) * 4;
-        let group = (self.partials_cap / per_token).clamp(1, MAX_GRID_Y);
-        self.with_scratch(Scratch::Partials, group.min(n) * per_token, |buf| {
-            p.partials = self.device.address(buf) as *mut f32;
-            for first in (0..n).step_by(group) {
-                let len = (n - first).min(group) as u32;
-                p.first_token = first as u32;
-                self.device.launch(&kernel, Dims::xyz(num_kv_heads as u32, len, splits as u32), Dims::x(128), &p)?;
-                let c = CombineParams {
-                    partials: p.partials,
-                    out: out.ptr(),
-                    tokens: p.tokens,
-                    first_token: first as u32,
-                    num_heads: num_heads as u32,
-                    head_dim: head_dim as u32,
-                    split_len: SPLIT_LEN as u32,
-                    splits: splits as u32,
-                };
-                self.device.launch("attention_combine", Dims::xy(num_heads as u32, len), Dims::x(128), &c)?;
-            }
-            Ok(())
-        })
+        self.paged_attention(step, layer, q, pool, shape, out)
     }
 
     fn copy_blocks(&self, pool: &mut Self::KvPool, pairs: &[(u32, u32)]) -> Result<()> {
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        let l = pool.layout;
-        if let Some(&(a, b)) = pairs.iter().find(|&&(a, b)| a as usize >= l.num_blocks || b as usize >= l.num_blocks) {
-            return Err(shape_err("copy_blocks", format!("pair ({a}, {b}) in a pool of {} blocks", l.num_blocks)));
-        }
-        let flat: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
-        self.with_scratch(Scratch::Pairs, flat.len() * 4, |buf| {
-            self.device.upload(buf, 0, bytemuck::cast_slice(&flat))?;
-            let p = CopyBlocksParams {
-                k_cache: pool.k_layer(0),
-                v_cache: pool.v_layer(0),
-                pairs: self.device.address(buf) as *const u32,
-                n: pairs.len() as u32,
-                num_layers: l.num_layers as u32,
-                block_elems: (l.block_size * l.token_stride()) as u64,
-                layer_elems: pool.layer_elems() as u64,
-            };
-            self.device.launch("copy_blocks", Dims::x(1), Dims::x(256), &p)
-        })
+        self.copy_kv_blocks(pool, pairs)
     }
 
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()> {
