@@ -51,23 +51,6 @@ struct Shape {
     vocab: usize,
 }
 
-/// Random Q4_1 blocks for `n` elements: small scales so activations stay finite.
-fn random_q4_1(n: usize, state: &mut u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; n / 32 * 20];
-    let (d, m) = (half::f16::from_f32(0.004).to_le_bytes(), half::f16::from_f32(-0.03).to_le_bytes());
-    for block in bytes.chunks_exact_mut(20) {
-        block[..2].copy_from_slice(&d);
-        block[2..4].copy_from_slice(&m);
-        for chunk in block[4..].chunks_exact_mut(8) {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes());
-        }
-    }
-    bytes
-}
-
 pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
     let s = match args.shape.as_str() {
         "tiny" => Shape { layers: 2, hidden: 256, heads: 8, kv_heads: 2, ffn: 512, vocab: 1024 },
@@ -75,7 +58,7 @@ pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
     };
     let head_dim = s.hidden / s.heads;
     let kv_dim = s.kv_heads * head_dim;
-    let mut state = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut seed = args.seed;
     let u = |v: usize| MetaValue::U32(v as u32);
     let mut w = GgufWriter::new(3)
         .metadata("general.architecture", MetaValue::Str("llama".into()))
@@ -104,7 +87,11 @@ pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
         .metadata("tokenizer.ggml.eos_token_id", u(2));
     let ones: Vec<u8> = (0..s.hidden).flat_map(|_| 1f32.to_le_bytes()).collect();
     let mut matrix = |w: GgufWriter, name: String, rows: usize, cols: usize| {
-        w.tensor(name, &[cols as u64, rows as u64], GgmlType::Q4_1, random_q4_1(rows * cols, &mut state))
+        {
+        // Small scales so activations stay finite; every matrix its own stream.
+        seed += 1;
+        w.tensor(name, &[cols as u64, rows as u64], GgmlType::Q4_1, ballast::quant::random_q4_1(rows * cols, 0.004, -0.03, seed))
+    }
     };
     w = matrix(w, "token_embd.weight".into(), s.vocab, s.hidden);
     w = matrix(w, "output.weight".into(), s.vocab, s.hidden);

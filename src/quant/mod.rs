@@ -40,7 +40,7 @@ pub use dispatch::{
 };
 pub use float::{dot_bf16_f32, dot_f16_f32, dot_f32_f32, f16_to_f32, widen_f16};
 pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
-pub use q4::{vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
+pub use q4::{random_q4_1, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use packed::{
     PACK, PackedKernel, PackedWeight, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack, pack_into, packed_bytes,

@@ -215,6 +215,25 @@ mod avx2 {
     }
 }
 
+/// `n` elements of Q4_1 blocks with random quants (xorshift from `seed`) and scale `d`, min
+/// `m`: synthetic weights of real shapes for benchmarks (`ballast make-model`, `bench-gpu`).
+pub fn random_q4_1(n: usize, d: f32, m: f32, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = vec![0u8; n / 32 * 20];
+    let (d, m) = (half::f16::from_f32(d).to_le_bytes(), half::f16::from_f32(m).to_le_bytes());
+    for block in bytes.chunks_exact_mut(20) {
+        block[..2].copy_from_slice(&d);
+        block[2..4].copy_from_slice(&m);
+        for chunk in block[4..].chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,3 +315,4 @@ mod tests {
         assert!((y[31] - 2.0).abs() < 2e-3, "the max maps to -8·d = max");
     }
 }
+

@@ -38,20 +38,9 @@ fn time(device: &AnyDevice, reps: usize, mut f: impl FnMut() -> Result<()>) -> R
     Ok(start.elapsed().as_secs_f64() / reps as f64)
 }
 
-/// A random Q4_1 matrix (random quants, scales that keep values near ±0.05).
+/// A random Q4_1 matrix (scales that keep values near ±0.05).
 fn random_q4_1(rows: usize, cols: usize, seed: u64) -> HostMatrix {
-    let mut x = seed | 1;
-    let mut bytes = vec![0u8; rows * cols / 32 * 20];
-    for block in bytes.chunks_exact_mut(20) {
-        block[..2].copy_from_slice(&half::f16::from_f32(0.006).to_le_bytes());
-        block[2..4].copy_from_slice(&half::f16::from_f32(-0.045).to_le_bytes());
-        for b in &mut block[4..] {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
+    let bytes = crate::quant::random_q4_1(rows * cols, 0.006, -0.045, seed);
     HostMatrix::new(GgmlType::Q4_1, rows, cols, TensorBytes::from_vec(bytes)).expect("whole blocks")
 }
 
