@@ -92,37 +92,59 @@ fn bench_q16<W: quant::Q16Weight>(c: &mut Criterion, dtype: GgmlType) {
     group.finish();
 }
 
+/// Eight different rows of the packed kernels' activations.
+fn acts_packed() -> Vec<Vec<quant::BlockQ16>> {
+    (0..8)
+        .map(|k| {
+            let mut a = vec![bytemuck::Zeroable::zeroed(); COLS / quant::QK];
+            quant::quantize_row_q16p(&data(COLS, 7 + k), &mut a);
+            a
+        })
+        .collect()
+}
+
 /// The packed kernels (sixteen weight rows per call) against 1, 4 and 8 activation rows, on
 /// every implementation this CPU has. Throughput in multiply-adds.
-fn bench_packed<W: quant::PackedKernel>(c: &mut Criterion, dtype: GgmlType) {
+fn bench_packed<F: quant::PackedKernel>(c: &mut Criterion) {
+    let dtype = F::DTYPE;
     let (w, _) = weights(dtype);
-    let blocks = COLS / quant::QK;
-    let packed = quant::pack::<W>(bytemuck::cast_slice(&w), ROWS, blocks);
-    let acts = acts16();
-    let groups: Vec<&[u8]> = packed.chunks(blocks * W::GROUP_BLOCK).collect();
+    let units = COLS / dtype.block_size();
+    let mut packed = vec![0u8; quant::packed_bytes::<F>(ROWS, units)];
+    quant::pack_into::<F>(&bytemuck::pod_collect_to_vec(&w), ROWS, units, &mut packed);
+    let acts = acts_packed();
+    let groups: Vec<&[u8]> = packed.chunks(units * F::UNIT).collect();
     let mut group = c.benchmark_group(format!("packed_{}", dtype.name()));
     for isa in quant::Isa::available() {
         group.throughput(Throughput::Elements((ROWS * COLS) as u64));
         group.bench_function(format!("{isa:?}_x1"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<W, 1>(isa, g, blocks, [&acts[0][..]])[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 1>(isa, g, units, [&acts[0][..]])[0][0]).sum::<f32>())
         });
         group.throughput(Throughput::Elements((ROWS * COLS * 4) as u64));
-        let four: [&[quant::BlockQ16x2]; 4] = std::array::from_fn(|k| &acts[k][..]);
+        let four: [&[quant::BlockQ16]; 4] = std::array::from_fn(|k| &acts[k][..]);
         group.bench_function(format!("{isa:?}_x4"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<W, 4>(isa, g, blocks, four)[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 4>(isa, g, units, four)[0][0]).sum::<f32>())
         });
         group.throughput(Throughput::Elements((ROWS * COLS * 8) as u64));
-        let eight: [&[quant::BlockQ16x2]; 8] = std::array::from_fn(|k| &acts[k][..]);
+        let eight: [&[quant::BlockQ16]; 8] = std::array::from_fn(|k| &acts[k][..]);
         group.bench_function(format!("{isa:?}_x8"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<W, 8>(isa, g, blocks, eight)[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 8>(isa, g, units, eight)[0][0]).sum::<f32>())
         });
     }
     group.finish();
 }
 
 fn kernels(c: &mut Criterion) {
-    bench_packed::<quant::BlockQ4_1>(c, GgmlType::Q4_1);
-    bench_packed::<quant::BlockQ8_0>(c, GgmlType::Q8_0);
+    use quant::*;
+    bench_packed::<BlockQ4_1>(c);
+    bench_packed::<BlockQ8_0>(c);
+    bench_packed::<BlockQ4K>(c);
+    bench_packed::<BlockQ5_0>(c);
+    bench_packed::<BlockQ6K>(c);
+    bench_packed::<BlockQ5K>(c);
+    bench_packed::<BlockQ3K>(c);
+    bench_packed::<BlockQ2K>(c);
+    bench_packed::<BlockQ4_0>(c);
+    bench_packed::<BlockQ5_1>(c);
     bench_q16::<quant::BlockQ4_1>(c, GgmlType::Q4_1);
     bench_q16::<quant::BlockQ8_0>(c, GgmlType::Q8_0);
     for dtype in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16, GgmlType::BF16] {

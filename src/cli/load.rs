@@ -14,8 +14,9 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A GGUF file or an HF checkpoint directory (default: the manifest's default model,
-    /// fetched if absent).
+    /// A GGUF file, an HF checkpoint directory, or the name of a model in
+    /// models/manifest.json (fetched if absent; `ballast fetch --help` lists them). Default:
+    /// the manifest's default model.
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
     /// Quantize an HF checkpoint's float weights on load.
@@ -107,14 +108,11 @@ impl ModelArgs {
     }
 
     fn path(&self) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &self.model {
-            return Ok(p.clone());
-        }
-        let manifest = Manifest::builtin();
-        let default = manifest.default_model();
-        let dir = fetch::models_dir();
-        fetch::ensure(default, &dir)
-            .with_context(|| format!("fetching the default model {} into {}", default.name, dir.display()))
+        let what = match &self.model {
+            Some(p) => p.display().to_string(),
+            None => format!("the default model {}", Manifest::builtin().default),
+        };
+        fetch::resolve(self.model.as_deref()).with_context(|| format!("finding {what} (models directory {})", fetch::models_dir().display()))
     }
 
     /// Loads the model, showing a progress bar on a terminal.

@@ -3,7 +3,7 @@
 //! once a backend has taken them.
 
 use crate::format::bytes::TensorBytes;
-use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType, PackedWeight, QuantError};
+use crate::quant::{self, GgmlType, PackedFormat, QuantError};
 
 /// A weight matrix in host memory: `rows` rows (output features) of `cols` elements
 /// (input features), each row `dtype.row_bytes(cols)` bytes, in `layout`.
@@ -22,7 +22,7 @@ pub enum Layout {
     /// Rows back to back, as in the model file.
     RowMajor,
     /// Sixteen rows interleaved per block (`quant::packed`), the last group padded: for the
-    /// CPU's 16-bit kernels. Only Q4_0, Q4_1 and Q8_0.
+    /// CPU's 16-bit kernels. Every quantized file format has one.
     Packed16,
 }
 
@@ -63,19 +63,15 @@ impl HostMatrix {
 
     /// Row `r` as f32, whatever the layout (`out.len() == cols`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
-        let blocks = self.cols / quant::QK;
         if self.layout == Layout::RowMajor {
             return quant::dequantize_row(self.dtype, self.row(r), out);
         }
         if out.len() != self.cols {
             return Err(QuantError::RowLength { dtype: self.dtype, len: out.len() });
         }
-        match self.dtype {
-            GgmlType::Q4_0 => quant::dequantize_packed_row::<BlockQ4_0>(&self.data, blocks, r, out),
-            GgmlType::Q4_1 => quant::dequantize_packed_row::<BlockQ4_1>(&self.data, blocks, r, out),
-            GgmlType::Q8_0 => quant::dequantize_packed_row::<BlockQ8_0>(&self.data, blocks, r, out),
-            dtype => return Err(QuantError::Unsupported { dtype, op: "packed layout" }),
-        }
+        let units = self.cols / self.dtype.block_size();
+        quant::with_packed_format!(self.dtype, F => quant::dequantize_packed_row::<F>(&self.data, units, r, out),
+            _ => return Err(QuantError::Unsupported { dtype: self.dtype, op: "packed layout" }));
         Ok(())
     }
 
@@ -95,13 +91,11 @@ impl HostMatrix {
     /// Bytes of this matrix in [`Layout::Packed16`], or `None` where its type has no packed
     /// layout or it is packed already.
     pub fn packed16_len(&self) -> Option<usize> {
-        let blocks = self.cols / quant::QK;
-        match (self.layout, self.dtype) {
-            (Layout::RowMajor, GgmlType::Q4_0) => Some(quant::packed_bytes::<BlockQ4_0>(self.rows, blocks)),
-            (Layout::RowMajor, GgmlType::Q4_1) => Some(quant::packed_bytes::<BlockQ4_1>(self.rows, blocks)),
-            (Layout::RowMajor, GgmlType::Q8_0) => Some(quant::packed_bytes::<BlockQ8_0>(self.rows, blocks)),
-            _ => None,
+        if self.layout != Layout::RowMajor {
+            return None;
         }
+        let units = self.cols / self.dtype.block_size();
+        quant::with_packed_format!(self.dtype, F => Some(quant::packed_bytes::<F>(self.rows, units)), _ => None)
     }
 
     /// Writes this matrix in [`Layout::Packed16`] into `out` ([`HostMatrix::packed16_len`]
@@ -110,20 +104,16 @@ impl HostMatrix {
     /// # Panics
     /// If the matrix has no packed layout or `out` has another length.
     pub fn pack16_into(&self, out: &mut [u8]) {
-        fn pack<W: PackedWeight>(m: &HostMatrix, out: &mut [u8]) {
-            let blocks = m.cols / quant::QK;
-            match bytemuck::try_cast_slice::<u8, W>(&m.data) {
-                Ok(w) => quant::pack_into(w, m.rows, blocks, out),
+        fn pack<F: PackedFormat>(m: &HostMatrix, out: &mut [u8]) {
+            let units = m.cols / F::DTYPE.block_size();
+            match bytemuck::try_cast_slice::<u8, F>(&m.data) {
+                Ok(w) => quant::pack_into(w, m.rows, units, out),
                 // Bytes at an odd address: copy them into blocks first.
-                Err(_) => quant::pack_into(&bytemuck::pod_collect_to_vec::<u8, W>(&m.data), m.rows, blocks, out),
+                Err(_) => quant::pack_into(&bytemuck::pod_collect_to_vec::<u8, F>(&m.data), m.rows, units, out),
             }
         }
         assert_eq!(self.packed16_len(), Some(out.len()), "pack16_into: {self:?} into {} bytes", out.len());
-        match self.dtype {
-            GgmlType::Q4_0 => pack::<BlockQ4_0>(self, out),
-            GgmlType::Q4_1 => pack::<BlockQ4_1>(self, out),
-            _ => pack::<BlockQ8_0>(self, out),
-        }
+        quant::with_packed_format!(self.dtype, F => pack::<F>(self, out), _ => unreachable!("checked by packed16_len"));
     }
 
     /// The packed matrix whose bytes [`HostMatrix::pack16_into`] wrote into `data`.

@@ -5,7 +5,7 @@ use super::GgmlType;
 use super::blocks::*;
 use super::q16::BlockQ16x2;
 use super::q16k::BlockQ16K;
-use super::{float, kquants, q4, q8, q16, q16k};
+use super::{float, kquants, kquants_low, q4, q5, q8, q16, q16k};
 use bytemuck::{Pod, try_cast_slice, try_cast_slice_mut};
 use half::{bf16, f16};
 
@@ -53,10 +53,15 @@ pub fn dequantize_row(dtype: GgmlType, row: &[u8], out: &mut [f32]) -> Result<()
         GgmlType::BF16 => float::bf16_to_f32_slice(view::<bf16>(dtype, row)?, out),
         GgmlType::Q4_0 => q4::dequantize_q4_0(view(dtype, row)?, out),
         GgmlType::Q4_1 => q4::dequantize_q4_1(view(dtype, row)?, out),
+        GgmlType::Q5_0 => q5::dequantize_q5_0(view(dtype, row)?, out),
+        GgmlType::Q5_1 => q5::dequantize_q5_1(view(dtype, row)?, out),
         GgmlType::Q8_0 => q8::dequantize_q8_0(view(dtype, row)?, out),
         GgmlType::Q8_1 => q8::dequantize_q8_1(view(dtype, row)?, out),
         GgmlType::Q8K => q8::dequantize_q8_k(view(dtype, row)?, out),
+        GgmlType::Q2K => kquants_low::dequantize_q2k(view(dtype, row)?, out),
+        GgmlType::Q3K => kquants_low::dequantize_q3k(view(dtype, row)?, out),
         GgmlType::Q4K => kquants::dequantize_q4k(view(dtype, row)?, out),
+        GgmlType::Q5K => kquants::dequantize_q5k(view(dtype, row)?, out),
         GgmlType::Q6K => kquants::dequantize_q6k(view(dtype, row)?, out),
     }
     Ok(())
@@ -71,10 +76,15 @@ pub fn quantize_row(dtype: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), Qu
         GgmlType::BF16 => float::f32_to_bf16_slice(x, view_mut(dtype, out)?),
         GgmlType::Q4_0 => q4::quantize_row_q4_0(x, view_mut(dtype, out)?),
         GgmlType::Q4_1 => q4::quantize_row_q4_1(x, view_mut(dtype, out)?),
+        GgmlType::Q5_0 => q5::quantize_row_q5_0(x, view_mut(dtype, out)?),
+        GgmlType::Q5_1 => q5::quantize_row_q5_1(x, view_mut(dtype, out)?),
         GgmlType::Q8_0 => q8::quantize_row_q8_0(x, view_mut(dtype, out)?),
         GgmlType::Q8_1 => q8::quantize_row_q8_1(x, view_mut(dtype, out)?),
         GgmlType::Q8K => q8::quantize_row_q8_k(x, view_mut(dtype, out)?),
+        GgmlType::Q2K => kquants_low::quantize_row_q2k(x, view_mut(dtype, out)?),
+        GgmlType::Q3K => kquants_low::quantize_row_q3k(x, view_mut(dtype, out)?),
         GgmlType::Q4K => kquants::quantize_row_q4k(x, view_mut(dtype, out)?),
+        GgmlType::Q5K => kquants::quantize_row_q5k(x, view_mut(dtype, out)?),
         GgmlType::Q6K => kquants::quantize_row_q6k(x, view_mut(dtype, out)?),
     }
     Ok(())
@@ -119,13 +129,15 @@ pub enum ActType {
     Q8K,
     Q16,
     Q16K,
+    /// [`BlockQ16`](super::BlockQ16): the packed kernels' activations (every format).
+    Q16P,
 }
 
 impl ActType {
     pub fn block_size(self) -> usize {
         match self {
             ActType::F32 => 1,
-            ActType::Q8_0 | ActType::Q8_1 | ActType::Q16 => QK,
+            ActType::Q8_0 | ActType::Q8_1 | ActType::Q16 | ActType::Q16P => QK,
             ActType::Q8K | ActType::Q16K => QK_K,
         }
     }
@@ -141,6 +153,7 @@ impl ActType {
             ActType::Q8K => blocks * size_of::<BlockQ8K>(),
             ActType::Q16 => q16::q16_pairs(blocks) * size_of::<BlockQ16x2>(),
             ActType::Q16K => blocks * size_of::<BlockQ16K>(),
+            ActType::Q16P => blocks * size_of::<super::BlockQ16>(),
         })
     }
 }
@@ -180,6 +193,7 @@ pub fn quantize_act(act: ActType, x: &[f32], out: &mut [u8]) -> Result<(), Quant
         ActType::Q8K => q8::quantize_row_q8_k(x, try_cast_slice_mut(out).map_err(mis)?),
         ActType::Q16 => q16::quantize_row_q16(x, try_cast_slice_mut(out).map_err(mis)?),
         ActType::Q16K => q16k::quantize_row_q16k(x, try_cast_slice_mut(out).map_err(mis)?),
+        ActType::Q16P => super::quantize_row_q16p(x, try_cast_slice_mut(out).map_err(mis)?),
     }
     Ok(())
 }

