@@ -106,28 +106,38 @@ fn acts_packed() -> Vec<Vec<quant::BlockQ16>> {
 /// The packed kernels (sixteen weight rows per call) against 1, 4 and 8 activation rows, on
 /// every implementation this CPU has. Throughput in multiply-adds.
 fn bench_packed<F: quant::PackedKernel>(c: &mut Criterion) {
+    bench_packed_rows::<F>(c, ROWS, "");
+}
+
+/// [`bench_packed`] on `rows` rows (`suffix` in the group's name): with many, the weights
+/// stream from memory as in a real model's step.
+fn bench_packed_rows<F: quant::PackedKernel>(c: &mut Criterion, rows: usize, suffix: &str) {
     let dtype = F::DTYPE;
-    let (w, _) = weights(dtype);
+    let row_bytes = dtype.row_bytes(COLS as u64).unwrap() as usize;
+    let mut w = vec![0u8; row_bytes * rows];
+    for (r, dst) in w.chunks_mut(row_bytes).enumerate() {
+        quant::quantize_row(dtype, &data(COLS, r as u32), dst).unwrap();
+    }
     let units = COLS / dtype.block_size();
-    let mut packed = vec![0u8; quant::packed_bytes::<F>(ROWS, units)];
-    quant::pack_into::<F>(&bytemuck::pod_collect_to_vec(&w), ROWS, units, &mut packed);
+    let mut packed = vec![0u8; quant::packed_bytes::<F>(rows, units)];
+    quant::pack_into::<F>(&bytemuck::pod_collect_to_vec(&w), rows, units, &mut packed);
     let acts = acts_packed();
     let groups: Vec<&[u8]> = packed.chunks(units * F::UNIT).collect();
-    let mut group = c.benchmark_group(format!("packed_{}", dtype.name()));
+    let mut group = c.benchmark_group(format!("packed_{}{suffix}", dtype.name()));
     for isa in quant::Isa::available() {
-        group.throughput(Throughput::Elements((ROWS * COLS) as u64));
+        group.throughput(Throughput::Elements((rows * COLS) as u64));
         group.bench_function(format!("{isa:?}_x1"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 1>(isa, g, units, [&acts[0][..]])[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 1>(isa, g, units, [&acts[0][..]], [[0.0; 16]])[0][0]).sum::<f32>())
         });
-        group.throughput(Throughput::Elements((ROWS * COLS * 4) as u64));
+        group.throughput(Throughput::Elements((rows * COLS * 4) as u64));
         let four: [&[quant::BlockQ16]; 4] = std::array::from_fn(|k| &acts[k][..]);
         group.bench_function(format!("{isa:?}_x4"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 4>(isa, g, units, four)[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 4>(isa, g, units, four, [[0.0; 16]; 4])[0][0]).sum::<f32>())
         });
-        group.throughput(Throughput::Elements((ROWS * COLS * 8) as u64));
+        group.throughput(Throughput::Elements((rows * COLS * 8) as u64));
         let eight: [&[quant::BlockQ16]; 8] = std::array::from_fn(|k| &acts[k][..]);
         group.bench_function(format!("{isa:?}_x8"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 8>(isa, g, units, eight)[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 8>(isa, g, units, eight, [[0.0; 16]; 8])[0][0]).sum::<f32>())
         });
     }
     group.finish();
@@ -138,6 +148,7 @@ fn kernels(c: &mut Criterion) {
     bench_packed::<BlockQ4_1>(c);
     bench_packed::<BlockQ8_0>(c);
     bench_packed::<BlockQ4K>(c);
+    bench_packed_rows::<BlockQ4K>(c, 8960, "_8960_rows");
     bench_packed::<BlockQ5_0>(c);
     bench_packed::<BlockQ6K>(c);
     bench_packed::<BlockQ5K>(c);

@@ -149,9 +149,11 @@ pub fn dequantize_packed_row<F: PackedFormat>(packed: &[u8], units: usize, r: us
 }
 
 /// The portable twin: one group's sixteen rows · one activation row, the arithmetic of the
-/// module doc lane by lane. `group` is one group's `units` units.
-pub fn dot_packed_portable<F: PackedFormat>(group: &[u8], units: usize, x: &[BlockQ16]) -> [f32; PACK] {
-    let mut acc = [0f32; PACK];
+/// module doc lane by lane, continuing from `acc` (zeros to start a row; a row's units may
+/// be taken in pieces, each continuing where the last stopped, with the same result).
+/// `group` is `units` units of one group.
+pub fn dot_packed_portable<F: PackedFormat>(group: &[u8], units: usize, x: &[BlockQ16], acc: [f32; PACK]) -> [f32; PACK] {
+    let mut acc = acc;
     let (subs, sub_len) = if F::HALVES { (2, 16) } else { (1, 32) };
     for (u, unit) in group.chunks_exact(F::UNIT).take(units).enumerate() {
         for b in 0..F::BLOCKS {
@@ -186,25 +188,32 @@ pub trait PackedKernel: PackedFormat {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<F: PackedFormat> PackedKernel for F {}
 
-/// One group's sixteen rows · `N` activation rows with a chosen implementation: `out[k][r]`
-/// is row `r` · `x[k]`, bit-identical for every [`Isa`] and every `N`.
+/// One group's sixteen rows · `N` activation rows with a chosen implementation, continuing
+/// from `acc` (see [`dot_packed_portable`]): `out[k][r]` is row `r` · `x[k]`, bit-identical
+/// for every [`Isa`] and every `N`.
 ///
 /// # Panics
 /// If `group` is not `units` units, an activation row does not have `units * F::BLOCKS`
 /// blocks, or `isa` is beyond [`Isa::best`].
 #[inline]
-pub fn dot_packed_xn_on<F: PackedKernel, const N: usize>(isa: Isa, group: &[u8], units: usize, x: [&[BlockQ16]; N]) -> [[f32; PACK]; N] {
+pub fn dot_packed_xn_on<F: PackedKernel, const N: usize>(
+    isa: Isa,
+    group: &[u8],
+    units: usize,
+    x: [&[BlockQ16]; N],
+    acc: [[f32; PACK]; N],
+) -> [[f32; PACK]; N] {
     assert_eq!(group.len(), units * F::UNIT, "a packed group's size");
     assert!(x.iter().all(|x| x.len() == units * F::BLOCKS), "activation rows must match the weight rows");
     assert!(isa <= Isa::best(), "{isa:?} is not supported by this CPU");
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports the features (checked above); sizes match.
-        Isa::Avx512Vnni => unsafe { super::packed_x86::dot_packed_avx512::<F, N>(group, units, x) },
+        Isa::Avx512Vnni => unsafe { super::packed_x86::dot_packed_avx512::<F, N>(group, units, x, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { super::packed_x86::dot_packed_avx2::<F, N>(group, units, x) },
-        _ => x.map(|x| dot_packed_portable::<F>(group, units, x)),
+        Isa::Avx2 => unsafe { super::packed_x86::dot_packed_avx2::<F, N>(group, units, x, acc) },
+        _ => std::array::from_fn(|k| dot_packed_portable::<F>(group, units, x[k], acc[k])),
     }
 }
 

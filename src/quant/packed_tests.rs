@@ -83,11 +83,23 @@ fn packed_kernels_agree_with_the_portable_twin_and_the_reference() {
             let x: Vec<Vec<f32>> = acts.iter().map(|a| dequantized_act(ActType::Q16P, bytemuck::cast_slice(a), n)).collect();
             let group_bytes = units * F::UNIT;
             for (g, group) in p.chunks_exact(group_bytes).enumerate() {
-                let want: Vec<[f32; PACK]> = acts.iter().map(|a| dot_packed_portable::<F>(group, units, a)).collect();
+                let want: Vec<[f32; PACK]> = acts.iter().map(|a| dot_packed_portable::<F>(group, units, a, [0.0; PACK])).collect();
                 for isa in Isa::available() {
-                    let one = dot_packed_xn_on::<F, 1>(isa, group, units, [&acts[0]]);
-                    let four = dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| &acts[k][..]));
-                    let eight = dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| &acts[k][..]));
+                    let zero = [[0.0; PACK]; 8];
+                    let one = dot_packed_xn_on::<F, 1>(isa, group, units, [&acts[0]], [zero[0]]);
+                    let four = dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), [zero[0]; 4]);
+                    let eight = dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), zero);
+                    // The row in two pieces, the second continuing from the first: the same bits.
+                    if units > 1 {
+                        let split = units / 2;
+                        let xs: [&[BlockQ16]; 8] = std::array::from_fn(|k| &acts[k][..split * F::BLOCKS]);
+                        let first = dot_packed_xn_on::<F, 8>(isa, &group[..split * F::UNIT], split, xs, zero);
+                        let xs: [&[BlockQ16]; 8] = std::array::from_fn(|k| &acts[k][split * F::BLOCKS..]);
+                        let both = dot_packed_xn_on::<F, 8>(isa, &group[split * F::UNIT..], units - split, xs, first);
+                        for k in 0..8 {
+                            assert_eq!(both[k].map(f32::to_bits), want[k].map(f32::to_bits), "{dtype} {isa:?} split token {k}");
+                        }
+                    }
                     let bits = |v: &[f32; PACK]| v.map(f32::to_bits);
                     assert_eq!(bits(&one[0]), bits(&want[0]), "{dtype} {isa:?} x1, {units} units, group {g}");
                     for k in 0..8 {
@@ -111,9 +123,10 @@ fn packed_kernels_agree_with_the_portable_twin_and_the_reference() {
             }
             // The last row, packed alone with fifteen padding rows, gives the same bits.
             let alone = packed(&w[(rows - 1) * units..], 1, units);
-            let last = dot_packed_portable::<F>(&alone, units, &acts[3])[0];
+            let last = dot_packed_portable::<F>(&alone, units, &acts[3], [0.0; PACK])[0];
             let group = &p[(rows - 1) / PACK * group_bytes..][..group_bytes];
-            assert_eq!(last.to_bits(), dot_packed_portable::<F>(group, units, &acts[3])[(rows - 1) % PACK].to_bits());
+            let in_group = dot_packed_portable::<F>(group, units, &acts[3], [0.0; PACK])[(rows - 1) % PACK];
+            assert_eq!(last.to_bits(), in_group.to_bits());
         }
     }
     for dtype in PACKED_TYPES {

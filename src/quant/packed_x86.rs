@@ -453,8 +453,14 @@ const fn subs<F: PackedFormat>() -> (usize, usize) {
 /// The CPU must support AVX-512 F/BW/DQ/VL/VNNI, AVX2, FMA and F16C; `group` must hold
 /// `units` units and every `x[k]` `units * F::BLOCKS` blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_packed_avx512<F: PackedSimd, const N: usize>(group: &[u8], units: usize, x: [&[BlockQ16]; N]) -> [[f32; PACK]; N] {
-    let mut acc = [_mm512_setzero_ps(); N];
+pub unsafe fn dot_packed_avx512<F: PackedSimd, const N: usize>(
+    group: &[u8],
+    units: usize,
+    x: [&[BlockQ16]; N],
+    acc_in: [[f32; PACK]; N],
+) -> [[f32; PACK]; N] {
+    // SAFETY: each `acc_in[k]` holds 16 f32; unaligned load.
+    let mut acc: [__m512; N] = std::array::from_fn(|k| unsafe { _mm512_loadu_ps(acc_in[k].as_ptr()) });
     let (num_subs, chunks) = subs::<F>();
     for u in 0..units {
         // SAFETY (the loads below): unit `u` lies inside `group` and block `u * BLOCKS + b`
@@ -501,11 +507,17 @@ pub unsafe fn dot_packed_avx512<F: PackedSimd, const N: usize>(group: &[u8], uni
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; sizes as [`dot_packed_avx512`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_packed_avx2<F: PackedSimd, const N: usize>(group: &[u8], units: usize, x: [&[BlockQ16]; N]) -> [[f32; PACK]; N] {
+pub unsafe fn dot_packed_avx2<F: PackedSimd, const N: usize>(
+    group: &[u8],
+    units: usize,
+    x: [&[BlockQ16]; N],
+    acc_in: [[f32; PACK]; N],
+) -> [[f32; PACK]; N] {
     let mut out = [[0f32; PACK]; N];
     let (num_subs, chunks) = subs::<F>();
     for half in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); N];
+        // SAFETY: eight f32 at `8 * half` of a 16-element array; unaligned load.
+        let mut acc: [__m256; N] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(acc_in[k].as_ptr().add(8 * half)) });
         for u in 0..units {
             // SAFETY: as in `dot_packed_avx512`.
             unsafe {

@@ -301,8 +301,11 @@ const PACKED_TOKEN_TILE: usize = 64;
 
 /// Rows `rows` (whole groups of 16, but for the matrix's end) of a packed `w` against every
 /// token: per tile of tokens and per group, tokens in eights (AVX2: fours), then one by one;
-/// each group's weights are unpacked once per token group.
+/// each group's weights are unpacked once per token group. (Splitting long rows into chunks
+/// that stay in L1 across token groups, GEMM-style, measured no faster here with a 1 MiB L2
+/// and slowed single-token calls, whose weights then stream in pieces.)
 fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
+    const P: usize = quant::PACK;
     let isa = Isa::best();
     let units = w.cols / F::DTYPE.block_size();
     let group_bytes = units * F::UNIT;
@@ -310,10 +313,10 @@ fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: 
     let wide = if isa == Isa::Avx512Vnni { 8 } else { 4 };
     for tile in (0..n_tok).step_by(PACKED_TOKEN_TILE) {
         let tile_end = (tile + PACKED_TOKEN_TILE).min(n_tok);
-        for g in rows.start / quant::PACK..rows.end.div_ceil(quant::PACK) {
+        for g in rows.start / P..rows.end.div_ceil(P) {
             let group = &w.data[g * group_bytes..(g + 1) * group_bytes];
-            let (first, n) = (g * quant::PACK, quant::PACK.min(w.rows - g * quant::PACK));
-            let store = |t: usize, v: &[[f32; quant::PACK]]| {
+            let (first, n) = (g * P, P.min(w.rows - g * P));
+            let store = |t: usize, v: &[[f32; P]]| {
                 for (k, v) in v.iter().enumerate() {
                     // SAFETY: this task alone owns columns `rows` of every output row.
                     unsafe { out.slice((t + k) * w.rows + first, n) }.copy_from_slice(&v[..n]);
@@ -321,15 +324,15 @@ fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: 
             };
             let mut t = tile;
             while wide == 8 && t + 8 <= tile_end {
-                store(t, &quant::dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| x(t + k))));
+                store(t, &quant::dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| x(t + k)), [[0.0; P]; 8]));
                 t += 8;
             }
             while t + 4 <= tile_end {
-                store(t, &quant::dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| x(t + k))));
+                store(t, &quant::dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| x(t + k)), [[0.0; P]; 4]));
                 t += 4;
             }
             for t in t..tile_end {
-                store(t, &quant::dot_packed_xn_on::<F, 1>(isa, group, units, [x(t)]));
+                store(t, &quant::dot_packed_xn_on::<F, 1>(isa, group, units, [x(t)], [[0.0; P]]));
             }
         }
     }

@@ -127,7 +127,7 @@ impl Backend for CpuBackend {
     /// As [`Backend::upload_matrix`], with the packed matrices together in huge pages
     /// (`pack.rs`).
     fn upload_weights(&self, w: HostWeights) -> Result<ModelWeights<HostMatrix, CpuTensor>> {
-        let w = if self.precision == Precision::Int16 { pack::pack_model(w)? } else { w };
+        let w = if self.precision == Precision::Int16 { pack::pack_model(w, self.num_threads())? } else { w };
         w.try_map(Ok, |v| self.upload_vector(&v))
     }
 

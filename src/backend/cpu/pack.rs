@@ -1,5 +1,5 @@
-//! Packing a model's weights for the 16-bit kernels: every Q4_0/Q4_1/Q8_0 matrix into one
-//! anonymous region advised for transparent huge pages.
+//! Packing a model's weights for the 16-bit kernels: every quantized matrix into one
+//! anonymous region advised for transparent huge pages, matrices packed in parallel.
 //!
 //! Decode streams every weight once per token; in 4 KiB pages that is tens of thousands of
 //! TLB misses a token (~15% of decode time here, see `GgufFile::open_resident`). Huge pages
@@ -21,14 +21,16 @@ enum Pending {
 
 /// `w` with every matrix that has a packed layout packed (the others and the vectors as
 /// they are).
-pub fn pack_model(w: HostWeights) -> Result<HostWeights> {
+pub fn pack_model(w: HostWeights, threads: usize) -> Result<HostWeights> {
     let mut total = 0usize;
+    let mut jobs: Vec<(HostMatrix, Range<usize>)> = Vec::new();
     let w = w.try_map(
         |m| -> Result<Pending> {
             Ok(match m.packed16_len() {
                 Some(n) => {
                     let range = total..total + n;
                     total = (total + n).next_multiple_of(64);
+                    jobs.push((m.clone(), range.clone()));
                     Pending::Pack(m, range)
                 }
                 None => Pending::Keep(m),
@@ -40,15 +42,7 @@ pub fn pack_model(w: HostWeights) -> Result<HostWeights> {
     let mut region = memmap2::MmapMut::map_anon(total.max(1)).map_err(device)?;
     // Advice only: without transparent huge pages the region works the same in 4 KiB pages.
     let _ = region.advise(memmap2::Advice::HugePage);
-    let w = w.try_map(
-        |p| -> Result<Pending> {
-            if let Pending::Pack(m, range) = &p {
-                m.pack16_into(&mut region[range.clone()]);
-            }
-            Ok(p)
-        },
-        Ok,
-    )?;
+    pack_all(jobs, &mut region, threads);
     let region = Arc::new(region.make_read_only().map_err(device)?);
     w.try_map(
         |p| -> Result<HostMatrix> {
@@ -59,6 +53,36 @@ pub fn pack_model(w: HostWeights) -> Result<HostWeights> {
         },
         Ok,
     )
+}
+
+/// Packs every job into its (disjoint) range of `region`, `threads` at a time, largest first.
+fn pack_all(mut jobs: Vec<(HostMatrix, Range<usize>)>, region: &mut [u8], threads: usize) {
+    jobs.sort_by_key(|(_, range)| range.start);
+    // Split the region into the jobs' slices (ranges are ascending and disjoint).
+    let mut rest = region;
+    let mut consumed = 0;
+    let mut work: Vec<(usize, HostMatrix, &mut [u8])> = Vec::with_capacity(jobs.len());
+    for (m, range) in jobs {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - consumed);
+        let (slice, tail) = tail.split_at_mut(range.len());
+        consumed = range.end;
+        rest = tail;
+        work.push((range.len(), m, slice));
+    }
+    work.sort_by_key(|(len, ..)| std::cmp::Reverse(*len));
+    let queue = parking_lot::Mutex::new(work.into_iter());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                while let Some((_, m, out)) = {
+                    let next = queue.lock().next();
+                    next
+                } {
+                    m.pack16_into(out);
+                }
+            });
+        }
+    });
 }
 
 #[cfg(test)]
@@ -77,8 +101,8 @@ mod tests {
         HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).unwrap()
     }
 
-    /// Every Q4_0/Q4_1/Q8_0 matrix comes back packed with the same rows (odd row counts
-    /// padded), the others unchanged.
+    /// Every quantized matrix comes back packed with the same rows (odd row counts padded),
+    /// the others unchanged.
     #[test]
     fn packs_what_has_a_packed_layout_and_keeps_every_row() {
         let mut rng = Rng::new(51);
@@ -100,7 +124,7 @@ mod tests {
         };
         let embed = matrix(&mut rng, GgmlType::Q8_0, 33, 64);
         let w = ModelWeights { embed: embed.clone(), layers: vec![layer], final_norm: vec![3.0; 4], lm_head: None };
-        let packed = pack_model(w).unwrap();
+        let packed = pack_model(w, 3).unwrap();
         let l = &packed.layers[0];
         let pairs = [(&m[0], &l.wq), (&m[1], &l.wk), (&m[2], &l.wv), (&m[3], &l.wo), (&m[4], &l.w_gate), (&m[5], &l.w_up), (&m[6], &l.w_down), (&embed, &packed.embed)];
         for (before, after) in pairs {

@@ -1,0 +1,64 @@
+//! One model-sized matmul through the CPU backend with every thread, as a step of the engine
+//! runs it: a packed weight matrix (`--shape ROWSxCOLS`, default 1536x8960, Qwen2.5-1.5B's
+//! ffn_down, in Q4_K) against 1, 16 and 128 tokens. Prints G multiply-adds/s and the weight
+//! bytes read per second (once per call), best of `--repeat` calls. The calls cycle through
+//! copies of the matrix (256 MB in all), so that the weights stream from memory as they do in
+//! a model's step, not from the last-level cache.
+//!
+//! `cargo bench --bench matmul -- [--type q4_k] [--shape 1536x8960] [--repeat 20]`
+
+use ballast::backend::Backend;
+use ballast::backend::cpu::{CpuBackend, CpuTensor, Precision};
+use ballast::format::bytes::TensorBytes;
+use ballast::model::weights::HostMatrix;
+use ballast::quant::{self, GgmlType};
+use std::time::Instant;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let dtype = match arg("--type").as_deref().unwrap_or("q4_k") {
+        "q4_k" => GgmlType::Q4K,
+        "q6_k" => GgmlType::Q6K,
+        "q5_0" => GgmlType::Q5_0,
+        "q8_0" => GgmlType::Q8_0,
+        "q4_1" => GgmlType::Q4_1,
+        other => panic!("unknown --type {other}"),
+    };
+    let shape = arg("--shape").unwrap_or_else(|| "1536x8960".into());
+    let (rows, cols) = shape.split_once('x').map(|(r, c)| (r.parse().unwrap(), c.parse().unwrap())).expect("--shape ROWSxCOLS");
+    let repeat: usize = arg("--repeat").map(|r| r.parse().unwrap()).unwrap_or(20);
+    let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
+    let mut data = vec![0u8; rows * row_bytes];
+    for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
+        let x: Vec<f32> = (0..cols).map(|i| ((i * 31 + r * 17) % 101) as f32 / 50.0 - 1.0).collect();
+        quant::quantize_row(dtype, &x, row).unwrap();
+    }
+    let backend = CpuBackend::new(CpuBackend::default_threads(), Precision::Int16).unwrap();
+    let copies = (256 << 20) / data.len() + 1;
+    let ws: Vec<_> = (0..copies)
+        .map(|_| backend.upload_matrix(HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data.clone())).unwrap()).unwrap())
+        .collect();
+    println!("{dtype} {rows}x{cols} ({:.1} MB), {}", (rows * row_bytes) as f64 / 1e6, backend.name());
+    for tokens in [1, 16, 128] {
+        let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 7) % 53) as f32 / 26.0 - 1.0).collect();
+        let x = CpuTensor::from_rows(&x, cols);
+        let mut out = backend.alloc(tokens, rows).unwrap();
+        let mut best = f64::INFINITY;
+        for i in 0..repeat {
+            let start = Instant::now();
+            backend.matmul(&x, &ws[i % copies], &mut out).unwrap();
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        let macs = (rows * cols * tokens) as f64;
+        println!(
+            "{tokens:>4} tokens: {:8.3} ms  {:6.1} G multiply-adds/s  {:6.1} GB/s of weights",
+            best * 1e3,
+            macs / best / 1e9,
+            (rows * row_bytes) as f64 / best / 1e9
+        );
+    }
+}
