@@ -37,7 +37,8 @@ fn main() {
         let x: Vec<f32> = (0..cols).map(|i| ((i * 31 + r * 17) % 101) as f32 / 50.0 - 1.0).collect();
         quant::quantize_row(dtype, &x, row).unwrap();
     }
-    let backend = CpuBackend::new(CpuBackend::default_threads(), Precision::Int16).unwrap();
+    let threads = arg("--threads").map(|t| t.parse().unwrap()).unwrap_or_else(CpuBackend::default_threads);
+    let backend = CpuBackend::new(threads, Precision::Int16).unwrap();
     let copies = (256 << 20) / data.len() + 1;
     let ws: Vec<_> = (0..copies)
         .map(|_| backend.upload_matrix(HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data.clone())).unwrap()).unwrap())

@@ -169,6 +169,20 @@ pub struct ModelWeights<M, V> {
 
 pub type HostWeights = ModelWeights<HostMatrix, Vec<f32>>;
 
+impl<V> ModelWeights<HostMatrix, V> {
+    /// Bytes of weights one forward step reads whatever its batch: every layer matrix and the
+    /// output matrix (the tied embedding when there is none; the embedding lookup reads only
+    /// a row per token).
+    pub fn step_bytes(&self) -> u64 {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.data.len()).sum::<usize>())
+            .sum();
+        (layers + self.lm_head.as_ref().unwrap_or(&self.embed).data.len()) as u64
+    }
+}
+
 impl<M, V> ModelWeights<M, V> {
     /// Converts every matrix and vector, keeping the structure (e.g. uploading to a device).
     pub fn try_map<M2, V2, E>(

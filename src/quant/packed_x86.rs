@@ -442,6 +442,21 @@ unsafe fn dpwssd_broadcast(acc: __m512i, w: __m512i, x: *const i32) -> __m512i {
     acc
 }
 
+/// Most dependency chains of integer sums per token (see [`chains_for`]).
+const CHAINS: usize = 4;
+
+/// Chains of integer sums per token for `n` tokens at once: enough independent `vpdpwssd` in
+/// flight to cover its latency without running out of registers.
+const fn chains_for(n: usize) -> usize {
+    if n == 1 {
+        4
+    } else if n < 8 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Sub-blocks per 32 elements and register chunks (of four) per sub-block.
 const fn subs<F: PackedFormat>() -> (usize, usize) {
     if F::HALVES { (2, 2) } else { (1, 4) }
@@ -471,15 +486,26 @@ pub unsafe fn dot_packed_avx512<F: PackedSimd, const N: usize>(
                 let planes = unit.add(F::HEADER + b * F::PLANES);
                 let xb: [&BlockQ16; N] = std::array::from_fn(|k| x[k].get_unchecked(u * F::BLOCKS + b));
                 for h in 0..num_subs {
-                    let mut isum = [_mm512_setzero_si512(); N];
+                    // Few tokens: several independent chains per token (integer sums, so the
+                    // order does not matter), else one `vpdpwssd` waits on the last.
+                    let mut chains = [[_mm512_setzero_si512(); CHAINS]; N];
                     for c in chunks * h..chunks * (h + 1) {
                         let regs = F::regs512(planes, c);
                         for (i, reg) in regs.iter().enumerate() {
                             for k in 0..N {
-                                isum[k] = dpwssd_broadcast(isum[k], *reg, (xb[k].qs.as_ptr() as *const i32).add(4 * c + i));
+                                let ch = &mut chains[k][i % chains_for(N)];
+                                *ch = dpwssd_broadcast(*ch, *reg, (xb[k].qs.as_ptr() as *const i32).add(4 * c + i));
                             }
                         }
                     }
+                    let isum: [__m512i; N] = std::array::from_fn(|k| {
+                        let ch = &chains[k];
+                        match chains_for(N) {
+                            1 => ch[0],
+                            2 => _mm512_add_epi32(ch[0], ch[1]),
+                            _ => _mm512_add_epi32(_mm512_add_epi32(ch[0], ch[1]), _mm512_add_epi32(ch[2], ch[3])),
+                        }
+                    });
                     let j = num_subs * b + h;
                     let scale = F::scale512(unit, j);
                     let min = if F::HAS_MIN { F::min512(unit, j) } else { _mm512_setzero_ps() };

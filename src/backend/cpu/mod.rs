@@ -20,6 +20,7 @@
 //! Float weights (F32/F16/BF16) always meet f32 activations.
 
 mod attention;
+mod bandwidth;
 mod matmul;
 mod ops;
 mod pack;
@@ -28,6 +29,7 @@ mod pool;
 mod softmax;
 mod tensor;
 
+pub use bandwidth::read_bandwidth;
 pub use tensor::{CpuKvPool, CpuTensor};
 
 use super::{AttentionShape, Backend, BackendError, Result, RopeShape};

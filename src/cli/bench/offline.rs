@@ -15,6 +15,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let loaded = ballast::model::load(&path, ballast::model::LoadOptions::default(), &mut |_, _| {})
         .with_context(|| format!("loading {}", path.display()))?;
     let vocab = loaded.config.vocab_size as u64;
+    let step_bytes = loaded.weights.step_bytes();
     let threads = args.threads.unwrap_or_else(CpuBackend::default_threads);
     let cpu = || Ok(CpuBackend::new(threads, Precision::Int16)?);
     // Every prompt prefilled at full chunk size even once some decode (no step-size limit
@@ -77,12 +78,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "offline on {backend}, concurrency {}: prompt {} tokens × {} → {prompt_rate:.1} tok/s; output {} tokens each → {output_rate:.1} tok/s",
         args.concurrency, args.prompt_tokens, args.concurrency, args.max_tokens
     );
+    // The roofline: a decode step reads every weight once for all its streams.
+    let weight_rate = step_bytes as f64 * output_rate / args.concurrency as f64;
+    let bandwidth = ballast::backend::cpu::read_bandwidth(threads, 1 << 30, 5).context("measuring the read bandwidth")?;
+    eprintln!(
+        "decode reads {:.3} GB of weights a step: {:.1} GB/s, {:.0}% of the {:.1} GB/s {threads} threads read here (streaming probe, this run)",
+        step_bytes as f64 / 1e9,
+        weight_rate / 1e9,
+        100.0 * weight_rate / bandwidth,
+        bandwidth / 1e9
+    );
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "concurrency": args.concurrency, "backend": backend, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
                 "prompt_tokens_per_s": prompt_rate, "output_tokens_per_s": output_rate,
+                "weight_bytes_per_step": step_bytes, "weight_read_bytes_per_s": weight_rate,
+                "read_bandwidth_bytes_per_s": bandwidth, "roofline_fraction": weight_rate / bandwidth,
             })
         );
     }
