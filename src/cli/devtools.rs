@@ -34,10 +34,15 @@ pub struct MakeModelArgs {
     /// or `tiny` (2 layers, hidden 256: for tests).
     #[arg(long, default_value = "llama3-8b", value_parser = ["llama3-8b", "tiny"])]
     shape: String,
-    /// Output GGUF file. Weights are Q4_1 with random quants (norms f32 ones); the vocabulary
-    /// is placeholders (text encodes to byte tokens). Built in memory (about twice its size).
+    /// Output GGUF file. Weights have random quants and scales (norms f32 ones); the
+    /// vocabulary is placeholders (text encodes to byte tokens). Built in memory (about twice
+    /// its size).
     #[arg(long, short = 'o')]
     out: PathBuf,
+    /// Type of the weight matrices.
+    #[arg(long = "type", default_value = "q4_1",
+          value_parser = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])]
+    dtype: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -59,10 +64,11 @@ pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
     let head_dim = s.hidden / s.heads;
     let kv_dim = s.kv_heads * head_dim;
     let mut seed = args.seed;
+    let dtype = GgmlType::from_name(&args.dtype).context("a quantized type")?;
     let u = |v: usize| MetaValue::U32(v as u32);
     let mut w = GgufWriter::new(3)
         .metadata("general.architecture", MetaValue::Str("llama".into()))
-        .metadata("general.name", MetaValue::Str(format!("random {} (Q4_1)", args.shape)))
+        .metadata("general.name", MetaValue::Str(format!("random {} ({dtype})", args.shape)))
         .metadata("llama.block_count", u(s.layers))
         .metadata("llama.embedding_length", u(s.hidden))
         .metadata("llama.feed_forward_length", u(s.ffn))
@@ -90,7 +96,8 @@ pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
         {
         // Small scales so activations stay finite; every matrix its own stream.
         seed += 1;
-        w.tensor(name, &[cols as u64, rows as u64], GgmlType::Q4_1, ballast::quant::random_q4_1(rows * cols, 0.004, -0.03, seed))
+        let t = dtype.fallback_for_row(cols as u64);
+        w.tensor(name, &[cols as u64, rows as u64], t, ballast::quant::random_blocks(t, rows * cols, 0.06, seed))
     }
     };
     w = matrix(w, "token_embd.weight".into(), s.vocab, s.hidden);

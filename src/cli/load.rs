@@ -19,8 +19,10 @@ pub struct ModelArgs {
     /// the manifest's default model.
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
-    /// Quantize an HF checkpoint's float weights on load.
-    #[arg(long, value_parser = ["q8_0", "q4_1", "q4_0"])]
+    /// Quantize an HF checkpoint's float weights on load (embedding and output to q8_0; a
+    /// k-quant falls back to a 32-element format, as llama.cpp does, on widths that are not
+    /// multiples of 256).
+    #[arg(long, value_parser = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])]
     pub quantize: Option<String>,
     /// CPU worker threads (default: one per core).
     #[arg(long)]
@@ -118,12 +120,7 @@ impl ModelArgs {
     /// Loads the model, showing a progress bar on a terminal.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let path = self.path()?;
-        let quantize = match self.quantize.as_deref() {
-            None => None,
-            Some("q8_0") => Some(GgmlType::Q8_0),
-            Some("q4_1") => Some(GgmlType::Q4_1),
-            Some(_) => Some(GgmlType::Q4_0),
-        };
+        let quantize = self.quantize.as_deref().and_then(GgmlType::from_name);
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("loading {msg} {bar:30} {bytes}/{total_bytes}")
                 .expect("static template is valid"),

@@ -132,6 +132,14 @@ fn matrix(shards: &Shards, name: &str, target: Option<GgmlType>) -> Result<HostM
     };
     let invalid = |reason: String| ModelError::Invalid(format!("`{name}`: {reason}"));
     let source = HostMatrix::new(dtype, rows, cols, aligned(bytes)).map_err(invalid)?;
+    // A k-quant on a width that is not whole super-blocks: llama.cpp's 32-element fallback.
+    let target = target.map(|t| {
+        let f = t.fallback_for_row(cols as u64);
+        if f != t {
+            tracing::info!("{name}: {cols} columns are not whole {t} blocks; quantized to {f}");
+        }
+        f
+    });
     match target {
         Some(t) if t.row_bytes(cols as u64).is_some() => quantize(&source, t).map_err(invalid),
         Some(t) => {
@@ -179,7 +187,7 @@ fn read_weights(
 ) -> Result<HostWeights, ModelError> {
     let target = options.quantize;
     if let Some(t) = target
-        && !matches!(t, GgmlType::Q8_0 | GgmlType::Q4_1 | GgmlType::Q4_0) {
+        && !GgmlType::FILE_QUANTS.contains(&t) {
             return Err(ModelError::Invalid(format!("cannot quantize on load to {t}")));
         }
     // Embedding and output stay at 8 bits when the layers go to 4 (as llama.cpp's files do).

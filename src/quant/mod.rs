@@ -30,6 +30,7 @@ mod packed_formats;
 #[cfg(target_arch = "x86_64")]
 mod packed_x86;
 mod q8;
+mod random;
 mod q16;
 mod q16k;
 #[cfg(test)]
@@ -48,6 +49,7 @@ pub use dispatch::{
 pub use float::{dot_bf16_f32, dot_f16_f32, dot_f32_f32, f16_to_f32, widen_f16};
 pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{random_q4_1, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
+pub use random::random_blocks;
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use packed::{
     BlockQ16, PACK, PackedFormat, PackedKernel, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack_into, packed_bytes,
@@ -201,6 +203,40 @@ impl GgmlType {
             GgmlType::Q6K => "Q6_K",
             GgmlType::Q8K => "Q8_K",
             GgmlType::BF16 => "BF16",
+        }
+    }
+
+    /// The type named `name` (as [`GgmlType::name`] spells it, any case: `q4_k`, `Q8_0`).
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        GgmlType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The block-quantized types model files store (not the activation-only Q8_1 and Q8_K).
+    pub const FILE_QUANTS: [GgmlType; 10] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+
+    /// The 32-element format llama.cpp falls back to for a k-quant when a row is not a
+    /// whole number of 256-element super-blocks (e.g. width 896); the type itself otherwise.
+    pub fn fallback_for_row(self, num_elements: u64) -> GgmlType {
+        if self.row_bytes(num_elements).is_some() {
+            return self;
+        }
+        match self {
+            GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+            GgmlType::Q4K => GgmlType::Q5_0,
+            GgmlType::Q5K => GgmlType::Q5_1,
+            GgmlType::Q6K => GgmlType::Q8_0,
+            other => other,
         }
     }
 

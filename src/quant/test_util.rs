@@ -24,25 +24,12 @@ impl Rng {
     }
 }
 
-/// Byte offsets of the f16 fields in a quantized file format's block.
-pub fn f16_fields(dtype: super::GgmlType) -> &'static [usize] {
-    use super::GgmlType::*;
-    match dtype {
-        Q4_0 | Q5_0 | Q8_0 => &[0],
-        Q4_1 | Q5_1 | Q4K | Q5K => &[0, 2],
-        Q2K => &[80, 82],
-        Q3K => &[108],
-        Q6K => &[208],
-        _ => &[],
-    }
-}
-
 /// `n` blocks of `dtype` from random bytes, every f16 field a finite value below `scale`:
 /// every bit of every quant, scale and min field exercised.
 pub fn random_block_bytes(rng: &mut Rng, dtype: super::GgmlType, n: usize, scale: f32) -> Vec<u8> {
     let mut bytes: Vec<u8> = (0..n * dtype.type_size()).map(|_| rng.next_u64() as u8).collect();
     for block in bytes.chunks_exact_mut(dtype.type_size()) {
-        for &at in f16_fields(dtype) {
+        for &(at, _) in super::random::f16_fields(dtype) {
             block[at..at + 2].copy_from_slice(&half::f16::from_f32(rng.float(scale)).to_le_bytes());
         }
     }
