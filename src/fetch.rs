@@ -31,6 +31,8 @@ pub enum FetchError {
     Verify { path: PathBuf, what: &'static str, expected: String, found: String },
     #[error("{0} is neither a file nor a directory, and no model in the manifest has that name (known: {1})")]
     NotAModel(String, String),
+    #[error("No such file or directory: {0}")]
+    NoSuchFile(PathBuf),
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -105,6 +107,8 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf, FetchError> {
         Some(path) if path.exists() => return Ok(path.to_path_buf()),
         Some(path) => match path.to_str().map(|name| manifest.get(name)) {
             Some(Ok(entry)) => entry,
+            // Something that looks like a path (a directory part, an extension) is one.
+            _ if path.components().count() > 1 || path.extension().is_some() => return Err(FetchError::NoSuchFile(path.to_path_buf())),
             _ => return Err(FetchError::NotAModel(path.display().to_string(), manifest.names())),
         },
     };

@@ -115,7 +115,8 @@ fn bad_models_fail_with_one_clear_line() {
     // Patch the tensor's type id (F32 = 0) to one ballast does not know (IQ2_XXS = 16).
     let pos = unknown_type.windows(17).position(|w| w == b"token_embd.weight").unwrap() + 17 + 4 + 16;
     unknown_type[pos..pos + 4].copy_from_slice(&16u32.to_le_bytes());
-    assert_clean_failure(&generate(&write_gguf(dir.path(), "iq2.gguf", unknown_type)), "type");
+    let iq2 = generate(&write_gguf(dir.path(), "iq2.gguf", unknown_type));
+    assert_clean_failure(&iq2, "token_embd.weight: IQ2_XXS (ggml type 16) is not supported");
 
     // HF directories: malformed config.json, then a truncated safetensors file.
     let hf = tempfile::tempdir().unwrap();

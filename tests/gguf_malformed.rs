@@ -113,7 +113,7 @@ fn unknown_value_types() {
 #[test]
 fn unknown_tensor_types() {
     let bytes = base().to_bytes();
-    for type_id in [4, 6, 13, 1000, u32::MAX] {
+    for type_id in [4, 16, 23, 39, 1000, u32::MAX] {
         let mut bad = bytes.clone();
         put_u32(&mut bad, after(&bytes, "alpha") + 4 + 8, type_id);
         assert_err!(parse(&bad), GgufError::UnknownTensorType { name, type_id: t } if name == "alpha" && t == type_id);

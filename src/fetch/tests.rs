@@ -40,6 +40,8 @@ fn verify_reports_a_mismatch() {
 fn resolve_takes_paths_as_they_are_and_names_what_it_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(resolve(Some(dir.path())).unwrap(), dir.path());
-    let err = resolve(Some(Path::new("no-such-model.gguf"))).unwrap_err().to_string();
-    assert!(err.contains("no-such-model.gguf") && err.contains("smollm2-135m-instruct-q4_1"), "{err}");
+    let err = resolve(Some(Path::new("no-such-model"))).unwrap_err().to_string();
+    assert!(err.contains("no-such-model") && err.contains("smollm2-135m-instruct-q4_1"), "{err}");
+    let err = resolve(Some(Path::new("models/missing.gguf"))).unwrap_err().to_string();
+    assert!(err.contains("No such file") && err.contains("models/missing.gguf"), "{err}");
 }

@@ -49,7 +49,7 @@ pub enum GgufError {
     #[error("tensor {name}: {n_dims} dimensions, expected 1 to 4")]
     BadDimCount { name: String, n_dims: u32 },
 
-    #[error("tensor {name}: unknown or unsupported ggml type id {type_id}")]
+    #[error("tensor {name}: {} is not supported (supported: {})", describe_type(*type_id), supported_types())]
     UnknownTensorType { name: String, type_id: u32 },
 
     #[error("tensor {name}: shape {dims:?} of {dtype} is invalid: {problem}")]
@@ -72,4 +72,35 @@ pub enum GgufError {
 
     #[error("metadata {key}: value {value} does not fit {expected}")]
     MetadataRange { key: String, expected: &'static str, value: String },
+}
+
+/// A ggml type id as a name where ggml has one (`IQ4_XS (ggml type 23)`).
+fn describe_type(type_id: u32) -> String {
+    const NAMES: [(u32, &str); 17] = [
+        (16, "IQ2_XXS"),
+        (17, "IQ2_XS"),
+        (18, "IQ3_XXS"),
+        (19, "IQ1_S"),
+        (20, "IQ4_NL"),
+        (21, "IQ3_S"),
+        (22, "IQ2_S"),
+        (23, "IQ4_XS"),
+        (24, "I8"),
+        (25, "I16"),
+        (26, "I32"),
+        (27, "I64"),
+        (28, "F64"),
+        (29, "IQ1_M"),
+        (34, "TQ1_0"),
+        (35, "TQ2_0"),
+        (39, "MXFP4"),
+    ];
+    match NAMES.iter().find(|(id, _)| *id == type_id) {
+        Some((_, name)) => format!("{name} (ggml type {type_id})"),
+        None => format!("ggml type {type_id} (unknown)"),
+    }
+}
+
+fn supported_types() -> String {
+    crate::quant::GgmlType::ALL.iter().filter(|t| !matches!(t, crate::quant::GgmlType::Q8_1 | crate::quant::GgmlType::Q8K)).map(|t| t.name()).collect::<Vec<_>>().join(", ")
 }
