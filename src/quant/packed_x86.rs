@@ -418,28 +418,53 @@ impl PackedSimd for BlockQ2K {
     }
 }
 
-/// `acc + Σ pairs of w · x` per 32-bit lane, `x` the 32-bit word at `x` broadcast: one
-/// `vpdpwssd` with a broadcast memory operand. Written as assembly because LLVM's machine
-/// combiner otherwise splits most of them into `vpbroadcastd` + `vpmaddwd` + `vpaddd` for
-/// generic x86-64 tuning (three instructions for one, half the kernel's speed).
+/// `acc[i % C] += Σ pairs of w[i] · x[i]` per 32-bit lane for the four registers `w`, where
+/// `x[i]` is the 32-bit word `i` at `x` broadcast: four `vpdpwssd` with broadcast memory
+/// operands into `C` (1, 2 or 4) independent chains. Written as assembly because LLVM's
+/// machine combiner otherwise splits most of them into `vpbroadcastd` + `vpmaddwd` + `vpaddd`
+/// for generic x86-64 tuning (three instructions for one, half the kernel's speed); the four
+/// share one address register, with the words at fixed displacements.
 ///
 /// # Safety
-/// AVX-512 F/VNNI; `x` readable for 4 bytes.
+/// AVX-512 F/VNNI; `x` readable for 16 bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn dpwssd_broadcast(acc: __m512i, w: __m512i, x: *const i32) -> __m512i {
-    let mut acc = acc;
-    // SAFETY: the caller's contract; the instruction reads 4 bytes at `x` and nothing else.
+unsafe fn dpwssd4<const C: usize>(acc: &mut [__m512i], w: &[__m512i; 4], x: *const i32) {
+    // SAFETY (each block): the caller's contract; the instructions read 16 bytes at `x`.
     unsafe {
-        std::arch::asm!(
-            "vpdpwssd {acc}, {w}, dword ptr [{x}]{{1to16}}",
-            acc = inout(zmm_reg) acc,
-            w = in(zmm_reg) w,
-            x = in(reg) x,
-            options(pure, readonly, nostack, preserves_flags)
-        );
+        match C {
+            1 => std::arch::asm!(
+                "vpdpwssd {a}, {w0}, dword ptr [{x}]{{1to16}}",
+                "vpdpwssd {a}, {w1}, dword ptr [{x} + 4]{{1to16}}",
+                "vpdpwssd {a}, {w2}, dword ptr [{x} + 8]{{1to16}}",
+                "vpdpwssd {a}, {w3}, dword ptr [{x} + 12]{{1to16}}",
+                a = inout(zmm_reg) acc[0],
+                w0 = in(zmm_reg) w[0], w1 = in(zmm_reg) w[1], w2 = in(zmm_reg) w[2], w3 = in(zmm_reg) w[3],
+                x = in(reg) x,
+                options(pure, readonly, nostack, preserves_flags)
+            ),
+            2 => std::arch::asm!(
+                "vpdpwssd {a0}, {w0}, dword ptr [{x}]{{1to16}}",
+                "vpdpwssd {a1}, {w1}, dword ptr [{x} + 4]{{1to16}}",
+                "vpdpwssd {a0}, {w2}, dword ptr [{x} + 8]{{1to16}}",
+                "vpdpwssd {a1}, {w3}, dword ptr [{x} + 12]{{1to16}}",
+                a0 = inout(zmm_reg) acc[0], a1 = inout(zmm_reg) acc[1],
+                w0 = in(zmm_reg) w[0], w1 = in(zmm_reg) w[1], w2 = in(zmm_reg) w[2], w3 = in(zmm_reg) w[3],
+                x = in(reg) x,
+                options(pure, readonly, nostack, preserves_flags)
+            ),
+            _ => std::arch::asm!(
+                "vpdpwssd {a0}, {w0}, dword ptr [{x}]{{1to16}}",
+                "vpdpwssd {a1}, {w1}, dword ptr [{x} + 4]{{1to16}}",
+                "vpdpwssd {a2}, {w2}, dword ptr [{x} + 8]{{1to16}}",
+                "vpdpwssd {a3}, {w3}, dword ptr [{x} + 12]{{1to16}}",
+                a0 = inout(zmm_reg) acc[0], a1 = inout(zmm_reg) acc[1], a2 = inout(zmm_reg) acc[2], a3 = inout(zmm_reg) acc[3],
+                w0 = in(zmm_reg) w[0], w1 = in(zmm_reg) w[1], w2 = in(zmm_reg) w[2], w3 = in(zmm_reg) w[3],
+                x = in(reg) x,
+                options(pure, readonly, nostack, preserves_flags)
+            ),
+        }
     }
-    acc
 }
 
 /// Most dependency chains of integer sums per token (see [`chains_for`]).
@@ -491,10 +516,12 @@ pub unsafe fn dot_packed_avx512<F: PackedSimd, const N: usize>(
                     let mut chains = [[_mm512_setzero_si512(); CHAINS]; N];
                     for c in chunks * h..chunks * (h + 1) {
                         let regs = F::regs512(planes, c);
-                        for (i, reg) in regs.iter().enumerate() {
-                            for k in 0..N {
-                                let ch = &mut chains[k][i % chains_for(N)];
-                                *ch = dpwssd_broadcast(*ch, *reg, (xb[k].qs.as_ptr() as *const i32).add(4 * c + i));
+                        for k in 0..N {
+                            let x = (xb[k].qs.as_ptr() as *const i32).add(4 * c);
+                            match chains_for(N) {
+                                1 => dpwssd4::<1>(&mut chains[k], &regs, x),
+                                2 => dpwssd4::<2>(&mut chains[k], &regs, x),
+                                _ => dpwssd4::<4>(&mut chains[k], &regs, x),
                             }
                         }
                     }
