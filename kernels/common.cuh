@@ -60,29 +60,6 @@ __device__ __forceinline__ float bf16_bits_to_float(unsigned bits) {
     return __uint_as_float((bits & 0xffffu) << 16);
 }
 
-// Element (row, col) of a device matrix (the slow path: embedding lookups).
-__device__ __forceinline__ float matrix_elem(const BallastMatrix& m, size_t row, unsigned col) {
-    size_t i = row * m.cols + col;
-    switch (m.format) {
-    case BALLAST_F32:
-        return ((const float*)m.qs)[i];
-    case BALLAST_F16:
-        return half_bits_to_float(((const unsigned short*)m.qs)[i]);
-    case BALLAST_BF16:
-        return bf16_bits_to_float(((const unsigned short*)m.qs)[i]);
-    default:
-        break;
-    }
-    size_t block = row * (m.cols / 32) + col / 32;
-    unsigned j = col % 32;
-    unsigned s = m.scales[block];
-    float d = half_bits_to_float(s), mn = half_bits_to_float(s >> 16);
-    if (m.format == BALLAST_Q8_0) return d * (float)((const signed char*)m.qs)[block * 32 + j];
-    unsigned char byte = ((const unsigned char*)m.qs)[block * 16 + (j % 16)];
-    int q = j < 16 ? (byte & 15) : (byte >> 4);
-    return m.format == BALLAST_Q4_1 ? d * (float)q + mn : d * (float)(q - 8);
-}
-
 // D += A·B on the tensor cores: one m16n8k16 tile, f16 inputs, f32 accumulation. Fragments as
 // the PTX ISA lays them out (g = lane / 4, t = lane % 4): a[0] = A[g][2t..2t+1],
 // a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]; b[0] = B[2t..2t+1][g],

@@ -1,5 +1,5 @@
 // out[t] = table[token_ids[t]]: one block per token. Token ids are checked on the host.
-#include "common.cuh"
+#include "quant.cuh"
 
 BALLAST_KERNEL(embedding, EmbeddingParams, 128) {
     unsigned t = blockIdx.x;

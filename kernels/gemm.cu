@@ -1,6 +1,6 @@
 // out[t][r] = W[r] . x[t] on the tensor cores, for prefill chunks and large decode batches:
-// quantized weights (Q4_0, Q4_1, Q8_0) and float ones (F16, BF16 and F32, converted to f16;
-// rows a multiple of 32 long).
+// quantized weights (every format, decoded by kernels/quant.cuh) and float ones (F16, BF16
+// and F32, converted to f16; rows a multiple of 32 long).
 //
 // A block computes 64 rows x 64 tokens; its 4 warps take 16 rows each, across all 64 tokens
 // (eight m16n8k16 tiles). Per 32-element quant block along K, the threads dequantize the 64
@@ -10,7 +10,7 @@
 // Activations meet the tensor cores in f16 (f32 accumulation), so results
 // differ from the GEMV kernel's f32 arithmetic in the last bits: the backend uses this kernel
 // only when it may (not with --deterministic, which keeps every batch size on one kernel).
-#include "common.cuh"
+#include "quant.cuh"
 
 #define GM_ROWS 64
 #define GM_TOKENS 64
@@ -28,7 +28,6 @@ BALLAST_KERNEL(matmul_mma, MatmulParams, 128) {
     unsigned g = lane >> 2, t = lane & 3;
     unsigned r0 = blockIdx.x * GM_ROWS, t0 = blockIdx.y * GM_TOKENS;
     unsigned nb = w.cols / 32;
-    bool q8 = w.format == BALLAST_Q8_0;
     float c[8][4];
 #pragma unroll
     for (int n = 0; n < 8; n++)
@@ -59,23 +58,13 @@ BALLAST_KERNEL(matmul_mma, MatmulParams, 128) {
                 wv[j + 2] = float_to_half_bits(v.z), wv[j + 3] = float_to_half_bits(v.w);
             }
         } else if (row < w.rows) {
-            size_t blk = (size_t)row * nb + b;
-            unsigned s = w.scales[blk];
-            float d = half_bits_to_float(s), m = half_bits_to_float(s >> 16);
-            if (q8) {
-                uint4 raw = ((const uint4*)w.qs)[2 * blk + shalf];
-                unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+            QBlock qb = load_qblock(w, (size_t)row * nb + b);
 #pragma unroll
-                for (int j = 0; j < 16; j++) wv[j] = float_to_half_bits(d * (float)(signed char)((words[j / 4] >> (8 * (j % 4))) & 0xffu));
-            } else {
-                uint4 raw = ((const uint4*)w.qs)[blk];
-                unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+            for (int wd = 0; wd < 4; wd++) {
+                float q[4];
+                quad(qb, w.format, shalf, wd, q);
 #pragma unroll
-                for (int j = 0; j < 16; j++) {
-                    unsigned byte = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
-                    float q = (float)(shalf ? byte >> 4 : byte & 15u);
-                    wv[j] = float_to_half_bits(w.format == BALLAST_Q4_1 ? d * q + m : d * (q - 8.0f));
-                }
+                for (int i = 0; i < 4; i++) wv[4 * wd + i] = float_to_half_bits((shalf ? qb.s[1] : qb.s[0]) * q[i] + (shalf ? qb.m[1] : qb.m[0]));
             }
         } else {
 #pragma unroll

@@ -2,12 +2,14 @@
 // (for now) of prefill too.
 //
 // A block is 4 warps; each warp owns one row and up to MM_TOKENS tokens. A lane takes the
-// row's 32-element blocks lane, lane + 32, ...: one 16-byte load brings a whole 4-bit block
-// (two for 8-bit), dequantized in registers a word at a time (few registers, so many warps
-// stay resident to keep loads in flight) and dotted with each token's 32 activations
-// (float4 loads). Warp sums finish each token. A token's result depends only on its own
-// activations and the row, never on the other tokens of the launch: batch invariant.
-#include "common.cuh"
+// row's 32-element blocks lane, lane + 32, ...: a 16-byte load brings a whole block's low
+// bits (two for 8-bit, an 8-byte one for 2-bit) and a word or two its high bits, decoded in
+// registers four elements at a time (kernels/quant.cuh; few registers, so many warps stay
+// resident to keep loads in flight) and dotted with each token's activations (float4
+// loads), per half block of sixteen with its scale and min. Warp sums finish each token. A
+// token's result depends only on its own activations and the row, never on the other tokens
+// of the launch: batch invariant.
+#include "quant.cuh"
 
 #define MM_WARPS 4
 #define MM_TOKENS 8
@@ -38,44 +40,28 @@ BALLAST_KERNEL(matmul, MatmulParams, 128) {
     for (int t = 0; t < MM_TOKENS; t++) acc[t] = 0.0f;
     const float* x0 = p.x + (size_t)t0 * w.cols;
 
-    if (active && (w.format == BALLAST_Q4_0 || w.format == BALLAST_Q4_1 || w.format == BALLAST_Q8_0)) {
+    if (active && is_quantized(w.format)) {
         unsigned nb = w.cols / 32;
-        bool q8 = w.format == BALLAST_Q8_0;
-        const uint4* qs = (const uint4*)w.qs + (size_t)row * nb * (q8 ? 2 : 1);
-        const unsigned* sc = w.scales + (size_t)row * nb;
+        size_t first = (size_t)row * nb;
         for (unsigned b = lane; b < nb; b += 32) {
-            unsigned s = sc[b];
-            float d = half_bits_to_float(s), m = half_bits_to_float(s >> 16);
-            // Q4_1: d*q + m; Q4_0: d*(q - 8); Q8_0: d*q.
-            float bias = w.format == BALLAST_Q4_1 ? m : (w.format == BALLAST_Q4_0 ? -8.0f * d : 0.0f);
-            // Token by token, word by word: the quants are unpacked again for each token
-            // (integer work is cheap here) so only a word's weights are live at a time.
-            uint4 lo = qs[q8 ? 2 * b : b], hi = q8 ? qs[2 * b + 1] : lo;
-            unsigned words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            QBlock qb = load_qblock(w, first + b);
+            // Token by token, four weights at a time: the quants are decoded again for each
+            // token (integer work is cheap here) so only a few weights are live at a time.
 #pragma unroll
             for (int t = 0; t < MM_TOKENS; t++) {
                 if (t >= (int)nt) continue;
                 const float4* x4 = (const float4*)(x0 + (size_t)t * w.cols + b * 32);
-                float qx = 0.0f, sx = 0.0f; // sum of quant * activation, sum of activations
-                if (q8) {
-#pragma unroll 2
-                    for (int wd = 0; wd < 8; wd++) {
-                        unsigned word = words[wd];
-                        dot4((float)(signed char)(word & 0xffu), (float)(signed char)((word >> 8) & 0xffu),
-                             (float)(signed char)((word >> 16) & 0xffu), (float)(signed char)(word >> 24), x4[wd], qx, sx);
-                    }
-                } else {
-                    // ggml's order: byte j holds elements j (low nibble) and j + 16 (high).
-#pragma unroll 2
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    float qx = 0.0f, sx = 0.0f; // sum of quant * activation, sum of activations
+#pragma unroll
                     for (int wd = 0; wd < 4; wd++) {
-                        unsigned word = words[wd];
-                        dot4((float)(word & 15u), (float)((word >> 8) & 15u), (float)((word >> 16) & 15u),
-                             (float)((word >> 24) & 15u), x4[wd], qx, sx);
-                        dot4((float)((word >> 4) & 15u), (float)((word >> 12) & 15u), (float)((word >> 20) & 15u),
-                             (float)(word >> 28), x4[4 + wd], qx, sx);
+                        float q[4];
+                        quad(qb, w.format, h, wd, q);
+                        dot4(q[0], q[1], q[2], q[3], x4[4 * h + wd], qx, sx);
                     }
+                    acc[t] += qb.s[h] * qx + qb.m[h] * sx;
                 }
-                acc[t] += d * qx + bias * sx;
             }
         }
     } else if (active) {

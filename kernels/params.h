@@ -6,23 +6,47 @@
 
 #include <stdint.h>
 
-/* Element formats of a device weight matrix. Quantized matrices are stored as two arrays:
- * `qs`, each row's blocks of 32 elements back to back (16 bytes per 4-bit block, 32 per
- * 8-bit block, the quants in ggml's order), and `scales`, one uint32 per block (the f16
- * scale in the low half, the f16 min of Q4_1 in the high half). */
+/* Element formats of a device weight matrix. Quantized matrices keep their bits, re-laid out
+ * per 32-element block b of a row (blocks numbered row by row, blk = row * cols / 32 + b), so
+ * that every format decodes the same way (kernels/quant.cuh):
+ * - `qs`: the low bits: 4-bit formats 16 bytes a block, byte j holding element j (low nibble)
+ *   and j + 16 (high nibble), as ggml's Q4_0; Q8_0 32 signed bytes; Q2_K/Q3_K 8 bytes, element
+ *   e in bits 2e..2e+1 of the little-endian 64-bit word;
+ * - `qh`: the high bits: one per element (Q5_0, Q5_1, Q5_K's fifth, Q3_K's third) a uint32 a
+ *   block, element e in bit e; two per element (Q6_K's top two) two uint32 a block, element e
+ *   in bits 2e..2e+1 of the 64-bit word;
+ * - `scales`: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0: one uint32 a block, the f16 scale d in the low half,
+ *   the f16 min m of Q4_1/Q5_1 in the high half. k-quants: one uint32 per 256-element
+ *   super-block (8 blocks), f16 d in the low half, f16 dmin (Q2_K, Q4_K, Q5_K) in the high;
+ * - `sub`: k-quants only, one uint16 a block: Q4_K/Q5_K the 6-bit scale | 6-bit min << 8;
+ *   Q6_K/Q3_K the signed scales of elements 0..16 | 16..32 << 8; Q2_K the scale bytes
+ *   (4-bit scale | 4-bit min << 4) of elements 0..16 | 16..32 << 8.
+ * A weight is s * q + m with, per 16 elements: Q4_0 s = d, m = -8d; Q4_1/Q5_1 s = d, m = min;
+ * Q5_0 s = d, m = -16d; Q8_0 s = d, m = 0; Q4_K/Q5_K s = d*sc, m = -dmin*mn; Q6_K s = d*sc,
+ * m = -32s; Q3_K s = d*sc, m = -4s; Q2_K s = d*sc, m = -dmin*mn. Device memory is the
+ * file's size within a few percent. */
 enum BallastFormat {
     BALLAST_F32 = 0,
     BALLAST_F16 = 1,
     BALLAST_BF16 = 2,
     BALLAST_Q4_0 = 3,
     BALLAST_Q4_1 = 4,
-    BALLAST_Q8_0 = 5
+    BALLAST_Q8_0 = 5,
+    BALLAST_Q5_0 = 6,
+    BALLAST_Q5_1 = 7,
+    BALLAST_Q2_K = 8,
+    BALLAST_Q3_K = 9,
+    BALLAST_Q4_K = 10,
+    BALLAST_Q5_K = 11,
+    BALLAST_Q6_K = 12
 };
 
 /* A weight matrix [rows, cols]. Float formats use `qs` only, row-major. */
 typedef struct {
     const void* qs;
     const uint32_t* scales;
+    const uint32_t* qh;
+    const uint16_t* sub;
     uint32_t rows;
     uint32_t cols;
     uint32_t format;

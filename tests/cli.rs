@@ -273,7 +273,7 @@ fn make_model_and_the_gpu_kernel_bench_run() {
         assert!(bench.status.success(), "{}", stderr(&bench));
         let v: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
         let kernels = v["kernels"].as_array().unwrap();
-        assert_eq!(kernels.len(), 8, "{v}");
+        assert_eq!(kernels.len(), 18, "{v}");
         assert!(kernels.iter().all(|k| k["gb_per_s"].as_f64().unwrap() > 0.0), "{v}");
     }
     #[cfg(not(feature = "cuda"))]

@@ -57,14 +57,30 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     }
 }
 
+/// A `rows x cols` matrix: even rows quantized from random floats, odd rows of a quantized
+/// format random block bytes (every bit of every field exercised).
 fn quantized(dtype: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> HostMatrix {
     let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
     let mut bytes = vec![0u8; rows * row_bytes];
     for r in 0..rows {
-        let x = rng.floats(cols);
-        ballast::quant::quantize_row(dtype, &x, &mut bytes[r * row_bytes..(r + 1) * row_bytes]).unwrap();
+        let row = &mut bytes[r * row_bytes..(r + 1) * row_bytes];
+        if r % 2 == 1 && dtype.is_quantized() {
+            row.copy_from_slice(&ballast::quant::random_blocks(dtype, cols, 1.0, rng.next()));
+        } else {
+            ballast::quant::quantize_row(dtype, &rng.floats(cols), row).unwrap();
+        }
     }
     HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(bytes)).unwrap()
+}
+
+/// Every weight format: the quantized file formats, then the float ones.
+fn every_format() -> impl Iterator<Item = GgmlType> {
+    GgmlType::FILE_QUANTS.into_iter().chain([GgmlType::F32, GgmlType::F16, GgmlType::BF16])
+}
+
+/// Whether `dtype`'s blocks are 256-element super-blocks (the k-quants).
+fn super_blocks(dtype: GgmlType) -> bool {
+    dtype.block_size() == 256
 }
 
 #[test]
@@ -73,11 +89,11 @@ fn matmul_matches_the_cpu_for_every_weight_format() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let quant_shapes = [(1, 32, 1), (5, 96, 3), (37, 160, 8), (130, 64, 9), (7, 1056, 17), (3, 256, 64)];
     let float_shapes = [(1, 17, 1), (9, 64, 5), (33, 100, 8), (4, 160, 11)];
-    let cases = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4K];
-    for dtype in cases {
+    let k_shapes = [(3, 256, 4), (2, 512, 9), (17, 768, 3), (40, 256, 8)];
+    for dtype in every_format() {
         let shapes: &[(usize, usize, usize)] = match dtype {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &float_shapes,
-            GgmlType::Q4K => &[(3, 256, 4), (2, 512, 9)],
+            d if super_blocks(d) => &k_shapes,
             _ => &quant_shapes,
         };
         for &(rows, cols, tokens) in shapes {
@@ -90,9 +106,7 @@ fn matmul_matches_the_cpu_for_every_weight_format() {
             let mut gout = gpu.alloc(tokens, rows).unwrap();
             cpu.matmul(&cx, &cw, &mut cout).unwrap();
             gpu.matmul(&gx, &gw, &mut gout).unwrap();
-            // Formats without a GPU kernel are dequantized to f16 on upload: f16 rounding.
-            let tol = if dtype == GgmlType::Q4K { 2e-3 } else { 1e-4 };
-            assert_close(&format!("{dtype} {rows}x{cols}, {tokens} tokens"), &read_gpu(&gpu, &gout), cout.as_slice(), tol);
+            assert_close(&format!("{dtype} {rows}x{cols}, {tokens} tokens"), &read_gpu(&gpu, &gout), cout.as_slice(), 1e-4);
         }
     }
 }
@@ -104,8 +118,10 @@ fn tensor_core_matmul_matches_the_cpu_within_f16_rounding() {
     let cpu = CpuBackend::new(1, Precision::Reference).unwrap();
     let gpu = GpuBackend::new(AnyDevice::for_tests());
     let mut rng = Rng(0x51ab);
-    for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
-        for &(rows, cols, tokens, magnitude) in &[(64, 32, 16, 1.0), (37, 96, 17, 1.0), (130, 64, 70, 1.0), (8, 160, 64, 3e5)] {
+    for dtype in every_format() {
+        for &(rows, cols, tokens, magnitude) in &[(64, 32usize, 16, 1.0), (37, 96, 17, 1.0), (130, 64, 70, 1.0), (8, 160, 64, 3e5)] {
+            // k-quants: the same shapes, columns in whole super-blocks.
+            let cols = if super_blocks(dtype) { cols.next_multiple_of(256) } else { cols };
             let w = quantized(dtype, rows, cols, &mut rng);
             // 3e5 is past f16's range: the per-token power-of-two scale must bring it back.
             let x: Vec<f32> = rng.floats(tokens * cols).iter().map(|v| v * magnitude).collect();
@@ -157,19 +173,21 @@ fn norms_elementwise_ops_and_gathers_match_the_cpu() {
 fn embedding_and_logit_rows_match_the_cpu_and_bad_ids_are_errors() {
     let (cpu, gpu) = backends();
     let mut rng = Rng(5);
-    for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
-        let table = quantized(dtype, 50, 96, &mut rng);
+    for dtype in every_format() {
+        let cols = if super_blocks(dtype) { 256 } else { 96 };
+        let table = quantized(dtype, 50, cols, &mut rng);
         let (ct, gt) = (cpu.upload_matrix(table.clone()).unwrap(), gpu.upload_matrix(table).unwrap());
         let mut plan = BatchPlan::new(16, 8);
         let a: Vec<u32> = (0..7).map(|_| rng.below(50) as u32).collect();
         plan.push_seq(&a, 3, &[5, 2], LogitsFor::Last).unwrap();
         plan.push_seq(&[49, 0], 0, &[1], LogitsFor::All).unwrap();
         let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
-        let (mut ce, mut ge) = (cpu.alloc(9, 96).unwrap(), gpu.alloc(9, 96).unwrap());
+        let (mut ce, mut ge) = (cpu.alloc(9, cols).unwrap(), gpu.alloc(9, cols).unwrap());
         cpu.embedding(&cs, &ct, &mut ce).unwrap();
         gpu.embedding(&gs, &gt, &mut ge).unwrap();
-        assert_close(&format!("embedding {dtype}"), &read_gpu(&gpu, &ge), ce.as_slice(), 1e-6);
-        let (mut cl, mut gl) = (cpu.alloc(9, 96).unwrap(), gpu.alloc(9, 96).unwrap());
+        // The device decodes each element as the CPU dequantizes it: the same bits.
+        assert_close(&format!("embedding {dtype}"), &read_gpu(&gpu, &ge), ce.as_slice(), 0.0);
+        let (mut cl, mut gl) = (cpu.alloc(9, cols).unwrap(), gpu.alloc(9, cols).unwrap());
         cpu.gather_logits_rows(&cs, &ce, &mut cl).unwrap();
         gpu.gather_logits_rows(&gs, &ge, &mut gl).unwrap();
         assert_eq!(gl.rows(), 3);

@@ -17,7 +17,7 @@ use half::f16;
 
 /// The 256 signed 6-bit quants (−32..31) of a Q6_K block in element order.
 #[inline(always)]
-pub(super) fn unpack_q6k(b: &BlockQ6K) -> [i8; QK_K] {
+pub(crate) fn unpack_q6k(b: &BlockQ6K) -> [i8; QK_K] {
     let mut q = [0i8; QK_K];
     for n in 0..2 {
         for l in 0..32 {
@@ -60,9 +60,14 @@ pub fn dequantize_q4k(blocks: &[BlockQ4K], out: &mut [f32]) {
     }
 }
 
+/// The 256 nibbles of a Q4_K block in element order.
+pub(crate) fn unpack_q4k(b: &BlockQ4K) -> [u8; QK_K] {
+    std::array::from_fn(|e| (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF)
+}
+
 /// The 256 unsigned 5-bit quants of a Q5_K block in element order.
 #[inline(always)]
-pub(super) fn unpack_q5k(b: &BlockQ5K) -> [u8; QK_K] {
+pub(crate) fn unpack_q5k(b: &BlockQ5K) -> [u8; QK_K] {
     std::array::from_fn(|e| {
         let (c, h, l) = (e / 64, (e / 32) % 2, e % 32);
         let nibble = (b.qs[32 * c + l] >> (4 * h)) & 0xF;

@@ -17,7 +17,7 @@ fn low2_at(e: usize) -> (usize, usize) {
 
 /// The 256 unsigned 2-bit quants of a Q2_K block in element order.
 #[inline(always)]
-pub(super) fn unpack_q2k(b: &BlockQ2K) -> [u8; QK_K] {
+pub(crate) fn unpack_q2k(b: &BlockQ2K) -> [u8; QK_K] {
     std::array::from_fn(|e| {
         let (i, shift) = low2_at(e);
         (b.qs[i] >> shift) & 3
@@ -27,7 +27,7 @@ pub(super) fn unpack_q2k(b: &BlockQ2K) -> [u8; QK_K] {
 /// The 256 unsigned 3-bit quants (value `q - 4`) of a Q3_K block in element order: the low
 /// 2 bits as in Q2_K, the third from bit `4n + j` of `hmask[e % 32]`.
 #[inline(always)]
-pub(super) fn unpack_q3k(b: &BlockQ3K) -> [u8; QK_K] {
+pub(crate) fn unpack_q3k(b: &BlockQ3K) -> [u8; QK_K] {
     std::array::from_fn(|e| {
         let (i, shift) = low2_at(e);
         let bit = (b.hmask[e % 32] >> (4 * (e / 128) + (e % 128) / 32)) & 1;

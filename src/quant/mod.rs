@@ -42,6 +42,7 @@ mod tests;
 
 pub use blocks::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K,
+    scale_k3, scale_min_k4,
 };
 pub use dispatch::{
     ActBits, ActType, QuantError, act_type, dequantize_row, dot_f32, quantize_act, quantize_row, vec_dot,
@@ -50,6 +51,12 @@ pub use float::{dot_bf16_f32, dot_f16_f32, dot_f32_f32, f16_to_f32, widen_f16};
 pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{random_q4_1, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use random::random_blocks;
+/// Each format's quants in element order, for code that re-lays blocks out (the GPU upload).
+pub(crate) mod unpack {
+    pub(crate) use super::kquants::{unpack_q4k, unpack_q5k, unpack_q6k};
+    pub(crate) use super::kquants_low::{unpack_q2k, unpack_q3k};
+    pub(crate) use super::q5::unpack5;
+}
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use packed::{
     BlockQ16, PACK, PackedFormat, PackedKernel, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack_into, packed_bytes,

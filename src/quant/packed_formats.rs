@@ -222,8 +222,7 @@ impl PackedFormat for BlockQ4K {
     k4_header!();
     fn put(unit: &mut [u8], r: usize, b: &Self) {
         put_k4_header(unit, r, b.d, b.dmin, &b.scales);
-        let u: [u8; QK_K] = std::array::from_fn(|e| (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF);
-        put_quants::<Self>(unit, r, &u, 4, 0);
+        put_quants::<Self>(unit, r, &super::kquants::unpack_q4k(b), 4, 0);
     }
     fn quant(unit: &[u8], r: usize, e: usize) -> i32 {
         get_quant::<Self>(unit, r, e, 4, 0)

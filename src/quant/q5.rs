@@ -11,7 +11,7 @@ use half::f16;
 
 /// The 32 unsigned 5-bit quants of a block in element order.
 #[inline(always)]
-pub(super) fn unpack5(qs: &[u8; QK / 2], qh: [u8; 4]) -> [u8; QK] {
+pub(crate) fn unpack5(qs: &[u8; QK / 2], qh: [u8; 4]) -> [u8; QK] {
     let high = u32::from_le_bytes(qh);
     std::array::from_fn(|j| {
         let nibble = if j < QK / 2 { qs[j] & 0xF } else { qs[j - QK / 2] >> 4 };

@@ -81,6 +81,25 @@ pub fn run(device: &str) -> Result<(String, Vec<KernelResult>)> {
         }
     }
 
+    // The other formats of real files (Q4_K_M and friends) at the MLP's down projection: the
+    // GEMV of decode and the tensor cores of prefill. Bytes are the file's (the device layout
+    // is within a few percent of them).
+    for dtype in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let (rows, cols) = (hidden, ffn.next_multiple_of(256)); // whole super-blocks when shrunk
+        let data = crate::quant::random_blocks(dtype, rows * cols, 0.05, 11);
+        let w = gpu.upload_matrix(HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).expect("whole blocks"))?;
+        for tokens in [1usize, 64] {
+            let x = gpu.upload_tensor(tokens, &vec![0.01; tokens * cols])?;
+            let mut out = gpu.alloc(tokens, rows)?;
+            let secs = time(dev, reps, || gpu.matmul(&x, &w, &mut out))?;
+            let weight_bytes = rows as u64 * dtype.row_bytes(cols as u64).expect("whole blocks");
+            let bytes = (weight_bytes as usize + 4 * tokens * (rows + cols)) as f64;
+            let flops = 2.0 * (rows * cols * tokens) as f64;
+            let kernel = if tokens >= super::ops::MMA_MIN_TOKENS { "tensor cores" } else { "GEMV" };
+            push(format!("matmul {dtype} {rows}x{cols}, {tokens} tokens ({kernel})"), secs, bytes, flops, copy);
+        }
+    }
+
     // Decode attention: 64 sequences × 2048 keys, 32 query heads over 8 KV heads of 128.
     let (seqs, context) = (64 / shrink.min(8), 2048 / shrink.min(16));
     let (heads, kv_heads, head_dim, block_size) = (32, 8, 128, 16);

@@ -106,10 +106,13 @@ impl<B> GpuTensor<B> {
 }
 
 pub struct GpuMatrix<B> {
-    _qs: B,
-    _scales: Option<B>,
+    /// The buffers the addresses point into (quants; scales, high bits and sub-block scales
+    /// where the format has them), kept alive with the matrix.
+    _buffers: Vec<B>,
     qs_addr: u64,
     scales_addr: u64,
+    qh_addr: u64,
+    sub_addr: u64,
     rows: usize,
     cols: usize,
     format: u32,
@@ -120,6 +123,8 @@ impl<B> GpuMatrix<B> {
         BallastMatrix {
             qs: self.qs_addr as *const _,
             scales: self.scales_addr as *const u32,
+            qh: self.qh_addr as *const u32,
+            sub: self.sub_addr as *const u16,
             rows: self.rows as u32,
             cols: self.cols as u32,
             format: self.format,

@@ -81,18 +81,23 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn upload_matrix(&self, m: HostMatrix) -> Result<Self::Matrix> {
         let l = device_layout(&m)?;
-        let qs = self.device.alloc(l.qs.len())?;
-        self.device.upload(&qs, 0, &l.qs)?;
-        let scales = if l.scales.is_empty() {
-            None
-        } else {
-            let s = self.device.alloc(l.scales.len() * 4)?;
-            self.device.upload(&s, 0, bytemuck::cast_slice(&l.scales))?;
-            Some(s)
+        let mut buffers = Vec::new();
+        // Each array in a buffer of its own; an empty one is address 0 (the format has none).
+        let mut put = |bytes: &[u8]| -> Result<u64> {
+            if bytes.is_empty() {
+                return Ok(0);
+            }
+            let b = self.device.alloc(bytes.len())?;
+            self.device.upload(&b, 0, bytes)?;
+            let addr = self.device.address(&b);
+            buffers.push(b);
+            Ok(addr)
         };
-        let qs_addr = self.device.address(&qs);
-        let scales_addr = scales.as_ref().map_or(0, |s| self.device.address(s));
-        Ok(GpuMatrix { _qs: qs, _scales: scales, qs_addr, scales_addr, rows: m.rows, cols: m.cols, format: l.format })
+        let qs_addr = put(&l.qs)?;
+        let scales_addr = put(bytemuck::cast_slice(&l.scales))?;
+        let qh_addr = put(bytemuck::cast_slice(&l.qh))?;
+        let sub_addr = put(bytemuck::cast_slice(&l.sub))?;
+        Ok(GpuMatrix { _buffers: buffers, qs_addr, scales_addr, qh_addr, sub_addr, rows: m.rows, cols: m.cols, format: l.format })
     }
 
     fn alloc_kv(&self, layout: &KvLayout) -> Result<Self::KvPool> {

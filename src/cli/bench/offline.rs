@@ -78,26 +78,33 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "offline on {backend}, concurrency {}: prompt {} tokens × {} → {prompt_rate:.1} tok/s; output {} tokens each → {output_rate:.1} tok/s",
         args.concurrency, args.prompt_tokens, args.concurrency, args.max_tokens
     );
-    // The roofline: a decode step reads every weight once for all its streams.
-    let weight_rate = step_bytes as f64 * output_rate / args.concurrency as f64;
-    let bandwidth = ballast::backend::cpu::read_bandwidth(threads, 1 << 30, 5).context("measuring the read bandwidth")?;
-    eprintln!(
-        "decode reads {:.3} GB of weights a step: {:.1} GB/s, {:.0}% of the {:.1} GB/s {threads} threads read here (streaming probe, this run)",
-        step_bytes as f64 / 1e9,
-        weight_rate / 1e9,
-        100.0 * weight_rate / bandwidth,
-        bandwidth / 1e9
-    );
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "concurrency": args.concurrency, "backend": backend, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
-                "prompt_tokens_per_s": prompt_rate, "output_tokens_per_s": output_rate,
-                "weight_bytes_per_step": step_bytes, "weight_read_bytes_per_s": weight_rate,
-                "read_bandwidth_bytes_per_s": bandwidth, "roofline_fraction": weight_rate / bandwidth,
-            })
+    // The roofline: a decode step reads every weight once for all its streams (on the CPU:
+    // the probe measures host memory).
+    let roofline = if backend.starts_with("cpu") {
+        let weight_rate = step_bytes as f64 * output_rate / args.concurrency as f64;
+        let bandwidth = ballast::backend::cpu::read_bandwidth(threads, 1 << 30, 5).context("measuring the read bandwidth")?;
+        eprintln!(
+            "decode reads {:.3} GB of weights a step: {:.1} GB/s, {:.0}% of the {:.1} GB/s {threads} threads read here (streaming probe, this run)",
+            step_bytes as f64 / 1e9,
+            weight_rate / 1e9,
+            100.0 * weight_rate / bandwidth,
+            bandwidth / 1e9
         );
+        serde_json::json!({
+            "weight_read_bytes_per_s": weight_rate, "read_bandwidth_bytes_per_s": bandwidth, "roofline_fraction": weight_rate / bandwidth,
+        })
+    } else {
+        serde_json::json!({})
+    };
+    if args.json {
+        let mut v = serde_json::json!({
+            "concurrency": args.concurrency, "backend": backend, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+            "prompt_tokens_per_s": prompt_rate, "output_tokens_per_s": output_rate, "weight_bytes_per_step": step_bytes,
+        });
+        if let (Some(v), Some(r)) = (v.as_object_mut(), roofline.as_object()) {
+            v.extend(r.clone());
+        }
+        println!("{v}");
     }
     Ok(())
 }
