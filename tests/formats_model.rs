@@ -2,8 +2,7 @@
 //! random Llama in that format; the default CPU path (packed weights, 16-bit activations)
 //! and, with `--features cuda`, the GPU backend (emulated, or a GPU with
 //! `BALLAST_TEST_DEVICE=cuda`; every format decoded natively) give the logits of the plain
-//! reference path (dequantized
-//! weights, f32 activations) at every prompt position.
+//! reference path (dequantized weights, f32 activations) at every prompt position.
 
 mod common;
 
