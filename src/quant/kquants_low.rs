@@ -3,6 +3,8 @@
 //!
 //! Both store an element's low 2 bits the same way: element `128n + 32j + 16h + l` is bits
 //! `2j..2j+2` of `qs[32n + 16h + l]`.
+// Blocks indexed by element: clearer than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
 
 use super::blocks::{BlockQ2K, BlockQ3K, QK_K, pack_scale_k3, scale_k3};
 use super::float::f16_to_f32;

@@ -52,6 +52,7 @@ pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{random_q4_1, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
 pub use random::random_blocks;
 /// Each format's quants in element order, for code that re-lays blocks out (the GPU upload).
+#[cfg_attr(not(feature = "cuda"), allow(unused_imports))]
 pub(crate) mod unpack {
     pub(crate) use super::kquants::{unpack_q4k, unpack_q5k, unpack_q6k};
     pub(crate) use super::kquants_low::{unpack_q2k, unpack_q3k};

@@ -92,6 +92,19 @@ unsafe fn hi1_256(regs: [__m256i; 4], hi: *const u8, c: usize, half: usize, at: 
     }
 }
 
+/// Adds TWO's fields of registers `4c..4c+4` (planes at `two`) to `regs` at bit `at`, one
+/// shift and one three-way logic instruction a register.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn two_into512(regs: [__m512i; 4], two: *const u8, c: usize, at: i32) -> [__m512i; 4] {
+    unsafe {
+        let t = _mm512_loadu_si512(two.add(64 * (c / 2)) as *const __m512i);
+        let mask = _mm512_set1_epi16(3 << at);
+        // (shifted & mask) | reg
+        std::array::from_fn(|i| _mm512_ternarylogic_epi32(shift512(t, at - (2 * (4 * (c % 2) + i)) as i32), mask, regs[i], 0xEA))
+    }
+}
+
 /// TWO's fields of registers `4c..4c+4` (planes at `two`), at bit `at`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
@@ -111,12 +124,6 @@ unsafe fn two256(two: *const u8, c: usize, half: usize, at: i32) -> [__m256i; 4]
         let mask = _mm256_set1_epi16(3 << at);
         std::array::from_fn(|i| _mm256_and_si256(shift256(t, at - (2 * (4 * (c % 2) + i)) as i32), mask))
     }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn or512(a: [__m512i; 4], b: [__m512i; 4]) -> [__m512i; 4] {
-    std::array::from_fn(|i| _mm512_or_si512(a[i], b[i]))
 }
 
 #[inline]
@@ -349,7 +356,7 @@ macro_rules! signed16_simd {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn q6k_regs512(p: *const u8, c: usize) -> [__m512i; 4] {
-    unsafe { or512(nib512(p, c), two512(p.add(256), c, 4)) }
+    unsafe { two_into512(nib512(p, c), p.add(256), c, 4) }
 }
 
 #[inline]

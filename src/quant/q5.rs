@@ -4,6 +4,8 @@
 //!
 //! Files whose rows are not a whole number of 256-element super-blocks (widths such as 896)
 //! store their "K" matrices in these formats: Qwen2.5-0.5B's Q4_K_M is mostly Q5_0.
+// Blocks indexed by element: clearer than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
 
 use super::blocks::{BlockQ5_0, BlockQ5_1, QK};
 use super::float::f16_to_f32;

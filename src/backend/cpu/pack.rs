@@ -74,10 +74,10 @@ fn pack_all(mut jobs: Vec<(HostMatrix, Range<usize>)>, region: &mut [u8], thread
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                while let Some((_, m, out)) = {
-                    let next = queue.lock().next();
-                    next
-                } {
+                loop {
+                    // The lock is released before the packing (a `while let` would hold it).
+                    let job = queue.lock().next();
+                    let Some((_, m, out)) = job else { break };
                     m.pack16_into(out);
                 }
             });
