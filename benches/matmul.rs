@@ -5,7 +5,8 @@
 //! copies of the matrix (256 MB in all), so that the weights stream from memory as they do in
 //! a model's step, not from the last-level cache.
 //!
-//! `cargo bench --bench matmul -- [--type q4_k] [--shape 1536x8960] [--repeat 20]`
+//! `cargo bench --bench matmul -- [--type q4_k] [--shape 1536x8960] [--repeat 20]`; under
+//! `cargo test` (no `--bench` argument) a two-call smoke run keeps the harness tested.
 
 use ballast::backend::Backend;
 use ballast::backend::cpu::{CpuBackend, CpuTensor, Precision};
@@ -30,7 +31,8 @@ fn main() {
     };
     let shape = arg("--shape").unwrap_or_else(|| "1536x8960".into());
     let (rows, cols) = shape.split_once('x').map(|(r, c)| (r.parse().unwrap(), c.parse().unwrap())).expect("--shape ROWSxCOLS");
-    let repeat: usize = arg("--repeat").map(|r| r.parse().unwrap()).unwrap_or(20);
+    let full = std::env::args().any(|a| a == "--bench");
+    let repeat: usize = arg("--repeat").map(|r| r.parse().unwrap()).unwrap_or(if full { 20 } else { 2 });
     let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
     let mut data = vec![0u8; rows * row_bytes];
     for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
@@ -39,7 +41,7 @@ fn main() {
     }
     let threads = arg("--threads").map(|t| t.parse().unwrap()).unwrap_or_else(CpuBackend::default_threads);
     let backend = CpuBackend::new(threads, Precision::Int16).unwrap();
-    let copies = (256 << 20) / data.len() + 1;
+    let copies = if full { (256 << 20) / data.len() + 1 } else { 2 };
     let ws: Vec<_> = (0..copies)
         .map(|_| backend.upload_matrix(HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data.clone())).unwrap()).unwrap())
         .collect();
