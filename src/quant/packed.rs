@@ -201,7 +201,7 @@ pub fn dot_packed_xn_on<F: PackedKernel, const N: usize>(
     group: &[u8],
     units: usize,
     x: [&[BlockQ16]; N],
-    acc: [[f32; PACK]; N],
+    acc: &[[f32; PACK]; N],
 ) -> [[f32; PACK]; N] {
     assert_eq!(group.len(), units * F::UNIT, "a packed group's size");
     assert!(x.iter().all(|x| x.len() == units * F::BLOCKS), "activation rows must match the weight rows");

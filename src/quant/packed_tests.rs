@@ -86,16 +86,16 @@ fn packed_kernels_agree_with_the_portable_twin_and_the_reference() {
                 let want: Vec<[f32; PACK]> = acts.iter().map(|a| dot_packed_portable::<F>(group, units, a, [0.0; PACK])).collect();
                 for isa in Isa::available() {
                     let zero = [[0.0; PACK]; 8];
-                    let one = dot_packed_xn_on::<F, 1>(isa, group, units, [&acts[0]], [zero[0]]);
-                    let four = dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), [zero[0]; 4]);
-                    let eight = dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), zero);
+                    let one = dot_packed_xn_on::<F, 1>(isa, group, units, [&acts[0]], &[zero[0]]);
+                    let four = dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), &[zero[0]; 4]);
+                    let eight = dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), &zero);
                     // The row in two pieces, the second continuing from the first: the same bits.
                     if units > 1 {
                         let split = units / 2;
                         let xs: [&[BlockQ16]; 8] = std::array::from_fn(|k| &acts[k][..split * F::BLOCKS]);
-                        let first = dot_packed_xn_on::<F, 8>(isa, &group[..split * F::UNIT], split, xs, zero);
+                        let first = dot_packed_xn_on::<F, 8>(isa, &group[..split * F::UNIT], split, xs, &zero);
                         let xs: [&[BlockQ16]; 8] = std::array::from_fn(|k| &acts[k][split * F::BLOCKS..]);
-                        let both = dot_packed_xn_on::<F, 8>(isa, &group[split * F::UNIT..], units - split, xs, first);
+                        let both = dot_packed_xn_on::<F, 8>(isa, &group[split * F::UNIT..], units - split, xs, &first);
                         for k in 0..8 {
                             assert_eq!(both[k].map(f32::to_bits), want[k].map(f32::to_bits), "{dtype} {isa:?} split token {k}");
                         }

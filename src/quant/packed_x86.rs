@@ -504,7 +504,7 @@ pub unsafe fn dot_packed_avx512<F: PackedSimd, const N: usize>(
     group: &[u8],
     units: usize,
     x: [&[BlockQ16]; N],
-    acc_in: [[f32; PACK]; N],
+    acc_in: &[[f32; PACK]; N],
 ) -> [[f32; PACK]; N] {
     // SAFETY: each `acc_in[k]` holds 16 f32; unaligned load.
     let mut acc: [__m512; N] = std::array::from_fn(|k| unsafe { _mm512_loadu_ps(acc_in[k].as_ptr()) });
@@ -571,7 +571,7 @@ pub unsafe fn dot_packed_avx2<F: PackedSimd, const N: usize>(
     group: &[u8],
     units: usize,
     x: [&[BlockQ16]; N],
-    acc_in: [[f32; PACK]; N],
+    acc_in: &[[f32; PACK]; N],
 ) -> [[f32; PACK]; N] {
     let mut out = [[0f32; PACK]; N];
     let (num_subs, chunks) = subs::<F>();

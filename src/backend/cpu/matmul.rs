@@ -319,20 +319,26 @@ fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: 
             let store = |t: usize, v: &[[f32; P]]| {
                 for (k, v) in v.iter().enumerate() {
                     // SAFETY: this task alone owns columns `rows` of every output row.
-                    unsafe { out.slice((t + k) * w.rows + first, n) }.copy_from_slice(&v[..n]);
+                    let dst = unsafe { out.slice((t + k) * w.rows + first, n) };
+                    // A whole group as one fixed-size copy (vector moves, not a memmove call).
+                    match <&mut [f32; P]>::try_from(&mut *dst) {
+                        Ok(whole) => *whole = *v,
+                        Err(_) => dst.copy_from_slice(&v[..n]),
+                    }
                 }
             };
+            const ZERO8: [[f32; P]; 8] = [[0.0; P]; 8];
             let mut t = tile;
             while wide == 8 && t + 8 <= tile_end {
-                store(t, &quant::dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| x(t + k)), [[0.0; P]; 8]));
+                store(t, &quant::dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| x(t + k)), &ZERO8));
                 t += 8;
             }
             while t + 4 <= tile_end {
-                store(t, &quant::dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| x(t + k)), [[0.0; P]; 4]));
+                store(t, &quant::dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| x(t + k)), &[[0.0; P]; 4]));
                 t += 4;
             }
             for t in t..tile_end {
-                store(t, &quant::dot_packed_xn_on::<F, 1>(isa, group, units, [x(t)], [[0.0; P]]));
+                store(t, &quant::dot_packed_xn_on::<F, 1>(isa, group, units, [x(t)], &[[0.0; P]]));
             }
         }
     }
