@@ -68,11 +68,7 @@ mod cuda {
             // SAFETY: the build script is single-threaded here.
             unsafe { std::env::set_var("LIBCLANG_PATH", dir) };
         }
-        let header = format!(
-            "#include \"{}\"\n#include \"{}\"\n",
-            kernels.join("params.h").display(),
-            kernels.join("emu/emu.h").display()
-        );
+        let header = format!("#include \"{}\"\n#include \"{}\"\n", kernels.join("params.h").display(), kernels.join("emu/emu.h").display());
         let generated = bindgen::Builder::default()
             .header_contents("ballast_kernels.h", &header)
             .allowlist_file(".*/kernels/.*")
@@ -115,9 +111,8 @@ mod cuda {
     }
 
     fn device_code(root: &Path, kernels: &Path, out: &Path) {
-        let home = cuda_home(root).unwrap_or_else(|| {
-            panic!("the cuda feature needs nvcc (CUDA 13.0): run scripts/cuda-toolchain, or set CUDA_HOME")
-        });
+        let home = cuda_home(root)
+            .unwrap_or_else(|| panic!("the cuda feature needs nvcc (CUDA 13.0): run scripts/cuda-toolchain, or set CUDA_HOME"));
         let nvcc = home.join("bin/nvcc");
         // Compile the sources in parallel; each writes its own fatbin.
         let results: Vec<(String, std::process::Output)> = std::thread::scope(|s| {
@@ -145,7 +140,8 @@ mod cuda {
         });
         let mut report = String::new();
         let mut spills = Vec::new();
-        let mut embed = String::from("/// Each kernel source's fatbin (sm_80, sm_90, compute_90 PTX).\npub const FATBINS: &[(&str, &[u8])] = &[\n");
+        let mut embed =
+            String::from("/// Each kernel source's fatbin (sm_80, sm_90, compute_90 PTX).\npub const FATBINS: &[(&str, &[u8])] = &[\n");
         for (name, output) in &results {
             let log = String::from_utf8_lossy(&output.stderr);
             if !output.status.success() {

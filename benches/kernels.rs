@@ -127,7 +127,9 @@ fn bench_packed_rows<F: quant::PackedKernel>(c: &mut Criterion, rows: usize, suf
     for isa in quant::Isa::available() {
         group.throughput(Throughput::Elements((rows * COLS) as u64));
         group.bench_function(format!("{isa:?}_x1"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 1>(isa, g, units, [&acts[0][..]], &[[0.0; 16]])[0][0]).sum::<f32>())
+            b.iter(|| {
+                groups.iter().map(|g| quant::dot_packed_xn_on::<F, 1>(isa, g, units, [&acts[0][..]], &[[0.0; 16]])[0][0]).sum::<f32>()
+            })
         });
         group.throughput(Throughput::Elements((rows * COLS * 4) as u64));
         let four: [&[quant::BlockQ16]; 4] = std::array::from_fn(|k| &acts[k][..]);

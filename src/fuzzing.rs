@@ -66,7 +66,7 @@ pub fn chat_template(data: &[u8]) {
         None => (data, &[][..]),
     };
     let Ok(template) = ChatTemplate::new(&String::from_utf8_lossy(source)) else { return };
-    let messages: Vec<ChatMessage> = serde_json::from_slice(rest)
-        .unwrap_or_else(|_| vec![ChatMessage::new("user", &String::from_utf8_lossy(rest))]);
+    let messages: Vec<ChatMessage> =
+        serde_json::from_slice(rest).unwrap_or_else(|_| vec![ChatMessage::new("user", &String::from_utf8_lossy(rest))]);
     let _ = template.render(&messages, true, &Default::default());
 }

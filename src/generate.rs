@@ -84,12 +84,7 @@ struct Live {
 }
 
 impl<B: Backend> Runner<B> {
-    pub fn new(
-        backend: B,
-        config: ModelConfig,
-        weights: HostWeights,
-        options: RunnerOptions,
-    ) -> Result<Runner<B>, GenerateError> {
+    pub fn new(backend: B, config: ModelConfig, weights: HostWeights, options: RunnerOptions) -> Result<Runner<B>, GenerateError> {
         let model = Llama::new(&backend, config, weights, options.max_batch_tokens)?;
         let layout = model.kv_layout(options.num_blocks, options.block_size, options.kv_dtype);
         let kv = backend.alloc_kv(&layout)?;
@@ -128,12 +123,7 @@ impl<B: Backend> Runner<B> {
         self.prompt_logits_in(ids, from, &mut table)
     }
 
-    fn prompt_logits_in(
-        &mut self,
-        ids: &[u32],
-        from: usize,
-        table: &mut SeqBlocks,
-    ) -> Result<Vec<f32>, GenerateError> {
+    fn prompt_logits_in(&mut self, ids: &[u32], from: usize, table: &mut SeqBlocks) -> Result<Vec<f32>, GenerateError> {
         let mut all = Vec::with_capacity(ids.len().saturating_sub(from) * self.model.config().vocab_size);
         let mut done = 0;
         while done < ids.len() {

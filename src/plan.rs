@@ -88,13 +88,7 @@ impl BatchPlan {
 
     /// Appends a sequence whose first `num_cached` tokens are already in the cache and whose
     /// `new_tokens` are computed this step. On error the plan is unchanged.
-    pub fn push_seq(
-        &mut self,
-        new_tokens: &[u32],
-        num_cached: usize,
-        block_table: &[u32],
-        logits: LogitsFor,
-    ) -> Result<(), PlanError> {
+    pub fn push_seq(&mut self, new_tokens: &[u32], num_cached: usize, block_table: &[u32], logits: LogitsFor) -> Result<(), PlanError> {
         if new_tokens.is_empty() {
             return Err(PlanError::Empty);
         }
@@ -155,14 +149,8 @@ mod tests {
     #[test]
     fn bad_tables_are_errors_and_leave_the_plan_unchanged() {
         let mut plan = BatchPlan::new(4, 16);
-        assert_eq!(
-            plan.push_seq(&[1; 5], 0, &[0], LogitsFor::Last),
-            Err(PlanError::TableTooShort { capacity: 4, needed: 5 })
-        );
-        assert_eq!(
-            plan.push_seq(&[1], 0, &[16], LogitsFor::Last),
-            Err(PlanError::BadBlock { block: 16, num_blocks: 16 })
-        );
+        assert_eq!(plan.push_seq(&[1; 5], 0, &[0], LogitsFor::Last), Err(PlanError::TableTooShort { capacity: 4, needed: 5 }));
+        assert_eq!(plan.push_seq(&[1], 0, &[16], LogitsFor::Last), Err(PlanError::BadBlock { block: 16, num_blocks: 16 }));
         assert_eq!(plan.push_seq(&[], 0, &[0], LogitsFor::Last), Err(PlanError::Empty));
         assert_eq!(plan.num_tokens(), 0);
         assert!(plan.seqs.is_empty());

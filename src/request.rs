@@ -37,10 +37,7 @@ impl Priority {
 impl std::str::FromStr for Priority {
     type Err = String;
     fn from_str(s: &str) -> Result<Priority, String> {
-        Priority::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown priority {s:?} (critical, high, normal or low)"))
+        Priority::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| format!("unknown priority {s:?} (critical, high, normal or low)"))
     }
 }
 

@@ -29,10 +29,10 @@
 //! [`Scheduler::complete_step`] and appends sampled tokens. Time is passed in, so tests run in
 //! virtual time.
 
-use crate::kv::{BlockManager, SeqBlocks};
-use budget::Budget;
-use crate::request::Priority;
 use crate::idmap::IdMap;
+use crate::kv::{BlockManager, SeqBlocks};
+use crate::request::Priority;
+use budget::Budget;
 use std::time::{Duration, Instant};
 
 pub type SeqId = u64;
@@ -197,9 +197,7 @@ impl Scheduler {
         if seq.tokens.len() > seq.num_prompt {
             return false; // already produced tokens: it runs to completion
         }
-        let prefill = self.prefill_rate.map_or(Duration::ZERO, |rate| {
-            Duration::from_secs_f64(seq.tokens.len() as f64 / rate)
-        });
+        let prefill = self.prefill_rate.map_or(Duration::ZERO, |rate| Duration::from_secs_f64(seq.tokens.len() as f64 / rate));
         now + prefill > deadline
     }
 
@@ -303,7 +301,6 @@ impl Scheduler {
                 }
             }
         }
-
     }
 
     /// Step 2 of [`Scheduler::schedule`]: waiting sequences by effective rank, then arrival.
@@ -388,6 +385,6 @@ impl Scheduler {
 
 mod budget;
 mod queries;
-mod types;
 #[cfg(test)]
 mod tests;
+mod types;

@@ -10,11 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn ballast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(args)
-        .env("BALLAST_LOG", "warn")
-        .output()
-        .expect("run ballast")
+    Command::new(env!("CARGO_BIN_EXE_ballast")).args(args).env("BALLAST_LOG", "warn").output().expect("run ballast")
 }
 
 fn stderr(out: &Output) -> String {
@@ -32,10 +28,8 @@ fn assert_clean_failure(out: &Output, needle: &str) {
 #[test]
 fn generate_json_reproduces_the_golden_greedy_prefix() {
     let model = model_path();
-    let out = ballast(&[
-        "generate", "--model", model.to_str().unwrap(), "--prompt", "The capital of France is",
-        "--max-tokens", "4", "--json",
-    ]);
+    let out =
+        ballast(&["generate", "--model", model.to_str().unwrap(), "--prompt", "The capital of France is", "--max-tokens", "4", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(ids(&v["prompt_ids"]), vec![504, 3575, 282, 4649, 314]);
@@ -48,10 +42,7 @@ fn generate_json_reproduces_the_golden_greedy_prefix() {
 #[test]
 fn generate_chat_streams_text_and_stops_at_end_of_turn() {
     let model = model_path();
-    let out = ballast(&[
-        "generate", "--model", model.to_str().unwrap(), "--chat", "What is the capital of France?",
-        "--max-tokens", "40",
-    ]);
+    let out = ballast(&["generate", "--model", model.to_str().unwrap(), "--chat", "What is the capital of France?", "--max-tokens", "40"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Paris"), "{text}");
@@ -63,8 +54,20 @@ fn seeded_sampling_is_reproducible_from_the_command_line() {
     let model = model_path();
     let run = || {
         let out = ballast(&[
-            "generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time",
-            "--max-tokens", "12", "--temperature", "0.9", "--top-p", "0.9", "--seed", "42", "--json",
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "42",
+            "--json",
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
         out.stdout
@@ -103,9 +106,7 @@ fn bad_models_fail_with_one_clear_line() {
     let text = write_gguf(dir.path(), "notes.gguf", b"just some text, not a model".to_vec());
     assert_clean_failure(&generate(&text), "magic");
 
-    let gpt2 = GgufWriter::new(3)
-        .metadata("general.architecture", MetaValue::Str("gpt2".into()))
-        .to_bytes();
+    let gpt2 = GgufWriter::new(3).metadata("general.architecture", MetaValue::Str("gpt2".into())).to_bytes();
     assert_clean_failure(&generate(&write_gguf(dir.path(), "gpt2.gguf", gpt2)), "unsupported architecture `gpt2`");
 
     let mut unknown_type = GgufWriter::new(3)
@@ -202,8 +203,17 @@ fn bad_prompts_files_fail_with_the_line_number() {
 fn bench_offline_reports_prompt_and_output_rates() {
     let model = model_path();
     let out = ballast(&[
-        "bench", "--offline", "--model", model.to_str().unwrap(), "--prompt-tokens", "8", "--max-tokens", "4",
-        "--concurrency", "2", "--json",
+        "bench",
+        "--offline",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-tokens",
+        "8",
+        "--max-tokens",
+        "4",
+        "--concurrency",
+        "2",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
@@ -261,8 +271,19 @@ fn make_model_and_the_gpu_kernel_bench_run() {
     let out = ballast(&["make-model", "--shape", "tiny", "--out", p]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = ballast(&[
-        "bench", "--offline", "--device", "cpu", "--model", p, "--concurrency", "2", "--prompt-tokens", "8",
-        "--max-tokens", "4", "--json",
+        "bench",
+        "--offline",
+        "--device",
+        "cpu",
+        "--model",
+        p,
+        "--concurrency",
+        "2",
+        "--prompt-tokens",
+        "8",
+        "--max-tokens",
+        "4",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();

@@ -137,9 +137,8 @@ fn critical_requests_preempt_and_preempted_work_resumes_exactly() {
 
     let low: Vec<_> = prompts.iter().map(|p| engine.submit(greedy(p.clone(), 60).priority(Priority::Low)).unwrap()).collect();
     wait_for(&engine, "the low requests to run", |m| m.running == 3 && m.tokens_generated > 3 * 60 + 9);
-    let critical = engine
-        .submit(greedy(tok.encode("Urgent: the capital of France is", true).unwrap(), 8).priority(Priority::Critical))
-        .unwrap();
+    let critical =
+        engine.submit(greedy(tok.encode("Urgent: the capital of France is", true).unwrap(), 8).priority(Priority::Critical)).unwrap();
     let critical = critical.collect_output().remove(0);
     assert_eq!(critical.finish, Some(FinishReason::Length));
     let low: Vec<Choice> = low.into_iter().map(|s| s.collect_output().remove(0)).collect();
@@ -295,7 +294,11 @@ fn dropping_the_engine_ends_open_streams() {
 fn streamed_text_never_splits_a_character() {
     let engine = default_engine();
     let tok = engine.tokenizer().unwrap();
-    for prompt in ["<|im_start|>user\n用中文介绍一下你自己。<|im_end|>\n<|im_start|>assistant\n", "Emoji story: 🐱🐶🦊🐻 then", "Ünïcödé façade — naïve café:"] {
+    for prompt in [
+        "<|im_start|>user\n用中文介绍一下你自己。<|im_end|>\n<|im_start|>assistant\n",
+        "Emoji story: 🐱🐶🦊🐻 then",
+        "Ünïcödé façade — naïve café:",
+    ] {
         let ids = tok.encode(prompt, true).unwrap();
         let mut text = String::new();
         let mut out_ids = Vec::new();

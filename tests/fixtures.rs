@@ -34,12 +34,7 @@ fn check_fixture(name: &str, precision: Precision, quantize: Option<GgmlType>, t
         let logits = runner.prompt_logits(prompt, 0).unwrap();
         let err = relative_error(&logits, &expected_logits(&dir, i));
         assert!(err <= tolerance, "{name} case {i}: relative error {err} > {tolerance}");
-        let request = GenRequest {
-            prompt: prompt.clone(),
-            params: SamplingParams::greedy(),
-            max_tokens: 16,
-            stop_ids: vec![],
-        };
+        let request = GenRequest { prompt: prompt.clone(), params: SamplingParams::greedy(), max_tokens: 16, stop_ids: vec![] };
         let out = runner.generate(&[request], |_, _, _| {}).unwrap();
         if exact_greedy {
             assert_eq!(&out[0].tokens, greedy, "{name} case {i}: greedy continuation");

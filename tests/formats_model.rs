@@ -62,7 +62,9 @@ fn every_format_runs_a_whole_model_like_the_reference() {
 }
 
 #[cfg(feature = "cuda")]
-fn gpu_runner(loaded: model::LoadedModel) -> ballast::generate::Runner<ballast::backend::gpu::GpuBackend<ballast::backend::gpu::any::AnyDevice>> {
+fn gpu_runner(
+    loaded: model::LoadedModel,
+) -> ballast::generate::Runner<ballast::backend::gpu::GpuBackend<ballast::backend::gpu::any::AnyDevice>> {
     use ballast::backend::GpuOptions;
     use ballast::backend::gpu::{GpuBackend, any::AnyDevice};
     use ballast::generate::{Runner, RunnerOptions};

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
     files.sort();
     let seeds: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(!seeds.is_empty(), "empty corpus for {target}");
@@ -62,9 +63,9 @@ fn run(target: &str, n: usize, f: impl Fn(&[u8])) {
     let mut rng = Rng(0xF022 ^ (target.len() as u64 * 0x9E37_79B9));
     let start = Instant::now();
     let mut slowest = Duration::ZERO;
-    let inputs = seeds.clone().into_iter().chain((0..n).map(|i| {
-        if i % 10 == 0 { (0..rng.below(256)).map(|_| rng.next() as u8).collect() } else { mutate(&mut rng, &seeds) }
-    }));
+    let inputs = seeds.clone().into_iter().chain(
+        (0..n).map(|i| if i % 10 == 0 { (0..rng.below(256)).map(|_| rng.next() as u8).collect() } else { mutate(&mut rng, &seeds) }),
+    );
     for input in inputs {
         let t = Instant::now();
         f(&input);

@@ -29,12 +29,7 @@ fn default_path_agrees_with_the_reference_at_least_as_well_as_llama_cpp() {
     let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 16 * 700, 512);
     let requests: Vec<GenRequest> = cases
         .iter()
-        .map(|c| GenRequest {
-            prompt: ids(&c["prompt_ids"]),
-            params: SamplingParams::greedy(),
-            max_tokens: 48,
-            stop_ids: vec![],
-        })
+        .map(|c| GenRequest { prompt: ids(&c["prompt_ids"]), params: SamplingParams::greedy(), max_tokens: 48, stop_ids: vec![] })
         .collect();
     let outputs = runner.generate(&requests, |_, _, _| {}).unwrap();
     let (mut ours_total, mut peer_total) = (0, 0);

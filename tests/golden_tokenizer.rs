@@ -46,10 +46,8 @@ fn chat_cases_render_through_the_model_template() {
     let mut num_chat = 0;
     for case in golden["cases"].as_array().unwrap() {
         let Some(messages) = case.get("messages").and_then(|m| m.as_array()) else { continue };
-        let messages: Vec<ChatMessage> = messages
-            .iter()
-            .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-            .collect();
+        let messages: Vec<ChatMessage> =
+            messages.iter().map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
         let rendered = template.render(&messages, true, tok.special()).unwrap();
         assert_eq!(rendered, case["prompt"].as_str().unwrap(), "case {}", case["id"]);
         num_chat += 1;

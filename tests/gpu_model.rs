@@ -6,9 +6,9 @@
 
 mod common;
 
-use ballast::backend::{Backend, GpuOptions};
 use ballast::backend::gpu::GpuBackend;
 use ballast::backend::gpu::any::AnyDevice;
+use ballast::backend::{Backend, GpuOptions};
 use ballast::generate::{GenRequest, Runner, RunnerOptions};
 use ballast::kv::KvDtype;
 use ballast::model::{LoadOptions, LoadedModel};
@@ -109,11 +109,7 @@ fn the_engine_samples_greedy_rows_on_the_device_and_the_rest_on_the_host() {
     let argmax_launches = device.launches("argmax");
     assert!(argmax_launches.is_none_or(|n| n == 16), "one device argmax per token: {argmax_launches:?}");
     // With logprobs the row's logits come to the host: the same tokens, plus logprobs.
-    let on_host = engine
-        .submit(Request { logprobs: Some(2), ..greedy(Request::new(prompt.clone())) })
-        .unwrap()
-        .collect_output()
-        .remove(0);
+    let on_host = engine.submit(Request { logprobs: Some(2), ..greedy(Request::new(prompt.clone())) }).unwrap().collect_output().remove(0);
     assert_eq!(on_host.ids, on_device.ids);
     assert_eq!(on_host.logprobs.len(), 16);
     assert_eq!(device.launches("argmax"), argmax_launches, "logprobs need the host's logits");

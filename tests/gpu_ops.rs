@@ -6,8 +6,8 @@
 #![cfg(feature = "cuda")]
 
 use ballast::backend::cpu::{CpuBackend, Precision};
-use ballast::backend::gpu::any::AnyDevice;
 use ballast::backend::gpu::GpuBackend;
+use ballast::backend::gpu::any::AnyDevice;
 use ballast::backend::{AttentionShape, Backend, GpuOptions, RopeShape};
 use ballast::format::bytes::TensorBytes;
 use ballast::kv::{KvDtype, KvLayout};
@@ -227,11 +227,7 @@ fn rope_matches_the_cpu_in_both_styles_and_with_partial_rotation() {
 }
 
 /// Sequences for one attention step: (tokens already cached, new tokens).
-fn attention_case(
-    (num_heads, num_kv_heads, head_dim): (usize, usize, usize),
-    seqs: &[(usize, usize)],
-    seed: u64,
-) {
+fn attention_case((num_heads, num_kv_heads, head_dim): (usize, usize, usize), seqs: &[(usize, usize)], seed: u64) {
     attention_case_capped((num_heads, num_kv_heads, head_dim), seqs, seed, None)
 }
 
@@ -434,7 +430,11 @@ fn matmuls_sharing_an_input_in_one_launch_match_one_at_a_time() {
     let (cpu, gpu) = backends();
     let mut rng = Rng(41);
     let cols = 96;
-    let ws = [quantized(GgmlType::Q4_1, 37, cols, &mut rng), quantized(GgmlType::Q8_0, 5, cols, &mut rng), quantized(GgmlType::F16, 130, cols, &mut rng)];
+    let ws = [
+        quantized(GgmlType::Q4_1, 37, cols, &mut rng),
+        quantized(GgmlType::Q8_0, 5, cols, &mut rng),
+        quantized(GgmlType::F16, 130, cols, &mut rng),
+    ];
     for (count, tokens) in [(3, 1), (2, 9), (3, 17)] {
         let x = rng.floats(tokens * cols);
         let cws: Vec<_> = ws[..count].iter().map(|w| cpu.upload_matrix(w.clone()).unwrap()).collect();

@@ -97,7 +97,13 @@ fn simulate(surge: bool) -> ([Outcome; 4], usize) {
                 }
                 let span = finishes.front().map_or(1.0, |f| (t - f).clamp(1.0, 30.0));
                 let used = blocks.num_used() as f64 / blocks.num_blocks() as f64;
-                let signals = Signals { waiting: sched.waiting_by_class(), running: sched.num_running(), kv_usage: used, drain_rate: finishes.len() as f64 / span, ttft: [None; 4] };
+                let signals = Signals {
+                    waiting: sched.waiting_by_class(),
+                    running: sched.num_running(),
+                    kv_usage: used,
+                    drain_rate: finishes.len() as f64 / span,
+                    ttft: [None; 4],
+                };
                 match admission.admit(0, class, prompt_len, &signals, now) {
                     Decision::Reject { retry_after, .. } => {
                         outcomes[i].refused += 1;
@@ -172,7 +178,12 @@ fn a_surge_of_low_traffic_never_hurts_high_traffic() {
             if x.completed + x.refused + x.deadline_failed > 0 {
                 eprintln!(
                     "{name:>5} {:<8} completed {:>5} (degraded {:>4}) refused {:>5} deadline {:>3}  ttft p99 {:.3} s",
-                    p.name(), x.completed, x.degraded, x.refused, x.deadline_failed, if x.ttft.is_empty() { 0.0 } else { p99(&x.ttft) }
+                    p.name(),
+                    x.completed,
+                    x.degraded,
+                    x.refused,
+                    x.deadline_failed,
+                    if x.ttft.is_empty() { 0.0 } else { p99(&x.ttft) }
                 );
             }
         }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 fn at_rest(addr: &str) {
     wait_until("the server to be at rest", || {
-        metric(addr, "ballast_kv_blocks_used") == 0.0 && metric(addr, "vllm:num_requests_running") == 0.0 && metric(addr, "vllm:num_requests_waiting") == 0.0
+        metric(addr, "ballast_kv_blocks_used") == 0.0
+            && metric(addr, "vllm:num_requests_running") == 0.0
+            && metric(addr, "vllm:num_requests_waiting") == 0.0
     });
 }
 
@@ -27,10 +29,24 @@ fn malformed_cases() -> Vec<(String, &'static str, Vec<u8>)> {
     let wrong: [(&str, serde_json::Value); 5] =
         [("string", json!("x")), ("object", json!({"a": 1})), ("array", json!([1, "x"])), ("bool", json!(true)), ("float", json!(1.5))];
     let fields = [
-        ("model", "string"), ("max_tokens", "int"), ("temperature", "float"), ("top_p", "float"), ("top_k", "int"),
-        ("min_p", "float"), ("n", "int"), ("stream", "bool"), ("stream_options", "object"), ("stop", "string"),
-        ("stop_token_ids", "array"), ("seed", "int"), ("presence_penalty", "float"), ("frequency_penalty", "float"),
-        ("repetition_penalty", "float"), ("ignore_eos", "bool"), ("skip_special_tokens", "bool"), ("priority", "string"),
+        ("model", "string"),
+        ("max_tokens", "int"),
+        ("temperature", "float"),
+        ("top_p", "float"),
+        ("top_k", "int"),
+        ("min_p", "float"),
+        ("n", "int"),
+        ("stream", "bool"),
+        ("stream_options", "object"),
+        ("stop", "string"),
+        ("stop_token_ids", "array"),
+        ("seed", "int"),
+        ("presence_penalty", "float"),
+        ("frequency_penalty", "float"),
+        ("repetition_penalty", "float"),
+        ("ignore_eos", "bool"),
+        ("skip_special_tokens", "bool"),
+        ("priority", "string"),
     ];
     for (path, base) in [("/v1/completions", &comp), ("/v1/chat/completions", &chat)] {
         for (field, kind) in fields {
@@ -52,12 +68,30 @@ fn malformed_cases() -> Vec<(String, &'static str, Vec<u8>)> {
         }
         // Out-of-range numbers.
         for (field, v) in [
-            ("max_tokens", json!(-1)), ("max_tokens", json!(0)), ("max_tokens", json!(1e20)), ("n", json!(0)), ("n", json!(-3)),
-            ("n", json!(10_000)), ("temperature", json!(-0.5)), ("temperature", json!(1e39)), ("top_p", json!(0)), ("top_p", json!(1.5)),
-            ("top_k", json!(-7)), ("min_p", json!(2)), ("min_p", json!(-1)), ("repetition_penalty", json!(0)),
-            ("repetition_penalty", json!(-2)), ("presence_penalty", json!(3)), ("frequency_penalty", json!(-9)),
-            ("seed", json!(-1)), ("seed", json!(1e30)), ("priority", json!("urgent")), ("priority", json!("")),
-            ("stop", json!(vec!["a"; 17])), ("model", json!("gpt-4")), ("stop_token_ids", json!([-1])),
+            ("max_tokens", json!(-1)),
+            ("max_tokens", json!(0)),
+            ("max_tokens", json!(1e20)),
+            ("n", json!(0)),
+            ("n", json!(-3)),
+            ("n", json!(10_000)),
+            ("temperature", json!(-0.5)),
+            ("temperature", json!(1e39)),
+            ("top_p", json!(0)),
+            ("top_p", json!(1.5)),
+            ("top_k", json!(-7)),
+            ("min_p", json!(2)),
+            ("min_p", json!(-1)),
+            ("repetition_penalty", json!(0)),
+            ("repetition_penalty", json!(-2)),
+            ("presence_penalty", json!(3)),
+            ("frequency_penalty", json!(-9)),
+            ("seed", json!(-1)),
+            ("seed", json!(1e30)),
+            ("priority", json!("urgent")),
+            ("priority", json!("")),
+            ("stop", json!(vec!["a"; 17])),
+            ("model", json!("gpt-4")),
+            ("stop_token_ids", json!([-1])),
         ] {
             let mut b = base.clone();
             b[field] = v.clone();
@@ -224,7 +258,13 @@ fn a_panic_in_one_request_is_contained() {
     assert_eq!(http(&addr, "POST", "/v1/completions", &[], &streamed).0, 500);
     assert_eq!(http(&addr, "POST", "/v1/completions", &[], &completion("After the fault", 3)).0, 200);
     at_rest(&addr);
-    assert_eq!(metric(&addr, "ballast_requests_finished_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"normal\",finish_reason=\"error\"}"), 2.0);
+    assert_eq!(
+        metric(
+            &addr,
+            "ballast_requests_finished_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"normal\",finish_reason=\"error\"}"
+        ),
+        2.0
+    );
 }
 
 /// Clients vanish while queued, mid-prefill and mid-stream; every block comes back.
@@ -293,10 +333,15 @@ fn a_surge_is_absorbed_without_losing_anything() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut offered = 0;
     for (class, c) in v["classes"].as_object().unwrap() {
-        let refused: u64 = c["refused_or_failed"].as_object().unwrap().iter().map(|(status, n)| {
-            assert!(status == "429" || status == "503", "{class}: {status} is neither a completion nor an honest refusal");
-            n.as_u64().unwrap()
-        }).sum();
+        let refused: u64 = c["refused_or_failed"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(status, n)| {
+                assert!(status == "429" || status == "503", "{class}: {status} is neither a completion nor an honest refusal");
+                n.as_u64().unwrap()
+            })
+            .sum();
         assert_eq!(c["refusals_with_retry_after"].as_u64().unwrap(), refused, "{class}: a refusal without Retry-After");
         assert_eq!(c["ok"].as_u64().unwrap() + refused, c["requests"].as_u64().unwrap(), "{class}: a request vanished");
         offered += c["requests"].as_u64().unwrap();
@@ -346,16 +391,27 @@ fn a_soak_of_random_requests_leaks_nothing() {
                     body["max_tokens"] = json!(1 + next(4));
                     body["temperature"] = json!(next(3) as f64 * 0.5);
                     body["stream"] = json!(next(2) == 0);
-                    if next(3) == 0 { body["n"] = json!(1 + next(3)); }
-                    if next(3) == 0 { body["stop"] = json!(["\n", "."]); }
-                    if next(4) == 0 { body["seed"] = json!(next(1000)); }
-                    if !chat && next(4) == 0 { body["logprobs"] = json!(next(4)); }
+                    if next(3) == 0 {
+                        body["n"] = json!(1 + next(3));
+                    }
+                    if next(3) == 0 {
+                        body["stop"] = json!(["\n", "."]);
+                    }
+                    if next(4) == 0 {
+                        body["seed"] = json!(next(1000));
+                    }
+                    if !chat && next(4) == 0 {
+                        body["logprobs"] = json!(next(4));
+                    }
                     let path = if chat { "/v1/chat/completions" } else { "/v1/completions" };
                     let text = body.to_string();
                     if next(5) == 0 {
                         // Abandon it after sending.
                         let mut s = TcpStream::connect(&addr).unwrap();
-                        let req = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}", text.len());
+                        let req = format!(
+                            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
                         s.write_all(req.as_bytes()).unwrap();
                         std::thread::sleep(Duration::from_millis(next(50)));
                     } else {
@@ -371,7 +427,9 @@ fn a_soak_of_random_requests_leaks_nothing() {
     let ok: usize = workers.into_iter().map(|h| h.join().unwrap()).sum();
     at_rest(&addr);
     let (rss_after, fds_after, threads_after) = process_usage(server.child.id());
-    eprintln!("soak: {ok} requests completed; RSS {rss_before} → {rss_after} KiB, fds {fds_before} → {fds_after}, threads {threads_before} → {threads_after}");
+    eprintln!(
+        "soak: {ok} requests completed; RSS {rss_before} → {rss_after} KiB, fds {fds_before} → {fds_after}, threads {threads_before} → {threads_after}"
+    );
     let per_worker: usize = std::env::var("BALLAST_SOAK_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     assert!(ok * 10 > per_worker * 6 * 6, "most requests completed: {ok}");
     assert!(fds_after <= fds_before + 2 && threads_after <= threads_before + 2);

@@ -28,16 +28,25 @@ fn a_client_that_disconnects_frees_its_blocks() {
     let server = Server::start(&[]);
     let addr = &server.addr;
     for stream in [true, false] {
-        let body = serde_json::json!({"prompt": "Tell me a long story.", "max_tokens": 4000, "ignore_eos": true, "stream": stream}).to_string();
+        let body =
+            serde_json::json!({"prompt": "Tell me a long story.", "max_tokens": 4000, "ignore_eos": true, "stream": stream}).to_string();
         let mut s = TcpStream::connect(addr).unwrap();
-        let req = format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let req = format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         s.write_all(req.as_bytes()).unwrap();
         wait_until("the request to run", || metric(addr, "vllm:num_requests_running") == 1.0);
         assert!(metric(addr, "ballast_kv_blocks_used") > 0.0);
         drop(s);
-        wait_until("the blocks to be freed", || metric(addr, "ballast_kv_blocks_used") == 0.0 && metric(addr, "vllm:num_requests_running") == 0.0);
+        wait_until("the blocks to be freed", || {
+            metric(addr, "ballast_kv_blocks_used") == 0.0 && metric(addr, "vllm:num_requests_running") == 0.0
+        });
     }
-    let cancelled = metric(addr, "ballast_requests_finished_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"normal\",finish_reason=\"cancelled\"}");
+    let cancelled = metric(
+        addr,
+        "ballast_requests_finished_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"normal\",finish_reason=\"cancelled\"}",
+    );
     assert_eq!(cancelled, 2.0);
 }
 
@@ -90,7 +99,8 @@ fn tenants_limits_and_config_reloads() {
     assert_eq!(http(addr, "GET", "/ready", &[], "").0, 200, "still serving");
 
     // A good one takes effect atomically: beta exists, alpha keeps its (exhausted) budget.
-    std::fs::write(&cfg, format!("{tenants}\n[[tenants]]\nname = \"beta\"\napi_keys = [\"sk-beta-00001\"]\nmax_priority = \"critical\"\n")).unwrap();
+    std::fs::write(&cfg, format!("{tenants}\n[[tenants]]\nname = \"beta\"\napi_keys = [\"sk-beta-00001\"]\nmax_priority = \"critical\"\n"))
+        .unwrap();
     server.signal("-HUP");
     wait_until("the reload", || metric(addr, "ballast_config_reloads_total") == 1.0);
     let critical = serde_json::json!({"prompt": "Hi", "max_tokens": 2, "priority": "critical"}).to_string();
@@ -156,7 +166,10 @@ fn the_load_generator_reports_per_class() {
     assert!(v["output_tokens_per_s"].as_f64().unwrap() > 0.0);
     let (status, _, body) = http(&server.addr, "GET", "/metrics", &[], "");
     assert_eq!(status, 200);
-    assert!(body.contains("ballast_requests_admitted_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"high\"}"), "per-class counters");
+    assert!(
+        body.contains("ballast_requests_admitted_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"high\"}"),
+        "per-class counters"
+    );
 }
 
 /// Degraded requests go to the fallback model when one is loaded (text and chat), and are

@@ -87,16 +87,9 @@ pub trait Backend: Send {
     fn prepare<'a>(&'a self, plan: &'a BatchPlan) -> Result<Self::Step<'a>>;
 
     /// `out[t] = table[token_ids[t]]` for every token of the step.
-    fn embedding(&self, step: &Self::Step<'_>, table: &Self::Matrix, out: &mut Self::Tensor)
-    -> Result<()>;
+    fn embedding(&self, step: &Self::Step<'_>, table: &Self::Matrix, out: &mut Self::Tensor) -> Result<()>;
     /// `out[t] = x[t] / rms(x[t]) * weight`.
-    fn rms_norm(
-        &self,
-        x: &Self::Tensor,
-        weight: &Self::Tensor,
-        eps: f32,
-        out: &mut Self::Tensor,
-    ) -> Result<()>;
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32, out: &mut Self::Tensor) -> Result<()>;
     /// `residual += delta`, then `out = rms_norm(residual)`.
     fn add_rms_norm(
         &self,
@@ -121,22 +114,9 @@ pub trait Backend: Send {
     /// `x += y`.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// Rotates every head of `x` (`[tokens, num_heads * head_dim]`) by its token's position.
-    fn rope(
-        &self,
-        step: &Self::Step<'_>,
-        x: &mut Self::Tensor,
-        inv_freq: &Self::Tensor,
-        shape: RopeShape,
-    ) -> Result<()>;
+    fn rope(&self, step: &Self::Step<'_>, x: &mut Self::Tensor, inv_freq: &Self::Tensor, shape: RopeShape) -> Result<()>;
     /// Stores each token's K and V (`[tokens, kv_dim]`) in its slot of `layer`.
-    fn write_kv(
-        &self,
-        step: &Self::Step<'_>,
-        layer: usize,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
-        pool: &mut Self::KvPool,
-    ) -> Result<()>;
+    fn write_kv(&self, step: &Self::Step<'_>, layer: usize, k: &Self::Tensor, v: &Self::Tensor, pool: &mut Self::KvPool) -> Result<()>;
     /// Rotates `q` (`rope.num_heads` heads) and `k` (`num_kv_heads` heads) by each token's
     /// position, then stores k and v in their slots of `layer`: [`Backend::rope`] twice and
     /// [`Backend::write_kv`], which a backend may do in one pass.
@@ -174,12 +154,7 @@ pub trait Backend: Send {
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
     /// `out` = the rows of `x` named by the plan's `logits_rows`.
-    fn gather_logits_rows(
-        &self,
-        step: &Self::Step<'_>,
-        x: &Self::Tensor,
-        out: &mut Self::Tensor,
-    ) -> Result<()>;
+    fn gather_logits_rows(&self, step: &Self::Step<'_>, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
     /// Copies `x` to host memory (`rows * cols` floats, row-major) into `out`.
     fn read(&self, x: &Self::Tensor, out: &mut Vec<f32>) -> Result<()>;
     /// Each row's greedy token into `out`: the index of its largest value, the first on ties,
@@ -264,9 +239,7 @@ pub fn open<W: WithBackend>(
         #[cfg(feature = "cuda")]
         DeviceRequest::Cuda(n) => Ok(work.run(gpu::GpuBackend::open_cuda(n, gpu)?)),
         #[cfg(not(feature = "cuda"))]
-        DeviceRequest::Cuda(_) => Err(BackendError::Device(
-            "this binary was built without CUDA (cargo build --features cuda)".to_string(),
-        )),
+        DeviceRequest::Cuda(_) => Err(BackendError::Device("this binary was built without CUDA (cargo build --features cuda)".to_string())),
         #[cfg(feature = "cuda")]
         DeviceRequest::Auto => match gpu::cuda::device_count() {
             Ok(n) if n > 0 => Ok(work.run(gpu::GpuBackend::open_cuda(0, gpu)?)),

@@ -83,7 +83,16 @@ pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
     let mut tokens = vec!["<unk>".to_string(), "<s>".to_string(), "</s>".to_string()];
     tokens.extend((0..256).map(|b| format!("<0x{b:02X}>")));
     tokens.extend((tokens.len()..s.vocab).map(|i| format!("\u{2581}t{i}")));
-    let types: Vec<MetaValue> = (0..s.vocab).map(|i| MetaValue::I32(match i { 0 => 2, 1 | 2 => 3, 3..=258 => 6, _ => 1 })).collect();
+    let types: Vec<MetaValue> = (0..s.vocab)
+        .map(|i| {
+            MetaValue::I32(match i {
+                0 => 2,
+                1 | 2 => 3,
+                3..=258 => 6,
+                _ => 1,
+            })
+        })
+        .collect();
     w = w
         .metadata("tokenizer.ggml.model", MetaValue::Str("llama".into()))
         .metadata("tokenizer.ggml.tokens", MetaValue::Array(tokens.into_iter().map(MetaValue::Str).collect()))
@@ -94,11 +103,11 @@ pub fn make_model(args: MakeModelArgs) -> anyhow::Result<()> {
     let ones: Vec<u8> = (0..s.hidden).flat_map(|_| 1f32.to_le_bytes()).collect();
     let mut matrix = |w: GgufWriter, name: String, rows: usize, cols: usize| {
         {
-        // Small scales so activations stay finite; every matrix its own stream.
-        seed += 1;
-        let t = dtype.fallback_for_row(cols as u64);
-        w.tensor(name, &[cols as u64, rows as u64], t, ballast::quant::random_blocks(t, rows * cols, 0.06, seed))
-    }
+            // Small scales so activations stay finite; every matrix its own stream.
+            seed += 1;
+            let t = dtype.fallback_for_row(cols as u64);
+            w.tensor(name, &[cols as u64, rows as u64], t, ballast::quant::random_blocks(t, rows * cols, 0.06, seed))
+        }
     };
     w = matrix(w, "token_embd.weight".into(), s.vocab, s.hidden);
     w = matrix(w, "output.weight".into(), s.vocab, s.hidden);

@@ -246,11 +246,7 @@ fn json_line(prompt_ids: &[u32], choices: &[Choice]) -> serde_json::Value {
             v["error"] = e.clone().into();
         }
         if !c.logprobs.is_empty() {
-            v["logprobs"] = c
-                .logprobs
-                .iter()
-                .map(|l| serde_json::json!({"id": l.id, "logprob": l.logprob, "top": l.top}))
-                .collect();
+            v["logprobs"] = c.logprobs.iter().map(|l| serde_json::json!({"id": l.id, "logprob": l.logprob, "top": l.top})).collect();
         }
         v
     };

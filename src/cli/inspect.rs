@@ -15,11 +15,7 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let path = ballast::fetch::resolve(Some(&args.path))?;
-    if path.is_dir() {
-        inspect_hf(&path, &mut out)
-    } else {
-        inspect_gguf(&path, &mut out)
-    }
+    if path.is_dir() { inspect_hf(&path, &mut out) } else { inspect_gguf(&path, &mut out) }
 }
 
 fn inspect_gguf(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
@@ -55,8 +51,7 @@ fn inspect_hf(dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         let file = std::fs::File::open(&shard)?;
         // SAFETY: read-only map of a file we only read.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", shard.display()))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| anyhow::anyhow!("{}: {e}", shard.display()))?;
         let mut tensors: Vec<_> = meta.tensors().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         writeln!(out, "\n{} ({} tensors):", shard.display(), tensors.len())?;

@@ -114,17 +114,16 @@ impl ModelArgs {
             Some(p) => p.display().to_string(),
             None => format!("the default model {}", Manifest::builtin().default),
         };
-        fetch::resolve(self.model.as_deref()).with_context(|| format!("finding {what} (models directory {})", fetch::models_dir().display()))
+        fetch::resolve(self.model.as_deref())
+            .with_context(|| format!("finding {what} (models directory {})", fetch::models_dir().display()))
     }
 
     /// Loads the model, showing a progress bar on a terminal.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let path = self.path()?;
         let quantize = self.quantize.as_deref().and_then(GgmlType::from_name);
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("loading {msg} {bar:30} {bytes}/{total_bytes}")
-                .expect("static template is valid"),
-        );
+        let bar = ProgressBar::new(0)
+            .with_style(ProgressStyle::with_template("loading {msg} {bar:30} {bytes}/{total_bytes}").expect("static template is valid"));
         bar.set_message(path.display().to_string());
         let start = Instant::now();
         let loaded = model::load(&path, LoadOptions { quantize, map_file: self.mmap }, &mut |done, total| {

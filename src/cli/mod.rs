@@ -40,8 +40,8 @@ enum Command {
 }
 
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ballast=info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ballast=info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 

@@ -184,22 +184,25 @@ impl<B: Backend> Core<B> {
         sampling.seed = Some(seed);
         let mut sampler = Sampler::new(sampling).expect("validated at submission");
         sampler.set_prompt(&a.prompt);
-        self.seqs.insert(seq_id, SeqState {
-            request: a.id,
-            index: 0,
-            sampler,
-            seed,
-            detok: Detokenizer::new(r.skip_special_tokens),
-            stops: StopStrings::new(&r.stop),
-            stop_ids: a.stop_ids.into(),
-            max_tokens: a.max_tokens,
-            logprobs: r.logprobs,
-            num_generated: 0,
-            pending_forks: r.n - 1,
-            first_scheduled: None,
-            first_token: None,
-            inject_panic: self.fault_injection.is_some_and(|t| a.prompt.contains(&t)),
-        });
+        self.seqs.insert(
+            seq_id,
+            SeqState {
+                request: a.id,
+                index: 0,
+                sampler,
+                seed,
+                detok: Detokenizer::new(r.skip_special_tokens),
+                stops: StopStrings::new(&r.stop),
+                stop_ids: a.stop_ids.into(),
+                max_tokens: a.max_tokens,
+                logprobs: r.logprobs,
+                num_generated: 0,
+                pending_forks: r.n - 1,
+                first_scheduled: None,
+                first_token: None,
+                inject_panic: self.fault_injection.is_some_and(|t| a.prompt.contains(&t)),
+            },
+        );
         self.scheduler.add(SeqSpec {
             id: seq_id,
             priority: r.priority,
@@ -209,14 +212,17 @@ impl<B: Backend> Core<B> {
             deadline: r.deadline,
             extra_slots: r.n - 1,
         });
-        self.requests.insert(a.id, RequestState {
-            sender: a.sender,
-            n: r.n,
-            remaining: r.n,
-            seq_ids: vec![seq_id],
-            prompt_tokens: a.prompt.len(),
-            arrival: a.arrival,
-        });
+        self.requests.insert(
+            a.id,
+            RequestState {
+                sender: a.sender,
+                n: r.n,
+                remaining: r.n,
+                seq_ids: vec![seq_id],
+                prompt_tokens: a.prompt.len(),
+                arrival: a.arrival,
+            },
+        );
     }
 
     /// Ends every remaining choice of a request with an error.

@@ -21,13 +21,13 @@ use crate::model::{Llama, LoadedModel, ModelInfo};
 use crate::request::{Prompt, Request};
 use crate::sampler::SamplingError;
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use core::CoreParts;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use core::CoreParts;
 use stream::EventSender;
 
 /// Sizes and policies of an engine.
@@ -236,9 +236,10 @@ impl Engine {
         let tokenizer = tokenizer.map(Arc::new);
         let mut eos = info.eos_token_ids.clone();
         if let Some((id, _)) = tokenizer.as_ref().and_then(|t| t.special().eos.clone())
-            && !eos.contains(&id) {
-                eos.push(id);
-            }
+            && !eos.contains(&id)
+        {
+            eos.push(id);
+        }
         let limits = Limits {
             max_context: llama.config().max_position_embeddings,
             kv_capacity: num_blocks * config.block_size,

@@ -76,11 +76,7 @@ pub struct RequestStream {
     prompt_ids: Vec<u32>,
 }
 
-pub(super) fn channel(
-    id: RequestId,
-    commands: crossbeam_channel::Sender<Command>,
-    prompt_ids: Vec<u32>,
-) -> (EventSender, RequestStream) {
+pub(super) fn channel(id: RequestId, commands: crossbeam_channel::Sender<Command>, prompt_ids: Vec<u32>) -> (EventSender, RequestStream) {
     let shared = Arc::new(Shared::default());
     (EventSender { shared: shared.clone() }, RequestStream { id, shared, commands, prompt_ids })
 }

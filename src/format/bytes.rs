@@ -122,9 +122,9 @@ impl TensorBytes {
     /// against the file first and report a typed error; use [`Bytes::slice`] for a checked view.
     pub fn from_mmap(map: Arc<Mmap>, range: Range<usize>) -> TensorBytes {
         let len = map.len();
-        Bytes::from_mmap(map).slice(range.clone()).unwrap_or_else(|| {
-            panic!("TensorBytes::from_mmap: range {range:?} outside a map of {len} bytes")
-        })
+        Bytes::from_mmap(map)
+            .slice(range.clone())
+            .unwrap_or_else(|| panic!("TensorBytes::from_mmap: range {range:?} outside a map of {len} bytes"))
     }
 
     /// A view of all of `bytes`, copied into an aligned owned buffer (see [`Bytes::from_vec`]).

@@ -31,8 +31,8 @@
 //! - [`SeqBlocks::fork`]: O(blocks of the table); dropping a table: O(its blocks).
 
 use super::KvError;
-use std::cell::RefCell;
 use crate::idmap::IdMap;
+use std::cell::RefCell;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 
@@ -87,8 +87,16 @@ impl Pool {
             m.queued = false;
             (std::mem::replace(&mut m.prev, NIL), std::mem::replace(&mut m.next, NIL))
         };
-        if prev == NIL { self.head = next } else { self.meta[prev as usize].next = next }
-        if next == NIL { self.tail = prev } else { self.meta[next as usize].prev = prev }
+        if prev == NIL {
+            self.head = next
+        } else {
+            self.meta[prev as usize].next = next
+        }
+        if next == NIL {
+            self.tail = prev
+        } else {
+            self.meta[next as usize].prev = prev
+        }
         self.num_queued -= 1;
     }
 
@@ -96,7 +104,11 @@ impl Pool {
         let old = self.head;
         let m = &mut self.meta[id as usize];
         (m.prev, m.next, m.queued) = (NIL, old, true);
-        if old == NIL { self.tail = id } else { self.meta[old as usize].prev = id }
+        if old == NIL {
+            self.tail = id
+        } else {
+            self.meta[old as usize].prev = id
+        }
         self.head = id;
         self.num_queued += 1;
     }
@@ -105,7 +117,11 @@ impl Pool {
         let old = self.tail;
         let m = &mut self.meta[id as usize];
         (m.prev, m.next, m.queued) = (old, NIL, true);
-        if old == NIL { self.head = id } else { self.meta[old as usize].next = id }
+        if old == NIL {
+            self.head = id
+        } else {
+            self.meta[old as usize].next = id
+        }
         self.tail = id;
         self.num_queued += 1;
     }
@@ -370,8 +386,7 @@ impl SeqBlocks {
         let pool = self.pool.borrow();
         let bs = pool.block_size;
         let grow = end.div_ceil(bs).saturating_sub(self.blocks.len());
-        let cow = start < end
-            && self.blocks.get(start / bs).is_some_and(|&b| pool.meta[b as usize].ref_count > 1);
+        let cow = start < end && self.blocks.get(start / bs).is_some_and(|&b| pool.meta[b as usize].ref_count > 1);
         grow + cow as usize
     }
 

@@ -67,8 +67,8 @@ impl Llama3Scaling {
         } else if wavelen > low_wavelen {
             inv_freq / self.factor
         } else {
-            let smooth = (self.original_max_position_embeddings / wavelen - self.low_freq_factor)
-                / (self.high_freq_factor - self.low_freq_factor);
+            let smooth =
+                (self.original_max_position_embeddings / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor);
             (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
         }
     }
@@ -124,19 +124,17 @@ impl ModelConfig {
             }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return Err(format!(
-                "num_heads ({}) is not a multiple of num_kv_heads ({})",
-                self.num_heads, self.num_kv_heads
-            ));
+            return Err(format!("num_heads ({}) is not a multiple of num_kv_heads ({})", self.num_heads, self.num_kv_heads));
         }
         let rot = self.rope.num_rotary_dims;
         if rot == 0 || !rot.is_multiple_of(2) || rot > self.head_dim {
             return Err(format!("rotary dims {rot} invalid for head_dim {}", self.head_dim));
         }
         if let Some(f) = &self.rope.freq_factors
-            && f.len() != rot / 2 {
-                return Err(format!("rope_freqs has {} entries, expected {}", f.len(), rot / 2));
-            }
+            && f.len() != rot / 2
+        {
+            return Err(format!("rope_freqs has {} entries, expected {}", f.len(), rot / 2));
+        }
         if !(self.rope.theta > 0.0 && self.rope.theta.is_finite()) {
             return Err(format!("rope theta {} is not a positive number", self.rope.theta));
         }
@@ -152,13 +150,7 @@ mod tests {
     use super::*;
 
     fn rope(scaling: Option<Llama3Scaling>) -> RopeConfig {
-        RopeConfig {
-            theta: 500000.0,
-            style: RopeStyle::HalfSplit,
-            num_rotary_dims: 16,
-            llama3_scaling: scaling,
-            freq_factors: None,
-        }
+        RopeConfig { theta: 500000.0, style: RopeStyle::HalfSplit, num_rotary_dims: 16, llama3_scaling: scaling, freq_factors: None }
     }
 
     #[test]
@@ -172,12 +164,7 @@ mod tests {
 
     #[test]
     fn llama3_scaling_keeps_high_divides_low_blends_middle() {
-        let s = Llama3Scaling {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 64.0,
-        };
+        let s = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64.0 };
         let plain = rope(None).inv_freq();
         let scaled = rope(Some(s)).inv_freq();
         for (p, q) in plain.iter().zip(&scaled) {

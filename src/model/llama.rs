@@ -47,12 +47,7 @@ pub struct Llama<B: Backend> {
 impl<B: Backend> Llama<B> {
     /// Moves `weights` into the backend and allocates buffers for steps of up to
     /// `max_batch_tokens` tokens.
-    pub fn new(
-        backend: &B,
-        config: ModelConfig,
-        weights: HostWeights,
-        max_batch_tokens: usize,
-    ) -> Result<Llama<B>, BackendError> {
+    pub fn new(backend: &B, config: ModelConfig, weights: HostWeights, max_batch_tokens: usize) -> Result<Llama<B>, BackendError> {
         let max_batch_tokens = max_batch_tokens.max(1);
         let inv_freq = backend.upload_vector(&config.rope.inv_freq())?;
         let weights = backend.upload_weights(weights)?;
@@ -95,13 +90,7 @@ impl<B: Backend> Llama<B> {
 
     /// Runs every token of `plan`, writing their K/V into `kv`, and leaves the logits of the
     /// plan's `logits_rows` in `logits` (`[rows, vocab]`, row-major).
-    pub fn forward(
-        &mut self,
-        backend: &B,
-        plan: &BatchPlan,
-        kv: &mut B::KvPool,
-        logits: &mut Vec<f32>,
-    ) -> Result<(), BackendError> {
+    pub fn forward(&mut self, backend: &B, plan: &BatchPlan, kv: &mut B::KvPool, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         logits.clear();
         if self.compute(backend, plan, kv)? {
             backend.read(&self.buffers.logits, logits)?;
@@ -181,12 +170,7 @@ fn attention_block<B: Backend>(
             backend.add_bias(x, bias)?;
         }
     }
-    let rope = |num_heads| RopeShape {
-        num_heads,
-        head_dim: c.head_dim,
-        num_rotary_dims: c.rope.num_rotary_dims,
-        style: c.rope.style,
-    };
+    let rope = |num_heads| RopeShape { num_heads, head_dim: c.head_dim, num_rotary_dims: c.rope.num_rotary_dims, style: c.rope.style };
     backend.rope_write_kv(step, i, &mut b.q, &mut b.k, &b.v, inv_freq, rope(c.num_heads), c.num_kv_heads, kv)?;
     let shape = AttentionShape {
         num_heads: c.num_heads,

@@ -1,10 +1,7 @@
 //! GGUF files (llama.cpp's format): metadata → [`ModelConfig`], tensors → zero-copy
 //! [`HostMatrix`] views of the file's bytes (in memory, or mapped with `map_file`).
 
-use super::{
-    HostMatrix, HostWeights, LayerWeights, LoadedModel, ModelConfig, ModelError, ModelInfo,
-    Progress, RopeConfig, RopeStyle,
-};
+use super::{HostMatrix, HostWeights, LayerWeights, LoadedModel, ModelConfig, ModelError, ModelInfo, Progress, RopeConfig, RopeStyle};
 use crate::format::gguf::{GgufFile, TensorInfo};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
@@ -22,9 +19,10 @@ pub fn load(path: &Path, map_file: bool, progress: Progress) -> Result<LoadedMod
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let mut eos_token_ids: Vec<u32> = file.get_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
     if let Some(eot) = file.get_u32("tokenizer.ggml.eot_token_id")?
-        && !eos_token_ids.contains(&eot) {
-            eos_token_ids.push(eot);
-        }
+        && !eos_token_ids.contains(&eot)
+    {
+        eos_token_ids.push(eot);
+    }
     let name = file.get_str("general.name")?.unwrap_or(arch).to_string();
     let info = ModelInfo {
         name,
@@ -42,9 +40,7 @@ fn missing(key: &str) -> ModelError {
 
 fn read_config(file: &GgufFile, arch: &str, style: RopeStyle) -> Result<ModelConfig, ModelError> {
     let key = |k: &str| format!("{arch}.{k}");
-    let req = |k: &str| -> Result<usize, ModelError> {
-        Ok(file.get_u64(&key(k))?.ok_or_else(|| missing(&key(k)))? as usize)
-    };
+    let req = |k: &str| -> Result<usize, ModelError> { Ok(file.get_u64(&key(k))?.ok_or_else(|| missing(&key(k)))? as usize) };
     let hidden_size = req("embedding_length")?;
     let num_heads = req("attention.head_count")?;
     let num_kv_heads = file.get_u64(&key("attention.head_count_kv"))?.map_or(num_heads, |v| v as usize);
@@ -100,9 +96,8 @@ fn missing_tensor(name: &str) -> ModelError {
 fn read_vector(file: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>, ModelError> {
     let n = t.num_elements() as usize;
     let mut out = vec![0.0; n];
-    crate::quant::dequantize_row(t.dtype, file.tensor_data(t), &mut out).map_err(|e| {
-        ModelError::UnsupportedDtype { tensor: format!("{} ({e})", t.name), dtype: t.dtype.to_string() }
-    })?;
+    crate::quant::dequantize_row(t.dtype, file.tensor_data(t), &mut out)
+        .map_err(|e| ModelError::UnsupportedDtype { tensor: format!("{} ({e})", t.name), dtype: t.dtype.to_string() })?;
     Ok(out)
 }
 
@@ -114,8 +109,7 @@ fn read_matrix(file: &GgufFile, t: &TensorInfo) -> Result<HostMatrix, ModelError
         return Err(ModelError::UnsupportedDtype { tensor: t.name.clone(), dtype: t.dtype.to_string() });
     }
     let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
-    HostMatrix::new(t.dtype, rows, cols, file.tensor_bytes(t))
-        .map_err(|reason| ModelError::Invalid(format!("`{}`: {reason}", t.name)))
+    HostMatrix::new(t.dtype, rows, cols, file.tensor_bytes(t)).map_err(|reason| ModelError::Invalid(format!("`{}`: {reason}", t.name)))
 }
 
 fn read_weights(file: &GgufFile, c: &ModelConfig, progress: Progress) -> Result<HostWeights, ModelError> {
@@ -135,11 +129,8 @@ fn read_weights(file: &GgufFile, c: &ModelConfig, progress: Progress) -> Result<
         let (w_gate, w_up, w_down) = (mat("ffn_gate")?, mat("ffn_up")?, mat("ffn_down")?);
         let mut vec = |n: &str| read_vector(file, get(&format!("blk.{i}.{n}"))?);
         let (attn_norm, ffn_norm) = (vec("attn_norm.weight")?, vec("ffn_norm.weight")?);
-        let (bq, bk, bv) = if c.qkv_bias {
-            (Some(vec("attn_q.bias")?), Some(vec("attn_k.bias")?), Some(vec("attn_v.bias")?))
-        } else {
-            (None, None, None)
-        };
+        let (bq, bk, bv) =
+            if c.qkv_bias { (Some(vec("attn_q.bias")?), Some(vec("attn_k.bias")?), Some(vec("attn_v.bias")?)) } else { (None, None, None) };
         layers.push(LayerWeights { attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down });
     }
     let embed = read_matrix(file, get("token_embd.weight")?)?;

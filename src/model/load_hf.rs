@@ -6,8 +6,8 @@
 //! [`RopeStyle::HalfSplit`] and their weights need no permutation.
 
 use super::{
-    HostMatrix, HostWeights, LayerWeights, Llama3Scaling, LoadOptions, LoadedModel, ModelConfig,
-    ModelError, ModelInfo, Progress, RopeConfig, RopeStyle,
+    HostMatrix, HostWeights, LayerWeights, Llama3Scaling, LoadOptions, LoadedModel, ModelConfig, ModelError, ModelInfo, Progress,
+    RopeConfig, RopeStyle,
 };
 use crate::format::bytes::TensorBytes;
 use crate::quant::{self, GgmlType};
@@ -174,22 +174,17 @@ fn vector(shards: &Shards, name: &str) -> Result<Vec<f32>, ModelError> {
         return Err(ModelError::Invalid(format!("`{name}` has shape {:?}, expected 1 dim", info.shape)));
     }
     let mut out = vec![0.0; n];
-    quant::dequantize_row(dtype, &aligned(bytes), &mut out)
-        .map_err(|e| ModelError::Invalid(format!("`{name}`: {e}")))?;
+    quant::dequantize_row(dtype, &aligned(bytes), &mut out).map_err(|e| ModelError::Invalid(format!("`{name}`: {e}")))?;
     Ok(out)
 }
 
-fn read_weights(
-    shards: &Shards,
-    c: &ModelConfig,
-    options: LoadOptions,
-    progress: Progress,
-) -> Result<HostWeights, ModelError> {
+fn read_weights(shards: &Shards, c: &ModelConfig, options: LoadOptions, progress: Progress) -> Result<HostWeights, ModelError> {
     let target = options.quantize;
     if let Some(t) = target
-        && !GgmlType::FILE_QUANTS.contains(&t) {
-            return Err(ModelError::Invalid(format!("cannot quantize on load to {t}")));
-        }
+        && !GgmlType::FILE_QUANTS.contains(&t)
+    {
+        return Err(ModelError::Invalid(format!("cannot quantize on load to {t}")));
+    }
     // Embedding and output stay at 8 bits when the layers go to 4 (as llama.cpp's files do).
     let embed_target = target.map(|_| GgmlType::Q8_0);
     let total = shards.total_bytes();

@@ -81,8 +81,7 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// Loads a GGUF file or an HF checkpoint directory.
 pub fn load(path: &Path, options: LoadOptions, progress: Progress) -> Result<LoadedModel, ModelError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let loaded = if meta.is_dir() {
         if !path.join("config.json").is_file() {
             return Err(ModelError::UnknownFormat(path.to_path_buf()));
@@ -90,9 +89,7 @@ pub fn load(path: &Path, options: LoadOptions, progress: Progress) -> Result<Loa
         load_hf::load(path, options, progress)?
     } else {
         if options.quantize.is_some() {
-            return Err(ModelError::Invalid(
-                "--quantize applies to HF checkpoints; GGUF files are already quantized".into(),
-            ));
+            return Err(ModelError::Invalid("--quantize applies to HF checkpoints; GGUF files are already quantized".into()));
         }
         load_gguf::load(path, options.map_file, progress)?
     };

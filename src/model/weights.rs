@@ -33,15 +33,8 @@ impl HostMatrix {
     }
 
     /// A matrix over `data`, or a description of why the sizes disagree.
-    pub fn new(
-        dtype: GgmlType,
-        rows: usize,
-        cols: usize,
-        data: TensorBytes,
-    ) -> Result<HostMatrix, String> {
-        let row_bytes = dtype
-            .row_bytes(cols as u64)
-            .ok_or_else(|| format!("{cols} columns is not a whole number of {dtype} blocks"))?;
+    pub fn new(dtype: GgmlType, rows: usize, cols: usize, data: TensorBytes) -> Result<HostMatrix, String> {
+        let row_bytes = dtype.row_bytes(cols as u64).ok_or_else(|| format!("{cols} columns is not a whole number of {dtype} blocks"))?;
         let expected = row_bytes.checked_mul(rows as u64).ok_or("matrix size overflows")?;
         if data.len() as u64 != expected {
             return Err(format!("{rows}x{cols} {dtype} needs {expected} bytes, got {}", data.len()));
@@ -224,14 +217,9 @@ impl<M, V> ModelWeights<M, V> {
 impl HostWeights {
     /// Checks every shape against `config`; returns the first mismatch.
     pub fn check_shapes(&self, config: &super::ModelConfig) -> Result<(), String> {
-        let (h, q, kv, ff) =
-            (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
+        let (h, q, kv, ff) = (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
         let mat = |name: &str, m: &HostMatrix, rows: usize, cols: usize| {
-            if (m.rows, m.cols) == (rows, cols) {
-                Ok(())
-            } else {
-                Err(format!("{name} is {}x{}, expected {rows}x{cols}", m.rows, m.cols))
-            }
+            if (m.rows, m.cols) == (rows, cols) { Ok(()) } else { Err(format!("{name} is {}x{}, expected {rows}x{cols}", m.rows, m.cols)) }
         };
         let vec = |name: &str, v: &Vec<f32>, len: usize| {
             if v.len() == len { Ok(()) } else { Err(format!("{name} has {} entries, expected {len}", v.len())) }

@@ -79,10 +79,7 @@ pub unsafe fn vec_dot_q16_xn<W: Unpack256, const N: usize>(w: &[W], x: [&[BlockQ
             let qs = pair.qs.as_ptr();
             // SAFETY: `qs` holds 64 i16; each load reads 16 of them at offset 16h or 32 + 16h.
             let (x1, x2) = unsafe {
-                (
-                    _mm256_loadu_si256(qs.add(16 * h) as *const __m256i),
-                    _mm256_loadu_si256(qs.add(32 + 16 * h) as *const __m256i),
-                )
+                (_mm256_loadu_si256(qs.add(16 * h) as *const __m256i), _mm256_loadu_si256(qs.add(32 + 16 * h) as *const __m256i))
             };
             let sums = _mm256_add_epi32(_mm256_madd_epi16(lo, x1), _mm256_madd_epi16(hi, x2));
             // SAFETY: `d` and `s` hold 16 f32; this reads the block's eight.

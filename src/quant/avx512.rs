@@ -146,12 +146,7 @@ pub unsafe fn vec_dot_q16_xn<W: Unpack512, const N: usize>(w: &[W], x: [&[BlockQ
             let qs = pair.qs.as_ptr() as *const __m512i;
             // SAFETY: `qs` is 128 bytes, `d` and `s` 64 each; unaligned loads.
             let (x1, x2, dx, sx) = unsafe {
-                (
-                    _mm512_loadu_si512(qs),
-                    _mm512_loadu_si512(qs.add(1)),
-                    _mm512_loadu_ps(pair.d.as_ptr()),
-                    _mm512_loadu_ps(pair.s.as_ptr()),
-                )
+                (_mm512_loadu_si512(qs), _mm512_loadu_si512(qs.add(1)), _mm512_loadu_ps(pair.d.as_ptr()), _mm512_loadu_ps(pair.s.as_ptr()))
             };
             let sums = _mm512_dpwssd_epi32(_mm512_madd_epi16(w1, x1), w2, x2);
             acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(d, dx), acc[k]);

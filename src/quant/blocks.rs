@@ -153,11 +153,7 @@ const _: () = assert!(size_of::<BlockQ8K>() == 292);
 /// of bytes `j - 4` (scale) and `j` (min).
 #[inline(always)]
 pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    }
+    if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) }
 }
 
 /// Packs 8 six-bit scales and mins into the 12 bytes [`scale_min_k4`] reads.

@@ -175,8 +175,7 @@ pub fn quantize_row_q5k(x: &[f32], out: &mut [BlockQ5K]) {
 /// A plain per-sub-block absmax quantizer (see [`quantize_row_q4k`]).
 pub fn quantize_row_q6k(x: &[f32], out: &mut [BlockQ6K]) {
     for (b, x) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
-        let sub_scale: [f32; 16] =
-            std::array::from_fn(|s| x[16 * s..16 * (s + 1)].iter().fold(0.0f32, |m, &v| m.max(v.abs())) / 31.0);
+        let sub_scale: [f32; 16] = std::array::from_fn(|s| x[16 * s..16 * (s + 1)].iter().fold(0.0f32, |m, &v| m.max(v.abs())) / 31.0);
         let d = sub_scale.iter().fold(0.0f32, |m, &v| m.max(v)) / 127.0;
         let d16 = f16::from_f32(d);
         b.d = d16;

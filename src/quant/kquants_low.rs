@@ -97,9 +97,8 @@ pub fn quantize_row_q2k(x: &[f32], out: &mut [BlockQ2K]) {
 /// per block), the sub-block scales to 6 signed bits of `d`.
 pub fn quantize_row_q3k(x: &[f32], out: &mut [BlockQ3K]) {
     for (b, x) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
-        let sub: [f32; 16] = std::array::from_fn(|s| {
-            x[16 * s..16 * s + 16].iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m }) / -4.0
-        });
+        let sub: [f32; 16] =
+            std::array::from_fn(|s| x[16 * s..16 * s + 16].iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m }) / -4.0);
         let d = f16::from_f32(sub.iter().fold(0.0f32, |m, &v| m.max(v.abs())) / 31.0);
         let sc: [i8; 16] = std::array::from_fn(|s| {
             let unit = f16_to_f32(d);

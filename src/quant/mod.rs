@@ -23,20 +23,20 @@ mod float;
 mod kquants;
 mod kquants_low;
 pub(crate) mod multiversion;
-mod q4;
-mod q5;
 mod packed;
 mod packed_formats;
-#[cfg(target_arch = "x86_64")]
-mod packed_x86;
-mod q8;
-mod random;
-mod q16;
-mod q16k;
-#[cfg(test)]
-pub(crate) mod test_util;
 #[cfg(test)]
 mod packed_tests;
+#[cfg(target_arch = "x86_64")]
+mod packed_x86;
+mod q16;
+mod q16k;
+mod q4;
+mod q5;
+mod q8;
+mod random;
+#[cfg(test)]
+pub(crate) mod test_util;
 #[cfg(test)]
 mod tests;
 
@@ -44,9 +44,7 @@ pub use blocks::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K,
     scale_k3, scale_min_k4,
 };
-pub use dispatch::{
-    ActBits, ActType, QuantError, act_type, dequantize_row, dot_f32, quantize_act, quantize_row, vec_dot,
-};
+pub use dispatch::{ActBits, ActType, QuantError, act_type, dequantize_row, dot_f32, quantize_act, quantize_row, vec_dot};
 pub use float::{dot_bf16_f32, dot_f16_f32, dot_f32_f32, f16_to_f32, widen_f16};
 pub use kquants::{vec_dot_q4k_q8k, vec_dot_q6k_q8k};
 pub use q4::{random_q4_1, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1};
@@ -58,14 +56,14 @@ pub(crate) mod unpack {
     pub(crate) use super::kquants_low::{unpack_q2k, unpack_q3k};
     pub(crate) use super::q5::unpack5;
 }
-pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use packed::{
     BlockQ16, PACK, PackedFormat, PackedKernel, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack_into, packed_bytes,
     quantize_row_q16p, with_packed_format,
 };
+pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use q16::{
-    BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, quantize_row_q16_portable, vec_dot_q16, vec_dot_q16_portable,
-    vec_dot_q16_rows_on, vec_dot_q16_xn, vec_dot_q16_xn_on,
+    BlockQ16x2, Isa, Q16Weight, WeightBlock, dequantize_row_q16, q16_pairs, quantize_row_q16, quantize_row_q16_portable, vec_dot_q16,
+    vec_dot_q16_portable, vec_dot_q16_rows_on, vec_dot_q16_xn, vec_dot_q16_xn_on,
 };
 pub use q16k::{BlockQ16K, quantize_row_q16k, vec_dot_q4k_q16k, vec_dot_q6k_q16k};
 

@@ -15,9 +15,8 @@ pub fn has_avx2() -> bool {
             1 => false,
             2 => true,
             _ => {
-                let yes = std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma")
-                    && std::is_x86_feature_detected!("f16c");
+                let yes =
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c");
                 STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
                 yes
             }

@@ -227,16 +227,46 @@ macro_rules! with_packed_format {
             BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType,
         };
         match $dtype {
-            GgmlType::Q4_0 => { type $F = BlockQ4_0; $body }
-            GgmlType::Q4_1 => { type $F = BlockQ4_1; $body }
-            GgmlType::Q5_0 => { type $F = BlockQ5_0; $body }
-            GgmlType::Q5_1 => { type $F = BlockQ5_1; $body }
-            GgmlType::Q8_0 => { type $F = BlockQ8_0; $body }
-            GgmlType::Q2K => { type $F = BlockQ2K; $body }
-            GgmlType::Q3K => { type $F = BlockQ3K; $body }
-            GgmlType::Q4K => { type $F = BlockQ4K; $body }
-            GgmlType::Q5K => { type $F = BlockQ5K; $body }
-            GgmlType::Q6K => { type $F = BlockQ6K; $body }
+            GgmlType::Q4_0 => {
+                type $F = BlockQ4_0;
+                $body
+            }
+            GgmlType::Q4_1 => {
+                type $F = BlockQ4_1;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                type $F = BlockQ5_0;
+                $body
+            }
+            GgmlType::Q5_1 => {
+                type $F = BlockQ5_1;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                type $F = BlockQ8_0;
+                $body
+            }
+            GgmlType::Q2K => {
+                type $F = BlockQ2K;
+                $body
+            }
+            GgmlType::Q3K => {
+                type $F = BlockQ3K;
+                $body
+            }
+            GgmlType::Q4K => {
+                type $F = BlockQ4K;
+                $body
+            }
+            GgmlType::Q5K => {
+                type $F = BlockQ5K;
+                $body
+            }
+            GgmlType::Q6K => {
+                type $F = BlockQ6K;
+                $body
+            }
             _ => $none,
         }
     }};

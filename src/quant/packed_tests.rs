@@ -77,9 +77,8 @@ fn packed_kernels_agree_with_the_portable_twin_and_the_reference() {
             let (rows, n) = (37, units * dtype.block_size());
             let w = random_rows::<F>(&mut rng, rows, units);
             let p = packed(&w, rows, units);
-            let acts: Vec<Vec<BlockQ16>> = (0..8)
-                .map(|k| bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16P, &rng.floats(n, 1.0 + k as f32))))
-                .collect();
+            let acts: Vec<Vec<BlockQ16>> =
+                (0..8).map(|k| bytemuck::pod_collect_to_vec(&quantized_act(ActType::Q16P, &rng.floats(n, 1.0 + k as f32)))).collect();
             let x: Vec<Vec<f32>> = acts.iter().map(|a| dequantized_act(ActType::Q16P, bytemuck::cast_slice(a), n)).collect();
             let group_bytes = units * F::UNIT;
             for (g, group) in p.chunks_exact(group_bytes).enumerate() {

@@ -202,9 +202,7 @@ macro_rules! legacy_simd {
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
             unsafe fn min512(header: *const u8, _j: usize) -> __m512 {
-                unsafe {
-                    if Self::HEADER == 64 { f16x16(header.add(32)) } else { _mm512_mul_ps(f16x16(header), _mm512_set1_ps($offset)) }
-                }
+                unsafe { if Self::HEADER == 64 { f16x16(header.add(32)) } else { _mm512_mul_ps(f16x16(header), _mm512_set1_ps($offset)) } }
             }
             #[inline]
             #[target_feature(enable = "avx2,fma,f16c")]
@@ -303,9 +301,7 @@ macro_rules! k4_simd {
             #[inline]
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn min256(header: *const u8, j: usize, half: usize) -> __m256 {
-                unsafe {
-                    neg256(_mm256_mul_ps(f16x8(header.add(32), half), _mm256_cvtepi32_ps(u8x8(header.add(192 + 16 * j), half))))
-                }
+                unsafe { neg256(_mm256_mul_ps(f16x8(header.add(32), half), _mm256_cvtepi32_ps(u8x8(header.add(192 + 16 * j), half)))) }
             }
         }
     };

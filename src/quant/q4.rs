@@ -315,4 +315,3 @@ mod tests {
         assert!((y[31] - 2.0).abs() < 2e-3, "the max maps to -8·d = max");
     }
 }
-

@@ -5,16 +5,8 @@
 use super::test_util::Rng;
 use super::*;
 
-const WEIGHT_TYPES: [GgmlType; 8] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q6K,
-];
+const WEIGHT_TYPES: [GgmlType; 8] =
+    [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
 
 pub(super) fn quantized(dtype: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut out = vec![0u8; dtype.row_bytes(x.len() as u64).unwrap() as usize];
@@ -83,10 +75,7 @@ fn fast_dot_products_match_the_reference_on_awkward_lengths() {
                 let x_max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let rounding = if dtype.is_quantized() { abs_w * x_max / steps * 1.05 } else { 0.0 };
                 let bound = rounding + 1e-5 * abs_w * x_max;
-                assert!(
-                    (fast - reference).abs() <= bound,
-                    "{dtype} {bits:?} n={n}: fast {fast} vs reference {reference} (bound {bound})"
-                );
+                assert!((fast - reference).abs() <= bound, "{dtype} {bits:?} n={n}: fast {fast} vs reference {reference} (bound {bound})");
             }
         }
     }

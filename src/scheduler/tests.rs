@@ -3,7 +3,8 @@ use super::*;
 const BS: usize = 4;
 
 fn sched(max_tokens: usize, max_seqs: usize, num_blocks: usize, aging: Duration) -> Scheduler {
-    let config = SchedulerConfig { max_num_batched_tokens: max_tokens, max_num_seqs: max_seqs, max_step_tokens_while_decoding: usize::MAX, aging };
+    let config =
+        SchedulerConfig { max_num_batched_tokens: max_tokens, max_num_seqs: max_seqs, max_step_tokens_while_decoding: usize::MAX, aging };
     Scheduler::new(config, BlockManager::new(num_blocks, BS, true))
 }
 
@@ -61,7 +62,8 @@ fn chunked_prefill_mixes_with_decode_within_the_budget() {
 #[test]
 fn prompt_chunks_are_capped_while_sequences_decode() {
     let t0 = Instant::now();
-    let config = SchedulerConfig { max_num_batched_tokens: 64, max_num_seqs: 16, max_step_tokens_while_decoding: 12, aging: Duration::ZERO };
+    let config =
+        SchedulerConfig { max_num_batched_tokens: 64, max_num_seqs: 16, max_step_tokens_while_decoding: 12, aging: Duration::ZERO };
     let mut s = Scheduler::new(config, BlockManager::new(128, BS, true));
     s.add(spec(1, Priority::Low, t0, 40));
     assert_eq!(step(&mut s, t0).num_tokens(), 40, "nothing decodes: the whole budget");

@@ -105,8 +105,14 @@ impl RejectReason {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// Run it; `degrade` says whether to apply the degraded limits.
-    Admit { degrade: bool },
-    Reject { reason: RejectReason, retry_after: Duration, message: String },
+    Admit {
+        degrade: bool,
+    },
+    Reject {
+        reason: RejectReason,
+        retry_after: Duration,
+        message: String,
+    },
 }
 
 /// A token bucket refilled continuously; may go negative (debt).

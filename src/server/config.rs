@@ -273,7 +273,9 @@ impl ServerConfig {
             ];
             for (field, v, slot) in fields {
                 match v {
-                    Some(x) if !(x.is_finite() && x > 0.0) => errors.push(format!("classes.{name}.{field} = {x}: must be a positive number of milliseconds")),
+                    Some(x) if !(x.is_finite() && x > 0.0) => {
+                        errors.push(format!("classes.{name}.{field} = {x}: must be a positive number of milliseconds"))
+                    }
                     Some(x) => *slot = Some(secs(x)),
                     None => {}
                 }

@@ -5,17 +5,17 @@
 //! engine stream, which cancels the request.
 
 use super::State;
-use super::response::{Admitted, Ctx, json_response, sse_response};
-use super::validate::{Kind, priority, request_from_body, submit_error};
 use super::admission::{Decision, Signals};
 use super::openai::{ApiError, parse};
+use super::response::{Admitted, Ctx, json_response, sse_response};
+use super::validate::{Kind, priority, request_from_body, submit_error};
 use crate::request::{Event, FinishReason, Priority, Prompt};
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State as Extract;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -59,11 +59,7 @@ fn authenticate(state: &State, headers: &HeaderMap) -> Result<usize, ApiError> {
     if !config.requires_keys() {
         return Ok(0);
     }
-    let key = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let key = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
     // Compared in constant time against every key (no early exit, no hash lookup on the
     // secret), and never logged.
     let found = key.and_then(|k| {
@@ -96,7 +92,9 @@ async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiError> {
         (a.config().max_body_bytes, a.config().read_timeout)
     };
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::new(408, "invalid_request_error", format!("the request body did not arrive within {} s", timeout.as_secs_f64()))),
+        Err(_) => {
+            Err(ApiError::new(408, "invalid_request_error", format!("the request body did not arrive within {} s", timeout.as_secs_f64())))
+        }
         Ok(Err(_)) => Err(ApiError::new(413, "invalid_request_error", format!("the request body exceeds {limit} bytes"))),
         Ok(Ok(b)) => Ok(b),
     }
@@ -156,10 +154,21 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
             state.metrics.rejected(class, reason);
             tracing::info!(tenant = %tenant.name, priority = class.name(), reason = reason.name(), "refused: {message}");
             let kind = if reason.status() == 429 { "rate_limit_error" } else { "overloaded_error" };
-            return Err(ApiError { retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64), ..ApiError::new(reason.status(), kind, message) });
+            return Err(ApiError {
+                retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                ..ApiError::new(reason.status(), kind, message)
+            });
         }
     };
-    let mut admitted = Admitted { state: state.clone(), n: request.n, tenant: tenant.name.clone(), priority: class, arrival, completion_tokens: 0, finished: Vec::new() };
+    let mut admitted = Admitted {
+        state: state.clone(),
+        n: request.n,
+        tenant: tenant.name.clone(),
+        priority: class,
+        arrival,
+        completion_tokens: 0,
+        finished: Vec::new(),
+    };
     let mut degraded = Vec::new();
     // Degrading routes to the fallback model when there is one (for text and chat prompts:
     // token ids belong to the main model's vocabulary); otherwise it caps the request.
@@ -200,18 +209,24 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     // The first event decides between a response and an error (deadline, engine failure).
     let first = StreamExt::next(&mut events).await;
     if let Some(Event::Finish { reason, usage, timings, .. }) = &first
-        && usage.completion_tokens == 0 && n == 1 {
-            admitted.record(reason, usage, timings);
-            let retry = state.signals().queue_wait(class).as_secs_f64().ceil().max(1.0) as u64;
-            return Err(match reason {
-                FinishReason::Deadline => ApiError {
-                    retry_after: Some(retry),
-                    ..ApiError::new(503, "overloaded_error", format!("the request could not start within its {} priority deadline", class.name()))
-                },
-                FinishReason::Error(e) => ApiError::new(500, "server_error", e.clone()),
-                _ => ApiError::new(500, "server_error", "the request ended before producing anything"),
-            });
-        }
+        && usage.completion_tokens == 0
+        && n == 1
+    {
+        admitted.record(reason, usage, timings);
+        let retry = state.signals().queue_wait(class).as_secs_f64().ceil().max(1.0) as u64;
+        return Err(match reason {
+            FinishReason::Deadline => ApiError {
+                retry_after: Some(retry),
+                ..ApiError::new(
+                    503,
+                    "overloaded_error",
+                    format!("the request could not start within its {} priority deadline", class.name()),
+                )
+            },
+            FinishReason::Error(e) => ApiError::new(500, "server_error", e.clone()),
+            _ => ApiError::new(500, "server_error", "the request ended before producing anything"),
+        });
+    }
     let ctx = Ctx {
         state: state.clone(),
         id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, events.id()),
@@ -264,7 +279,8 @@ async fn tokenize(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body:
         _ => return Err(ApiError::bad_request("prompt", "give exactly one of prompt or messages")),
     };
     let tokens = state.engine.tokenize(&prompt).map_err(submit_error)?;
-    Ok(axum::Json(serde_json::json!({"tokens": tokens, "count": tokens.len(), "max_model_len": state.engine.max_context()})).into_response())
+    Ok(axum::Json(serde_json::json!({"tokens": tokens, "count": tokens.len(), "max_model_len": state.engine.max_context()}))
+        .into_response())
 }
 
 #[derive(serde::Deserialize)]

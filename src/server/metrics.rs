@@ -124,21 +124,64 @@ impl ServerMetrics {
         gauge(&mut o, "vllm:cache_config_info", "KV-cache configuration.", &[(info, 1.0)]);
 
         let per_class = |f: &dyn Fn(Priority) -> f64| Priority::ALL.iter().map(|&p| (class(p), f(p))).collect::<Vec<_>>();
-        gauge(&mut o, "ballast_queue_depth", "Requests waiting in the engine, by class.", &per_class(&|p| e.waiting[p.rank() as usize] as f64));
-        gauge(&mut o, "ballast_estimated_queue_wait_seconds", "Estimated wait before a new request starts, by class.", &per_class(&|p| signals.queue_wait(p).as_secs_f64()));
-        gauge(&mut o, "ballast_overload_level", "Overload ladder level by class: 0 normal, 1 degrade, 2 shed.", &per_class(&|p| levels[p.rank() as usize] as u8 as f64));
-        gauge(&mut o, "ballast_estimated_time_to_drain_seconds", "Time to finish all queued and running work at the drain rate.", &[(m.clone(), signals.time_to_drain().as_secs_f64())]);
-        gauge(&mut o, "ballast_drain_rate_requests_per_second", "Requests finished per second, recently.", &[(m.clone(), signals.drain_rate)]);
+        gauge(
+            &mut o,
+            "ballast_queue_depth",
+            "Requests waiting in the engine, by class.",
+            &per_class(&|p| e.waiting[p.rank() as usize] as f64),
+        );
+        gauge(
+            &mut o,
+            "ballast_estimated_queue_wait_seconds",
+            "Estimated wait before a new request starts, by class.",
+            &per_class(&|p| signals.queue_wait(p).as_secs_f64()),
+        );
+        gauge(
+            &mut o,
+            "ballast_overload_level",
+            "Overload ladder level by class: 0 normal, 1 degrade, 2 shed.",
+            &per_class(&|p| levels[p.rank() as usize] as u8 as f64),
+        );
+        gauge(
+            &mut o,
+            "ballast_estimated_time_to_drain_seconds",
+            "Time to finish all queued and running work at the drain rate.",
+            &[(m.clone(), signals.time_to_drain().as_secs_f64())],
+        );
+        gauge(
+            &mut o,
+            "ballast_drain_rate_requests_per_second",
+            "Requests finished per second, recently.",
+            &[(m.clone(), signals.drain_rate)],
+        );
         gauge(&mut o, "ballast_kv_blocks_used", "KV blocks in use.", &[(m.clone(), e.kv_blocks_used as f64)]);
         gauge(&mut o, "ballast_kv_blocks_total", "KV blocks in the pool.", &[(m.clone(), e.kv_blocks_total as f64)]);
-        gauge(&mut o, "ballast_prefix_cache_hit_rate", "Fraction of looked-up prompt tokens found in the prefix cache.", &[(m.clone(), e.prefix_cache_hit_rate())]);
+        gauge(
+            &mut o,
+            "ballast_prefix_cache_hit_rate",
+            "Fraction of looked-up prompt tokens found in the prefix cache.",
+            &[(m.clone(), e.prefix_cache_hit_rate())],
+        );
 
-        counter(&mut o, "ballast_requests_admitted_total", "Requests admitted, by class.", &per_class(&|p| c.admitted[p.rank() as usize] as f64));
-        counter(&mut o, "ballast_requests_degraded_total", "Requests admitted with degraded limits, by class.", &per_class(&|p| c.degraded[p.rank() as usize] as f64));
+        counter(
+            &mut o,
+            "ballast_requests_admitted_total",
+            "Requests admitted, by class.",
+            &per_class(&|p| c.admitted[p.rank() as usize] as f64),
+        );
+        counter(
+            &mut o,
+            "ballast_requests_degraded_total",
+            "Requests admitted with degraded limits, by class.",
+            &per_class(&|p| c.degraded[p.rank() as usize] as f64),
+        );
         let mut rows = Vec::new();
         for p in Priority::ALL {
             for (k, r) in RejectReason::ALL.iter().enumerate() {
-                rows.push((format!("{},reason=\"{}\",status=\"{}\"", class(p), r.name(), r.status()), c.rejected[p.rank() as usize][k] as f64));
+                rows.push((
+                    format!("{},reason=\"{}\",status=\"{}\"", class(p), r.name(), r.status()),
+                    c.rejected[p.rank() as usize][k] as f64,
+                ));
             }
         }
         counter(&mut o, "ballast_requests_rejected_total", "Requests refused at admission, by class and reason.", &rows);
@@ -149,13 +192,38 @@ impl ServerMetrics {
             }
         }
         counter(&mut o, "ballast_requests_finished_total", "Choices finished, by class and finish reason.", &rows);
-        counter(&mut o, "ballast_preemptions_total", "Sequences preempted by the scheduler, by the preempted sequence's class.", &per_class(&|p| e.preemptions_by_class[p.rank() as usize] as f64));
-        counter(&mut o, "ballast_prompt_tokens_total", "Prompt tokens admitted, by class.", &per_class(&|p| c.prompt_tokens[p.rank() as usize] as f64));
-        counter(&mut o, "ballast_generation_tokens_total", "Tokens generated, by class.", &per_class(&|p| c.completion_tokens[p.rank() as usize] as f64));
-        counter(&mut o, "vllm:prompt_tokens_total", "Prompt tokens computed.", &[(m.clone(), (e.tokens_computed - e.tokens_generated.min(e.tokens_computed)) as f64)]);
+        counter(
+            &mut o,
+            "ballast_preemptions_total",
+            "Sequences preempted by the scheduler, by the preempted sequence's class.",
+            &per_class(&|p| e.preemptions_by_class[p.rank() as usize] as f64),
+        );
+        counter(
+            &mut o,
+            "ballast_prompt_tokens_total",
+            "Prompt tokens admitted, by class.",
+            &per_class(&|p| c.prompt_tokens[p.rank() as usize] as f64),
+        );
+        counter(
+            &mut o,
+            "ballast_generation_tokens_total",
+            "Tokens generated, by class.",
+            &per_class(&|p| c.completion_tokens[p.rank() as usize] as f64),
+        );
+        counter(
+            &mut o,
+            "vllm:prompt_tokens_total",
+            "Prompt tokens computed.",
+            &[(m.clone(), (e.tokens_computed - e.tokens_generated.min(e.tokens_computed)) as f64)],
+        );
         counter(&mut o, "vllm:generation_tokens_total", "Tokens generated.", &[(m.clone(), e.tokens_generated as f64)]);
         counter(&mut o, "ballast_config_reloads_total", "Configuration reloads that took effect.", &[(m.clone(), c.config_reloads as f64)]);
-        counter(&mut o, "ballast_config_reload_failures_total", "Configuration reloads rejected (the running one stayed).", &[(m.clone(), c.config_reload_failures as f64)]);
+        counter(
+            &mut o,
+            "ballast_config_reload_failures_total",
+            "Configuration reloads rejected (the running one stayed).",
+            &[(m.clone(), c.config_reload_failures as f64)],
+        );
 
         for (name, help, h) in [
             ("ballast_time_to_first_token_seconds", "Arrival to first token, by class.", &c.ttft),

@@ -16,13 +16,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(param: &str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: 400,
-            kind: "invalid_request_error",
-            message: message.into(),
-            param: Some(param.to_string()),
-            retry_after: None,
-        }
+        ApiError { status: 400, kind: "invalid_request_error", message: message.into(), param: Some(param.to_string()), retry_after: None }
     }
 
     pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
@@ -153,7 +147,10 @@ impl WireMessage {
                 let mut text = String::new();
                 for p in parts {
                     if p.kind != "text" {
-                        return Err(ApiError::bad_request(&param, format!("content parts of type {:?} are not supported (text only)", p.kind)));
+                        return Err(ApiError::bad_request(
+                            &param,
+                            format!("content parts of type {:?} are not supported (text only)", p.kind),
+                        ));
                     }
                     text += p.text.as_deref().unwrap_or("");
                 }

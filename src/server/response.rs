@@ -33,7 +33,15 @@ impl Drop for Admitted {
         self.state.note_finish();
         for _ in self.finished.len()..self.n {
             let e2e = self.arrival.elapsed();
-            let f = Finished { priority: self.priority, finish: "cancelled", completion_tokens: 0, ttft: None, queue: e2e, decode: Duration::ZERO, e2e };
+            let f = Finished {
+                priority: self.priority,
+                finish: "cancelled",
+                completion_tokens: 0,
+                ttft: None,
+                queue: e2e,
+                decode: Duration::ZERO,
+                e2e,
+            };
             self.finished.push(f);
         }
         for f in self.finished.drain(..) {
@@ -96,10 +104,8 @@ impl Ctx {
             Kind::Completion { logprobs: None } | Kind::Chat { logprobs: None } => serde_json::Value::Null,
             Kind::Completion { .. } => {
                 let tokens: Vec<String> = lps.iter().map(|l| self.token_text(l.id)).collect();
-                let top: Vec<serde_json::Map<String, serde_json::Value>> = lps
-                    .iter()
-                    .map(|l| l.top.iter().map(|(id, lp)| (self.token_text(*id), serde_json::json!(lp))).collect())
-                    .collect();
+                let top: Vec<serde_json::Map<String, serde_json::Value>> =
+                    lps.iter().map(|l| l.top.iter().map(|(id, lp)| (self.token_text(*id), serde_json::json!(lp))).collect()).collect();
                 serde_json::json!({
                     "tokens": tokens,
                     "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
@@ -254,7 +260,18 @@ pub(super) fn sse_response(
         degraded: Vec<&'static str>,
         done: bool,
     }
-    let s = S { ctx, pending: first, events, admitted, started: vec![false; n], completion: 0, cached: 0, include_usage, degraded, done: false };
+    let s = S {
+        ctx,
+        pending: first,
+        events,
+        admitted,
+        started: vec![false; n],
+        completion: 0,
+        cached: 0,
+        include_usage,
+        degraded,
+        done: false,
+    };
     let body = futures_util::stream::unfold(s, |mut s| async move {
         if s.done {
             return None;

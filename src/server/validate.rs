@@ -76,7 +76,10 @@ fn base_request(c: &Common, prompt: Prompt, max_tokens: Option<i64>) -> Result<R
 
 pub(super) fn submit_error(e: SubmitError) -> ApiError {
     let param = match &e {
-        SubmitError::EmptyPrompt | SubmitError::PromptTooLong { .. } | SubmitError::ExceedsKvCache { .. } | SubmitError::TokenOutOfRange { .. } => "prompt",
+        SubmitError::EmptyPrompt
+        | SubmitError::PromptTooLong { .. }
+        | SubmitError::ExceedsKvCache { .. }
+        | SubmitError::TokenOutOfRange { .. } => "prompt",
         SubmitError::ZeroMaxTokens => "max_tokens",
         SubmitError::InvalidN { .. } => "n",
         SubmitError::InvalidLogprobs { .. } => "logprobs",
@@ -115,9 +118,24 @@ fn check_fields(body: &[u8], known: &[&str]) -> Result<(), ApiError> {
 }
 
 const COMMON_FIELDS: &[&str] = &[
-    "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stream", "stream_options", "stop",
-    "stop_token_ids", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos",
-    "skip_special_tokens", "priority",
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "stop_token_ids",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "ignore_eos",
+    "skip_special_tokens",
+    "priority",
 ];
 
 /// A completions (`completion`) or chat body as an engine request: every check that needs no
@@ -125,7 +143,8 @@ const COMMON_FIELDS: &[&str] = &[
 pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Request, Common, Kind), ApiError> {
     // The shared fields first, alone: serde cannot name a field inside a flattened struct.
     parse::<Common>(bytes)?;
-    let own: &[&str] = if completion { &["prompt", "logprobs", "echo"] } else { &["messages", "logprobs", "top_logprobs", "max_completion_tokens"] };
+    let own: &[&str] =
+        if completion { &["prompt", "logprobs", "echo"] } else { &["messages", "logprobs", "top_logprobs", "max_completion_tokens"] };
     check_fields(bytes, &[COMMON_FIELDS, own].concat())?;
     let (request, common, kind) = if completion {
         let r: CompletionRequest = parse(bytes)?;

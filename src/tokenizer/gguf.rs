@@ -20,9 +20,9 @@ const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_BYTE: i32 = 6;
 
-const GPT2_REGEX: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The split regexes, in order, for a `tokenizer.ggml.pre` name.
@@ -47,11 +47,7 @@ pub fn build(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         .ok_or_else(|| TokenizerError::Metadata("no tokenizer.ggml.tokens".into()))?;
     let types = file.get_i32_array("tokenizer.ggml.token_type").map_err(meta)?.unwrap_or_default();
     if !types.is_empty() && types.len() != tokens.len() {
-        return Err(TokenizerError::Metadata(format!(
-            "{} token types for {} tokens",
-            types.len(),
-            tokens.len()
-        )));
+        return Err(TokenizerError::Metadata(format!("{} token types for {} tokens", types.len(), tokens.len())));
     }
     let type_of = |i: usize| types.get(i).copied().unwrap_or(1);
     let mut inner = match model.as_str() {
@@ -62,8 +58,7 @@ pub fn build(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         }
         "llama" => {
             let scores = file.get_f32_array("tokenizer.ggml.scores").map_err(meta)?.unwrap_or_default();
-            let add_space_prefix =
-                file.get_bool("tokenizer.ggml.add_space_prefix").map_err(meta)?.unwrap_or(true);
+            let add_space_prefix = file.get_bool("tokenizer.ggml.add_space_prefix").map_err(meta)?.unwrap_or(true);
             sentencepiece_bpe(&tokens, &scores, &types, add_space_prefix)?
         }
         other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
@@ -117,9 +112,7 @@ fn byte_level_bpe(tokens: &[&str], merges: &[&str], pre: &str) -> Result<tokeniz
     let byte_level = tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, false, false);
     splits.push(byte_level.into());
     let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(
-        tokenizers::pre_tokenizers::sequence::Sequence::new(splits),
-    )));
+    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(tokenizers::pre_tokenizers::sequence::Sequence::new(splits))));
     tok.with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)));
     Ok(tok)
 }
@@ -146,10 +139,7 @@ fn sentencepiece_bpe(
         }
     }
     merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    let merges = merges
-        .iter()
-        .map(|&(_, a, b, _)| (tokens[a as usize].to_string(), tokens[b as usize].to_string()))
-        .collect();
+    let merges = merges.iter().map(|&(_, a, b, _)| (tokens[a as usize].to_string(), tokens[b as usize].to_string())).collect();
     let unk = types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| tokens[i].to_string());
     let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = unk {
@@ -164,11 +154,8 @@ fn sentencepiece_bpe(
     norms.push(Replace::new(" ", "▁").map_err(lib_err)?.into());
     tok.with_normalizer(Some(Sequence::new(norms))).map_err(lib_err)?;
     use tokenizers::decoders::{byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as Decoders, strip::Strip};
-    let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new("▁", " ").map_err(lib_err)?.into(),
-        ByteFallback::new().into(),
-        Fuse::new().into(),
-    ];
+    let mut decoders: Vec<DecoderWrapper> =
+        vec![Replace::new("▁", " ").map_err(lib_err)?.into(), ByteFallback::new().into(), Fuse::new().into()];
     if add_space_prefix {
         decoders.push(Strip::new(' ', 1, 0).into());
     }

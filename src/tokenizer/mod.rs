@@ -73,8 +73,7 @@ impl Tokenizer {
         let config_path = dir.join("tokenizer_config.json");
         if config_path.is_file() {
             let text = std::fs::read_to_string(&config_path).map_err(|e| file_err(&config_path, e.to_string()))?;
-            let config: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| file_err(&config_path, e.to_string()))?;
+            let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&config_path, e.to_string()))?;
             tok.apply_hf_config(&config);
         }
         let template_path = dir.join("chat_template.jinja");
@@ -105,10 +104,12 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
         let enc = self.inner.encode_fast(text, false).map_err(lib_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_bos && self.special.add_bos
-            && let Some((bos, _)) = &self.special.bos {
-                ids.push(*bos);
-            }
+        if add_bos
+            && self.special.add_bos
+            && let Some((bos, _)) = &self.special.bos
+        {
+            ids.push(*bos);
+        }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
     }

@@ -99,7 +99,6 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-
 /// Sends raw bytes (a whole request, well-formed or not) and parses the response.
 pub fn http_raw(addr: &str, raw: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -115,7 +114,11 @@ pub fn http_raw(addr: &str, raw: &[u8]) -> (u16, String) {
 
 /// A POST of `body` bytes to `path` with a JSON content type.
 pub fn post_bytes(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut raw = format!("POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     raw.extend_from_slice(body);
     http_raw(addr, &raw)
 }

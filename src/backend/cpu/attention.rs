@@ -9,13 +9,13 @@
 //! KV block), and the exponentials and weighted sums run as vector loops.
 
 use super::par::SharedOut;
+use super::pool::ThreadPool;
+use super::softmax;
 use super::tensor::{CpuKvPool, CpuTensor};
 use crate::backend::{AttentionShape, BackendError, Result};
 use crate::kv::KvLayout;
 use crate::plan::{BatchPlan, SeqPlan};
 use half::f16;
-use super::pool::ThreadPool;
-use super::softmax;
 use std::cell::RefCell;
 
 const QUERY_BLOCK: usize = 16;
@@ -127,15 +127,7 @@ impl Ctx<'_> {
     /// the chunk's scores, rescales its accumulator to the new running maximum, and adds the
     /// chunk's probabilities and weighted values. Chunk boundaries are absolute positions,
     /// so a row's arithmetic is the same in any batch or query block.
-    fn block<E: KvElem>(
-        &self,
-        seq: &SeqPlan,
-        rows: std::ops::Range<usize>,
-        kv_head: usize,
-        k: &[E],
-        v: &[E],
-        out: &SharedOut<f32>,
-    ) {
+    fn block<E: KvElem>(&self, seq: &SeqPlan, rows: std::ops::Range<usize>, kv_head: usize, k: &[E], v: &[E], out: &SharedOut<f32>) {
         let AttentionShape { num_heads, num_kv_heads, head_dim: d, scale } = self.shape;
         let group = num_heads / num_kv_heads;
         let (bs, table) = (self.layout.block_size, self.plan.block_table(seq));
@@ -252,10 +244,12 @@ mod tests {
             let mut tables = Vec::new();
             for &(cached, new) in &seqs {
                 // Scatter each sequence's blocks: every third id, wrapping.
-                let table: Vec<u32> = (0..(cached + new).div_ceil(bs)).map(|_| {
-                    next_block = (next_block + 3) % num_blocks as u32;
-                    next_block
-                }).collect();
+                let table: Vec<u32> = (0..(cached + new).div_ceil(bs))
+                    .map(|_| {
+                        next_block = (next_block + 3) % num_blocks as u32;
+                        next_block
+                    })
+                    .collect();
                 plan.push_seq(&vec![1; new], cached, &table, LogitsFor::None).unwrap();
                 tables.push(table);
             }
@@ -272,7 +266,9 @@ mod tests {
                 kv.write(&full, 1, &CpuTensor::from_rows(&k, width), &CpuTensor::from_rows(&v, width)).unwrap();
                 // What the cache holds (f16 rounds).
                 let held = |x: &[f32]| -> Vec<Vec<f32>> {
-                    x.chunks(width).map(|r| r.iter().map(|&e| if dtype == KvDtype::F16 { f16::from_f32(e).to_f32() } else { e }).collect()).collect()
+                    x.chunks(width)
+                        .map(|r| r.iter().map(|&e| if dtype == KvDtype::F16 { f16::from_f32(e).to_f32() } else { e }).collect())
+                        .collect()
                 };
                 all_k.push(held(&k));
                 all_v.push(held(&v));

@@ -92,10 +92,7 @@ fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
     if a.rows() == b.rows() && a.cols() == b.cols() {
         Ok(())
     } else {
-        Err(BackendError::Shape {
-            op,
-            detail: format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
-        })
+        Err(BackendError::Shape { op, detail: format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()) })
     }
 }
 
@@ -149,14 +146,7 @@ impl Backend for CpuBackend {
         ops::rms_norm(&self.pool, x, w, eps, out)
     }
 
-    fn add_rms_norm(
-        &self,
-        residual: &mut CpuTensor,
-        delta: &CpuTensor,
-        w: &CpuTensor,
-        eps: f32,
-        out: &mut CpuTensor,
-    ) -> Result<()> {
+    fn add_rms_norm(&self, residual: &mut CpuTensor, delta: &CpuTensor, w: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {
         same_shape("add_rms_norm", residual, delta)?;
         ops::add(residual, delta);
         ops::rms_norm(&self.pool, residual, w, eps, out)
@@ -182,24 +172,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(
-        &self,
-        plan: &&BatchPlan,
-        x: &mut CpuTensor,
-        inv_freq: &CpuTensor,
-        shape: RopeShape,
-    ) -> Result<()> {
+    fn rope(&self, plan: &&BatchPlan, x: &mut CpuTensor, inv_freq: &CpuTensor, shape: RopeShape) -> Result<()> {
         ops::rope(&self.pool, plan, x, inv_freq, shape)
     }
 
-    fn write_kv(
-        &self,
-        plan: &&BatchPlan,
-        layer: usize,
-        k: &CpuTensor,
-        v: &CpuTensor,
-        pool: &mut CpuKvPool,
-    ) -> Result<()> {
+    fn write_kv(&self, plan: &&BatchPlan, layer: usize, k: &CpuTensor, v: &CpuTensor, pool: &mut CpuKvPool) -> Result<()> {
         pool.write(plan, layer, k, v)
     }
 
@@ -225,12 +202,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gather_logits_rows(
-        &self,
-        plan: &&BatchPlan,
-        x: &CpuTensor,
-        out: &mut CpuTensor,
-    ) -> Result<()> {
+    fn gather_logits_rows(&self, plan: &&BatchPlan, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
         ops::gather_rows(x, &plan.logits_rows, out)
     }
 

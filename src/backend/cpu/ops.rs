@@ -1,23 +1,18 @@
 //! Element-wise and row-wise CPU ops: embedding, rms_norm, rope, silu·mul, adds, row gather.
 
+use super::par::SharedOut;
+use super::pool::ThreadPool;
 use super::tensor::CpuTensor;
 use crate::backend::{BackendError, Result, RopeShape};
 use crate::model::RopeStyle;
 use crate::model::weights::HostMatrix;
 use crate::plan::BatchPlan;
-use super::par::SharedOut;
-use super::pool::ThreadPool;
 
 /// Below this many elements an op runs on the calling thread: a pool round trip costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 12;
 
 /// Runs `f(row_index, row)` over the rows of `data` (rows of `cols`), in parallel when large.
-fn for_each_row(
-    pool: &ThreadPool,
-    data: &mut [f32],
-    cols: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
-) {
+fn for_each_row(pool: &ThreadPool, data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = data.len() / cols.max(1);
     if data.len() < PARALLEL_MIN_ELEMENTS || rows < 2 {
         data.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
@@ -37,12 +32,7 @@ fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
 }
 
-pub fn embedding(
-    pool: &ThreadPool,
-    plan: &BatchPlan,
-    table: &HostMatrix,
-    out: &mut CpuTensor,
-) -> Result<()> {
+pub fn embedding(pool: &ThreadPool, plan: &BatchPlan, table: &HostMatrix, out: &mut CpuTensor) -> Result<()> {
     if out.cols() != table.cols {
         return Err(shape_err("embedding", format!("out width {} vs {}", out.cols(), table.cols)));
     }
@@ -60,13 +50,7 @@ pub fn embedding(
 }
 
 /// `out[t] = x[t] * weight / sqrt(mean(x[t]^2) + eps)`, accumulated in f32 as HF does.
-pub fn rms_norm(
-    pool: &ThreadPool,
-    x: &CpuTensor,
-    weight: &CpuTensor,
-    eps: f32,
-    out: &mut CpuTensor,
-) -> Result<()> {
+pub fn rms_norm(pool: &ThreadPool, x: &CpuTensor, weight: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {
     let cols = x.cols();
     if weight.cols() != cols || out.cols() != cols {
         return Err(shape_err("rms_norm", format!("x {cols}, weight {}, out {}", weight.cols(), out.cols())));
@@ -110,23 +94,11 @@ pub fn silu_mul(pool: &ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) {
 }
 
 /// Rotates each head of each row by `position * inv_freq[i]` per channel pair `i`.
-pub fn rope(
-    pool: &ThreadPool,
-    plan: &BatchPlan,
-    x: &mut CpuTensor,
-    inv_freq: &CpuTensor,
-    shape: RopeShape,
-) -> Result<()> {
+pub fn rope(pool: &ThreadPool, plan: &BatchPlan, x: &mut CpuTensor, inv_freq: &CpuTensor, shape: RopeShape) -> Result<()> {
     let RopeShape { num_heads, head_dim, num_rotary_dims: rot, style } = shape;
-    let ok = x.cols() == num_heads * head_dim
-        && x.rows() == plan.num_tokens()
-        && inv_freq.cols() == rot / 2
-        && rot <= head_dim;
+    let ok = x.cols() == num_heads * head_dim && x.rows() == plan.num_tokens() && inv_freq.cols() == rot / 2 && rot <= head_dim;
     if !ok {
-        return Err(shape_err(
-            "rope",
-            format!("x {}x{}, {num_heads} heads of {head_dim}, {rot} rotary dims", x.rows(), x.cols()),
-        ));
+        return Err(shape_err("rope", format!("x {}x{}, {num_heads} heads of {head_dim}, {rot} rotary dims", x.rows(), x.cols())));
     }
     let freqs = inv_freq.row(0);
     let cols = x.cols();

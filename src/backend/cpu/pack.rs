@@ -88,9 +88,9 @@ fn pack_all(mut jobs: Vec<(HostMatrix, Range<usize>)>, region: &mut [u8], thread
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::weights::{Layout, LayerWeights, ModelWeights};
-    use crate::quant::{self, GgmlType};
+    use crate::model::weights::{LayerWeights, Layout, ModelWeights};
     use crate::quant::test_util::Rng;
+    use crate::quant::{self, GgmlType};
 
     fn matrix(rng: &mut Rng, dtype: GgmlType, rows: usize, cols: usize) -> HostMatrix {
         let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
@@ -126,7 +126,16 @@ mod tests {
         let w = ModelWeights { embed: embed.clone(), layers: vec![layer], final_norm: vec![3.0; 4], lm_head: None };
         let packed = pack_model(w, 3).unwrap();
         let l = &packed.layers[0];
-        let pairs = [(&m[0], &l.wq), (&m[1], &l.wk), (&m[2], &l.wv), (&m[3], &l.wo), (&m[4], &l.w_gate), (&m[5], &l.w_up), (&m[6], &l.w_down), (&embed, &packed.embed)];
+        let pairs = [
+            (&m[0], &l.wq),
+            (&m[1], &l.wk),
+            (&m[2], &l.wv),
+            (&m[3], &l.wo),
+            (&m[4], &l.w_gate),
+            (&m[5], &l.w_up),
+            (&m[6], &l.w_down),
+            (&embed, &packed.embed),
+        ];
         for (before, after) in pairs {
             let want = if before.packed16_len().is_some() { Layout::Packed16 } else { Layout::RowMajor };
             assert_eq!(after.layout, want, "{before:?}");

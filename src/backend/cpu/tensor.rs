@@ -16,20 +16,14 @@ pub struct CpuTensor {
 
 fn try_zeroed<T: Clone + Default>(len: usize, what: &'static str) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| BackendError::OutOfMemory {
-        what,
-        bytes: len.saturating_mul(size_of::<T>()),
-    })?;
+    v.try_reserve_exact(len).map_err(|_| BackendError::OutOfMemory { what, bytes: len.saturating_mul(size_of::<T>()) })?;
     v.resize(len, T::default());
     Ok(v)
 }
 
 impl CpuTensor {
     pub fn zeros(max_rows: usize, cols: usize) -> Result<CpuTensor> {
-        let len = max_rows.checked_mul(cols).ok_or(BackendError::OutOfMemory {
-            what: "activation buffer",
-            bytes: usize::MAX,
-        })?;
+        let len = max_rows.checked_mul(cols).ok_or(BackendError::OutOfMemory { what: "activation buffer", bytes: usize::MAX })?;
         Ok(CpuTensor { data: try_zeroed(len, "activation buffer")?, rows: 0, cols })
     }
 
@@ -58,10 +52,7 @@ impl CpuTensor {
     /// Sets the row count for an op's output.
     pub fn set_rows(&mut self, op: &'static str, rows: usize) -> Result<()> {
         if rows > self.max_rows() {
-            return Err(BackendError::Shape {
-                op,
-                detail: format!("{rows} rows exceed the buffer's capacity of {}", self.max_rows()),
-            });
+            return Err(BackendError::Shape { op, detail: format!("{rows} rows exceed the buffer's capacity of {}", self.max_rows()) });
         }
         self.rows = rows;
         Ok(())
@@ -90,16 +81,8 @@ impl CpuKvPool {
     pub fn new(layout: KvLayout) -> Result<CpuKvPool> {
         let n = layout.num_elements();
         Ok(match layout.dtype {
-            KvDtype::F32 => CpuKvPool::F32 {
-                layout,
-                k: try_zeroed(n, "KV cache")?,
-                v: try_zeroed(n, "KV cache")?,
-            },
-            KvDtype::F16 => CpuKvPool::F16 {
-                layout,
-                k: try_zeroed(n, "KV cache")?,
-                v: try_zeroed(n, "KV cache")?,
-            },
+            KvDtype::F32 => CpuKvPool::F32 { layout, k: try_zeroed(n, "KV cache")?, v: try_zeroed(n, "KV cache")? },
+            KvDtype::F16 => CpuKvPool::F16 { layout, k: try_zeroed(n, "KV cache")?, v: try_zeroed(n, "KV cache")? },
         })
     }
 
@@ -166,10 +149,7 @@ impl CpuKvPool {
         let num_slots = layout.num_blocks * layout.block_size;
         for (t, &slot) in plan.slot_mapping.iter().enumerate() {
             if slot as usize >= num_slots {
-                return Err(BackendError::Shape {
-                    op: "write_kv",
-                    detail: format!("slot {slot} beyond the pool's {num_slots}"),
-                });
+                return Err(BackendError::Shape { op: "write_kv", detail: format!("slot {slot} beyond the pool's {num_slots}") });
             }
             let off = layout.slot_offset(layer, slot as usize);
             // K's values step by `block_size` from the first (see `KvLayout`).

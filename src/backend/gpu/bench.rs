@@ -54,7 +54,14 @@ pub fn run(device: &str) -> Result<(String, Vec<KernelResult>)> {
     let mut results = Vec::new();
     let mut push = |name: String, secs: f64, bytes: f64, flops: f64, copy: f64| {
         let gbs = bytes / secs / 1e9;
-        results.push(KernelResult { name, seconds_per_call: secs, bytes, gb_per_s: gbs, of_copy: gbs / copy, gflop_per_s: flops / secs / 1e9 });
+        results.push(KernelResult {
+            name,
+            seconds_per_call: secs,
+            bytes,
+            gb_per_s: gbs,
+            of_copy: gbs / copy,
+            gflop_per_s: flops / secs / 1e9,
+        });
         gbs
     };
 
@@ -104,7 +111,8 @@ pub fn run(device: &str) -> Result<(String, Vec<KernelResult>)> {
     let (seqs, context) = (64 / shrink.min(8), 2048 / shrink.min(16));
     let (heads, kv_heads, head_dim, block_size) = (32, 8, 128, 16);
     let blocks_per_seq = context.div_ceil(block_size);
-    let layout = KvLayout { num_layers: 1, num_blocks: seqs * blocks_per_seq, block_size, num_kv_heads: kv_heads, head_dim, dtype: KvDtype::F16 };
+    let layout =
+        KvLayout { num_layers: 1, num_blocks: seqs * blocks_per_seq, block_size, num_kv_heads: kv_heads, head_dim, dtype: KvDtype::F16 };
     let pool = gpu.alloc_kv(&layout)?;
     let mut plan = BatchPlan::new(block_size, layout.num_blocks);
     for s in 0..seqs {

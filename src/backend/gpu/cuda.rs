@@ -106,8 +106,7 @@ impl CudaDevice {
 fn kernel_names(file: &str) -> Vec<String> {
     match file {
         "attention" => {
-            let mut v: Vec<String> =
-                (1..=8).flat_map(|g| [1, 2, 4, 8].map(|d| format!("attention_g{g}_d{d}"))).collect();
+            let mut v: Vec<String> = (1..=8).flat_map(|g| [1, 2, 4, 8].map(|d| format!("attention_g{g}_d{d}"))).collect();
             v.push("attention_combine".to_string());
             v
         }

@@ -2,8 +2,8 @@
 //! paged-KV ops (rope and the K/V write, attention, block copies) live in `paged.rs`.
 
 use super::kernels::*;
-use super::upload::device_layout;
 use super::paged::{KvWrite, Rotate};
+use super::upload::device_layout;
 use super::{Device, Dims, GpuBackend, GpuKvPool, GpuMatrix, GpuStep, GpuTensor, STEP_HEADROOM, Scratch, check_kv, kv_budget};
 use crate::backend::{AttentionShape, Backend, BackendError, Result, RopeShape};
 use crate::kv::KvLayout;
@@ -269,7 +269,8 @@ impl<D: Device> Backend for GpuBackend<D> {
         if rows.is_empty() {
             return Ok(());
         }
-        let p = GatherParams { src: x.ptr(), dst: out.ptr(), rows: step.logits_rows as *const u32, n: rows.len() as u32, cols: x.cols as u32 };
+        let p =
+            GatherParams { src: x.ptr(), dst: out.ptr(), rows: step.logits_rows as *const u32, n: rows.len() as u32, cols: x.cols as u32 };
         self.device.launch("gather_rows", Dims::x(rows.len() as u32), Dims::x(128), &p)
     }
 
@@ -287,7 +288,12 @@ impl<D: Device> Backend for GpuBackend<D> {
             return Ok(true);
         }
         self.with_scratch(Scratch::Ids, logits.rows * 4, |ids| {
-            let p = ArgmaxParams { logits: logits.ptr(), out: self.device.address(ids) as *mut u32, rows: logits.rows as u32, cols: logits.cols as u32 };
+            let p = ArgmaxParams {
+                logits: logits.ptr(),
+                out: self.device.address(ids) as *mut u32,
+                rows: logits.rows as u32,
+                cols: logits.cols as u32,
+            };
             self.device.launch("argmax", Dims::x(logits.rows as u32), Dims::x(256), &p)?;
             self.device.download(ids, 0, bytemuck::cast_slice_mut(out))
         })?;
@@ -304,4 +310,3 @@ impl<D: Device> Backend for GpuBackend<D> {
         Ok(Some(budget))
     }
 }
-

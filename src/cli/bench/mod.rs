@@ -72,9 +72,9 @@ pub struct BenchArgs {
 }
 
 const WORDS: &[&str] = &[
-    "the", "river", "mountain", "quiet", "light", "city", "over", "under", "song", "window", "garden", "old", "new", "story",
-    "morning", "evening", "stone", "bridge", "road", "cloud", "winter", "summer", "house", "friend", "letter", "blue", "green",
-    "small", "great", "across", "before", "after", "always", "never", "water", "fire", "forest", "market", "harbor", "voice",
+    "the", "river", "mountain", "quiet", "light", "city", "over", "under", "song", "window", "garden", "old", "new", "story", "morning",
+    "evening", "stone", "bridge", "road", "cloud", "winter", "summer", "house", "friend", "letter", "blue", "green", "small", "great",
+    "across", "before", "after", "always", "never", "water", "fire", "forest", "market", "harbor", "voice",
 ];
 
 struct Rng(u64);
@@ -190,7 +190,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let requests: Vec<(String, String)> = (0..args.num_requests)
             .map(|i| {
                 let mut x = rng.unit() * total;
-                let class = mix.iter().find(|(_, w)| { x -= w; x < 0.0 }).unwrap_or(&mix[0]).0.clone();
+                let class = mix
+                    .iter()
+                    .find(|(_, w)| {
+                        x -= w;
+                        x < 0.0
+                    })
+                    .unwrap_or(&mix[0])
+                    .0
+                    .clone();
                 let words: Vec<&str> = (0..args.prompt_words).map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize]).collect();
                 let mut body = serde_json::json!({
                     "model": model, "prompt": format!("Request {i}: {}", words.join(" ")), "max_tokens": args.max_tokens,
@@ -272,7 +280,11 @@ fn report(samples: &[Sample], secs: f64, args: &BenchArgs) {
             "  {class:<9} ok {:>4}/{:<4} refused {} (Retry-After on {with_retry})  {:>7.1} tok/s  TTFT p50 {:>6.0} ms p99 {:>6.0} ms  ITL p50 {:>5.1} ms p99 {:>5.1} ms",
             ok.len(),
             v.len(),
-            if statuses.is_empty() { "none".to_string() } else { statuses.iter().map(|(k, n)| format!("{n}×{k}")).collect::<Vec<_>>().join(" ") },
+            if statuses.is_empty() {
+                "none".to_string()
+            } else {
+                statuses.iter().map(|(k, n)| format!("{n}×{k}")).collect::<Vec<_>>().join(" ")
+            },
             tokens as f64 / secs,
             1e3 * pct(&mut ttft, 0.5),
             1e3 * pct(&mut ttft, 0.99),

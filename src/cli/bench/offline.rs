@@ -10,7 +10,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     use ballast::backend::cpu::{CpuBackend, Precision};
     use ballast::engine::EngineConfig;
     use ballast::request::Request;
-    anyhow::ensure!(args.concurrency > 0 && args.prompt_tokens > 0 && args.max_tokens > 1, "--concurrency, --prompt-tokens must be ≥ 1 and --max-tokens ≥ 2");
+    anyhow::ensure!(
+        args.concurrency > 0 && args.prompt_tokens > 0 && args.max_tokens > 1,
+        "--concurrency, --prompt-tokens must be ≥ 1 and --max-tokens ≥ 2"
+    );
     let path = ballast::fetch::resolve(args.model.as_deref().map(std::path::Path::new))?;
     let loaded = ballast::model::load(&path, ballast::model::LoadOptions::default(), &mut |_, _| {})
         .with_context(|| format!("loading {}", path.display()))?;
@@ -29,9 +32,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let engine = crate::cli::load::start_engine_on(args.device, Default::default(), cpu, loaded, config)?;
     let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // Random ids (past the first 1000, which hold special and byte tokens): no prefix sharing.
-    let prompts: Vec<Vec<u32>> = (0..args.concurrency)
-        .map(|_| (0..args.prompt_tokens).map(|_| (1000 + rng.next() % (vocab - 1000)) as u32).collect())
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..args.concurrency).map(|_| (0..args.prompt_tokens).map(|_| (1000 + rng.next() % (vocab - 1000)) as u32).collect()).collect();
     let request = |p: &Vec<u32>, max_tokens: usize| Request { ignore_eos: true, ..Request::new(p.clone()).max_tokens(max_tokens) };
 
     // Prompt processing: every prompt at once, one output token each.

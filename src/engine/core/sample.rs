@@ -23,9 +23,10 @@ impl<B: Backend> Core<B> {
                 .push_seq(tokens, s.start, self.scheduler.block_table(s.id), logits)
                 .map_err(|e| BackendError::Shape { op: "plan", detail: e.to_string() })?;
         }
-        let greedy = out.scheduled.iter().filter(|s| s.sample).all(|s| {
-            self.seqs.get(&s.id).is_none_or(|st| st.sampler.is_plain_greedy() && st.logprobs.is_none() && st.pending_forks == 0)
-        });
+        let greedy =
+            out.scheduled.iter().filter(|s| s.sample).all(|s| {
+                self.seqs.get(&s.id).is_none_or(|st| st.sampler.is_plain_greedy() && st.logprobs.is_none() && st.pending_forks == 0)
+            });
         if greedy {
             return self.model.forward_argmax(&self.backend, &self.plan, &mut self.kv, &mut self.greedy, &mut self.logits);
         }

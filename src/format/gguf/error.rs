@@ -102,5 +102,10 @@ fn describe_type(type_id: u32) -> String {
 }
 
 fn supported_types() -> String {
-    crate::quant::GgmlType::ALL.iter().filter(|t| !matches!(t, crate::quant::GgmlType::Q8_1 | crate::quant::GgmlType::Q8K)).map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    crate::quant::GgmlType::ALL
+        .iter()
+        .filter(|t| !matches!(t, crate::quant::GgmlType::Q8_1 | crate::quant::GgmlType::Q8K))
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -41,9 +41,8 @@ pub(super) fn parse(buf: &[u8]) -> Result<Header, GgufError> {
     let (metadata, metadata_index) = read_metadata(&mut cur, num_kv)?;
     let alignment = alignment(&metadata, &metadata_index)?;
     let (tensors, tensor_index) = read_tensor_infos(&mut cur, num_tensors, alignment)?;
-    let data_offset = (cur.pos as u64)
-        .checked_next_multiple_of(alignment as u64)
-        .ok_or(GgufError::InvalidAlignment { value: alignment.to_string() })?;
+    let data_offset =
+        (cur.pos as u64).checked_next_multiple_of(alignment as u64).ok_or(GgufError::InvalidAlignment { value: alignment.to_string() })?;
     check_tensor_bounds(&tensors, data_offset, buf.len() as u64)?;
     Ok(Header { version, alignment, data_offset, metadata, metadata_index, tensors, tensor_index })
 }

@@ -49,13 +49,7 @@ impl GgufWriter {
     }
 
     /// Appends a tensor with shape `dims` (innermost first) and data `bytes` (copied).
-    pub fn tensor(
-        mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        dtype: GgmlType,
-        bytes: impl AsRef<[u8]>,
-    ) -> GgufWriter {
+    pub fn tensor(mut self, name: impl Into<String>, dims: &[u64], dtype: GgmlType, bytes: impl AsRef<[u8]>) -> GgufWriter {
         let (name, dims, bytes) = (name.into(), dims.to_vec(), bytes.as_ref().to_vec());
         self.tensors.push(PendingTensor { name, dims, dtype, bytes });
         self

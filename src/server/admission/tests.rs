@@ -75,7 +75,11 @@ fn the_ladder_degrades_then_sheds_the_lowest_class_first_with_hysteresis() {
     let (reason, retry) = rejected(&a.admit(0, Priority::Low, 1, &with_low_queue(30), t0)).unwrap();
     assert_eq!((reason, reason.status()), (RejectReason::Overload, 503));
     assert!(retry >= Duration::from_secs(1));
-    assert_eq!(a.admit(0, Priority::Normal, 1, &with_low_queue(30), t0), Decision::Admit { degrade: false }, "low's queue is behind normal");
+    assert_eq!(
+        a.admit(0, Priority::Normal, 1, &with_low_queue(30), t0),
+        Decision::Admit { degrade: false },
+        "low's queue is behind normal"
+    );
     // Hysteresis: at 1.5 s (entered degrade from below) it stays shed until below 1.4 s.
     assert!(rejected(&a.admit(0, Priority::Low, 1, &with_low_queue(15), t0)).is_some());
     assert_eq!(a.admit(0, Priority::Low, 1, &with_low_queue(12), t0), Decision::Admit { degrade: true });
@@ -114,7 +118,11 @@ fn a_missed_ttft_target_makes_the_lower_classes_give_way() {
     let with_high_ttft = |s: f64| Signals { ttft: [None, None, Some(Duration::from_secs_f64(s)), None], ..idle() };
     assert_eq!(a.admit(0, Priority::Low, 1, &with_high_ttft(0.5), t0), Decision::Admit { degrade: false });
     assert_eq!(a.admit(0, Priority::Normal, 1, &with_high_ttft(1.5), t0), Decision::Admit { degrade: true });
-    assert_eq!(a.admit(0, Priority::High, 1, &with_high_ttft(1.5), t0), Decision::Admit { degrade: false }, "the class itself is not degraded");
+    assert_eq!(
+        a.admit(0, Priority::High, 1, &with_high_ttft(1.5), t0),
+        Decision::Admit { degrade: false },
+        "the class itself is not degraded"
+    );
     assert_eq!(rejected(&a.admit(0, Priority::Low, 1, &with_high_ttft(2.5), t0)).unwrap().0, RejectReason::Overload);
     assert_eq!(a.admit(0, Priority::Low, 1, &with_high_ttft(0.5), t0), Decision::Admit { degrade: false }, "back once high is on target");
     // A tenant that always gets the degraded treatment.

@@ -33,7 +33,8 @@ fn grouped_tokens_match_each_token_alone() {
                     let one = CpuTensor::from_rows(x.row(t), cols);
                     let mut alone = CpuTensor::zeros(1, rows).unwrap();
                     matmul(&pool, Precision::Int16, &one, w, &mut alone, &mut Vec::new()).unwrap();
-                    let (a, b): (Vec<u32>, Vec<u32>) = (out.row(t).iter().map(|v| v.to_bits()).collect(), alone.row(0).iter().map(|v| v.to_bits()).collect());
+                    let (a, b): (Vec<u32>, Vec<u32>) =
+                        (out.row(t).iter().map(|v| v.to_bits()).collect(), alone.row(0).iter().map(|v| v.to_bits()).collect());
                     assert_eq!(a, b, "{dtype} {:?} token {t} of {n_tok}", w.layout);
                 }
                 outs.push(out);
@@ -53,22 +54,29 @@ fn multi_matmul_equals_separate_matmuls() {
     let pool = ThreadPool::new(2, "test").unwrap();
     let mut rng = Rng::new(43);
     let cols = 256;
-    let weights: Vec<HostMatrix> = [(GgmlType::Q4_1, 40), (GgmlType::Q8_0, 17), (GgmlType::Q4K, 9), (GgmlType::F16, 5), (GgmlType::Q4_0, 33)]
-        .into_iter()
-        .map(|(dtype, rows)| {
-            let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
-            let mut data = vec![0u8; rows * row_bytes];
-            for r in 0..rows {
-                quant::quantize_row(dtype, &rng.floats(cols, 1.0), &mut data[r * row_bytes..(r + 1) * row_bytes]).unwrap();
-            }
-            HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).unwrap()
-        })
-        .collect();
+    let weights: Vec<HostMatrix> =
+        [(GgmlType::Q4_1, 40), (GgmlType::Q8_0, 17), (GgmlType::Q4K, 9), (GgmlType::F16, 5), (GgmlType::Q4_0, 33)]
+            .into_iter()
+            .map(|(dtype, rows)| {
+                let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
+                let mut data = vec![0u8; rows * row_bytes];
+                for r in 0..rows {
+                    quant::quantize_row(dtype, &rng.floats(cols, 1.0), &mut data[r * row_bytes..(r + 1) * row_bytes]).unwrap();
+                }
+                HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data)).unwrap()
+            })
+            .collect();
     // Int16 also with the Q4_1 and Q4_0 matrices packed (beside row-major Q8_0 and others).
     let mut mixed: Vec<HostMatrix> = weights.clone();
     mixed[0] = mixed[0].clone().packed16();
     mixed[4] = mixed[4].clone().packed16();
-    for (precision, weights) in [(Precision::Int16, &weights), (Precision::Int16, &mixed), (Precision::Int8, &weights), (Precision::Reference, &weights), (Precision::Reference, &mixed)] {
+    for (precision, weights) in [
+        (Precision::Int16, &weights),
+        (Precision::Int16, &mixed),
+        (Precision::Int8, &weights),
+        (Precision::Reference, &weights),
+        (Precision::Reference, &mixed),
+    ] {
         for n_tok in [1, 6, 13] {
             let x = CpuTensor::from_rows(&rng.floats(n_tok * cols, 2.0), cols);
             let mut outs: Vec<CpuTensor> = weights.iter().map(|w| CpuTensor::zeros(n_tok, w.rows).unwrap()).collect();
