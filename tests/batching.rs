@@ -13,7 +13,7 @@ use common::*;
 const NEW_TOKENS: usize = 12;
 
 fn golden_prompts() -> Vec<Vec<u32>> {
-    let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
+    let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     golden["cases"].as_array().unwrap().iter().map(|c| ids(&c["prompt_ids"])).collect()
 }
 

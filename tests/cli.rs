@@ -84,7 +84,7 @@ fn inspect_prints_metadata_and_tensors() {
     for needle in ["GGUF v3", "general.architecture", "llama", "token_embd.weight", "Q8_0", "blk.29.ffn_down.weight", "272 tensors"] {
         assert!(text.contains(needle), "inspect output lacks {needle}");
     }
-    let fixture = shared_dir().join("fixtures/tiny-qwen2");
+    let fixture = data_dir().join("fixtures/tiny-qwen2");
     let out = ballast(&["inspect", fixture.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8(out.stdout).unwrap().contains("model.layers.1.self_attn.q_proj.bias"));
@@ -121,7 +121,7 @@ fn bad_models_fail_with_one_clear_line() {
 
     // HF directories: malformed config.json, then a truncated safetensors file.
     let hf = tempfile::tempdir().unwrap();
-    let fixture = shared_dir().join("fixtures/tiny-llama");
+    let fixture = data_dir().join("fixtures/tiny-llama");
     std::fs::write(hf.path().join("config.json"), b"{\"hidden_size\": ").unwrap();
     assert_clean_failure(&generate(hf.path().to_str().unwrap()), "config.json");
     std::fs::copy(fixture.join("config.json"), hf.path().join("config.json")).unwrap();

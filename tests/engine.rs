@@ -29,7 +29,7 @@ fn run_one(engine: &Engine, r: Request) -> Choice {
 }
 
 fn golden_cases() -> Vec<serde_json::Value> {
-    read_json(&shared_dir().join("goldens/public/generation.json"))["cases"].as_array().unwrap().clone()
+    read_json(&data_dir().join("goldens/public/generation.json"))["cases"].as_array().unwrap().clone()
 }
 
 /// Waits (bounded) until the engine's metrics satisfy `f`.

@@ -1,4 +1,4 @@
-//! The tiny HF checkpoints of ../shared/fixtures against the logits and greedy continuations
+//! The tiny HF checkpoints of tests/data/fixtures against the logits and greedy continuations
 //! transformers computed from them: plain Llama, Llama-3 rope scaling in two shards, Qwen2
 //! with qkv bias and tied embeddings.
 
@@ -27,7 +27,7 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn check_fixture(name: &str, precision: Precision, quantize: Option<GgmlType>, tolerance: f32, exact_greedy: bool) {
-    let dir = shared_dir().join("fixtures").join(name);
+    let dir = data_dir().join("fixtures").join(name);
     let loaded = load_dir(&dir, LoadOptions { quantize, ..LoadOptions::default() });
     let mut runner = runner(loaded, precision, KvDtype::F32, 256, 64);
     for (i, (prompt, greedy)) in cases(&dir).iter().enumerate() {

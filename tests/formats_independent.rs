@@ -7,6 +7,7 @@ mod common;
 
 use ballast::format::gguf::{GgufFile, GgufWriter};
 use ballast::quant::{self, GgmlType};
+use common::python;
 use std::path::Path;
 use std::process::Command;
 
@@ -27,14 +28,14 @@ fn f16_fields(dtype: GgmlType) -> &'static [usize] {
 fn gguf_py(path: &Path, requests: &[(String, usize)]) -> Vec<f32> {
     let out = tempfile::NamedTempFile::new().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf_dequant.py");
-    let status = Command::new("python3")
+    let status = Command::new(python())
         .arg(script)
         .arg(path)
         .arg(out.path())
         .args(requests.iter().map(|(name, rows)| format!("{name}:{rows}")))
         .status()
-        .expect("python3 runs");
-    assert!(status.success(), "gguf_dequant.py failed (is the `gguf` package installed? .ci/run installs it)");
+        .expect("the test tooling's python runs");
+    assert!(status.success(), "gguf_dequant.py failed (scripts/test-tooling installs the `gguf` package)");
     bytemuck::pod_collect_to_vec(&std::fs::read(out.path()).unwrap())
 }
 

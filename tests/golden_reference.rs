@@ -14,7 +14,7 @@ use common::*;
 
 #[test]
 fn reference_path_matches_the_float32_reference() {
-    let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
+    let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     let cases = golden["cases"].as_array().unwrap();
     let loaded = load_model();
     let vocab = loaded.config.vocab_size;

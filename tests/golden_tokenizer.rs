@@ -16,7 +16,7 @@ fn tokenizer() -> Tokenizer {
 #[test]
 fn tricky_strings_encode_to_the_golden_ids_and_decode_back() {
     let tok = tokenizer();
-    let golden = read_json(&shared_dir().join("goldens/public/tokenization.json"));
+    let golden = read_json(&data_dir().join("goldens/public/tokenization.json"));
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 30);
     for case in cases {
@@ -31,7 +31,7 @@ fn tricky_strings_encode_to_the_golden_ids_and_decode_back() {
 #[test]
 fn every_golden_prompt_encodes_to_its_prompt_ids() {
     let tok = tokenizer();
-    let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
+    let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     for case in golden["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
         assert_eq!(tok.encode(prompt, true).unwrap(), ids(&case["prompt_ids"]), "case {}", case["id"]);
@@ -42,7 +42,7 @@ fn every_golden_prompt_encodes_to_its_prompt_ids() {
 fn chat_cases_render_through_the_model_template() {
     let tok = tokenizer();
     let template = ChatTemplate::new(tok.chat_template().expect("SmolLM2 has a chat template")).unwrap();
-    let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
+    let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     let mut num_chat = 0;
     for case in golden["cases"].as_array().unwrap() {
         let Some(messages) = case.get("messages").and_then(|m| m.as_array()) else { continue };
@@ -69,7 +69,7 @@ fn special_tokens_and_bos_follow_the_gguf() {
 fn streaming_detokenization_never_splits_a_character() {
     use ballast::detok::Detokenizer;
     let tok = tokenizer();
-    let golden = read_json(&shared_dir().join("goldens/public/tokenization.json"));
+    let golden = read_json(&data_dir().join("goldens/public/tokenization.json"));
     let mut num_multibyte = 0;
     for case in golden["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();

@@ -30,7 +30,7 @@ fn greedy(prompt: &[u32], n: usize) -> GenRequest {
 #[test]
 fn the_transformers_fixtures_match_their_reference_on_the_gpu_backend() {
     for name in ["tiny-llama", "tiny-llama3-rope-sharded", "tiny-qwen2"] {
-        let dir = shared_dir().join("fixtures").join(name);
+        let dir = data_dir().join("fixtures").join(name);
         let mut runner = gpu_runner(load_dir(&dir, LoadOptions::default()), 256, 64);
         let expected = read_json(&dir.join("expected.json"));
         for (i, case) in expected["cases"].as_array().unwrap().iter().enumerate() {
@@ -50,7 +50,7 @@ fn the_transformers_fixtures_match_their_reference_on_the_gpu_backend() {
 #[test]
 fn smollm2_greedy_continuations_on_the_gpu_backend_match_the_goldens() {
     const TOKENS: usize = 16;
-    let golden = read_json(&shared_dir().join("goldens/public/generation.json"));
+    let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     // The emulation runs SmolLM2 at about a token a second: its two shortest prompts there,
     // all sixteen on a GPU.
     let mut runner = gpu_runner(load_model(), 16 * 800, 512);
@@ -75,7 +75,7 @@ fn smollm2_greedy_continuations_on_the_gpu_backend_match_the_goldens() {
 fn a_sequence_computes_the_same_alone_or_in_a_batch_on_the_gpu_backend() {
     // Batch invariance holds by construction (no kernel mixes tokens); this checks it, bit
     // for bit, with prompts of different lengths and some long enough for split attention.
-    let dir = shared_dir().join("fixtures").join("tiny-llama");
+    let dir = data_dir().join("fixtures").join("tiny-llama");
     let mut runner = gpu_runner(load_dir(&dir, LoadOptions::default()), 16 * 200, 64);
     let prompts: Vec<Vec<u32>> = (0..6u32).map(|i| (0..3 + 40 * i).map(|t| (t * 7 + i) % 500 + 3).collect()).collect();
     let requests: Vec<GenRequest> = prompts.iter().map(|p| greedy(p, 8)).collect();
@@ -93,7 +93,7 @@ fn a_sequence_computes_the_same_alone_or_in_a_batch_on_the_gpu_backend() {
 fn the_engine_samples_greedy_rows_on_the_device_and_the_rest_on_the_host() {
     use ballast::engine::{Engine, EngineConfig};
     use ballast::request::Request;
-    let dir = shared_dir().join("fixtures").join("tiny-llama");
+    let dir = data_dir().join("fixtures").join("tiny-llama");
     let expected = read_json(&dir.join("expected.json"));
     let case = &expected["cases"][0];
     let prompt = ids(&case["prompt_ids"]);

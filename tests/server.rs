@@ -16,7 +16,7 @@ fn the_official_openai_client_works_against_the_server() {
     let server = Server::start(&[]);
     let model = model_path().file_stem().unwrap().to_string_lossy().into_owned();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let out = Command::new("python3").arg(&script).arg(format!("http://{}", server.addr)).arg(&model).output().unwrap();
+    let out = Command::new(python()).arg(&script).arg(format!("http://{}", server.addr)).arg(&model).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{stderr}");

@@ -11,10 +11,10 @@ use common::*;
 
 #[test]
 fn hf_tokenizer_json_matches_the_goldens_and_the_gguf_tokenizer() {
-    let dir = shared_dir().join("goldens/smollm2-tokenizer");
+    let dir = data_dir().join("goldens/smollm2-tokenizer");
     let hf = Tokenizer::from_hf_dir(&dir).unwrap().expect("the directory has tokenizer.json");
     let gguf = Tokenizer::from_gguf(&GgufFile::open(&model_path()).unwrap()).unwrap();
-    let golden = read_json(&shared_dir().join("goldens/public/tokenization.json"));
+    let golden = read_json(&data_dir().join("goldens/public/tokenization.json"));
     for case in golden["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let expected = ids(&case["ids"]);
@@ -31,7 +31,7 @@ fn hf_tokenizer_json_matches_the_goldens_and_the_gguf_tokenizer() {
 
 #[test]
 fn hf_directory_without_a_tokenizer_has_none() {
-    let dir = shared_dir().join("fixtures/tiny-llama");
+    let dir = data_dir().join("fixtures/tiny-llama");
     assert!(Tokenizer::from_hf_dir(&dir).unwrap().is_none());
 }
 

@@ -10,13 +10,26 @@ use ballast::model::{self, LoadOptions, LoadedModel};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// `../shared` beside the checkout, or `$BALLAST_SHARED_DIR` (test binaries carried to
+/// The reference data the tests read (`tests/data/`, copied from `../shared/` with its
+/// provenance in `tests/data/README.md`), or `$BALLAST_TEST_DATA` (test binaries carried to
 /// another machine, `scripts/gpu-check --prebuilt`).
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("BALLAST_SHARED_DIR") {
+pub fn data_dir() -> PathBuf {
+    match std::env::var_os("BALLAST_TEST_DATA") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"),
     }
+}
+
+/// The Python that runs the test tooling (`openai`, `gguf`): `.test-venv`, which
+/// `scripts/test-tooling` fills (the README's test command runs it first), or
+/// `$BALLAST_TEST_PYTHON`. Without either, a test that needs it fails saying so.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("BALLAST_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-venv/bin/python3");
+    assert!(venv.exists(), "the test tooling is missing: run scripts/test-tooling (scripts/test does) or set BALLAST_TEST_PYTHON");
+    venv
 }
 
 /// The default model (SmolLM2-135M-Instruct Q4_1): `$BALLAST_TEST_MODEL`, else the manifest's
