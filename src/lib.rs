@@ -79,6 +79,7 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod backend;
 pub mod chat_template;
 pub mod detok;

@@ -7,11 +7,10 @@
 //! its value without the surge; every low request is answered (completed, degraded or refused
 //! with a Retry-After); no KV block leaks.
 
+use ballast::admission::{Admission, Decision, Policy, Signals};
 use ballast::kv::BlockManager;
 use ballast::request::Priority;
 use ballast::scheduler::{Scheduler, SchedulerConfig, SeqId, SeqSpec};
-use ballast::server::admission::{Admission, Decision, Signals};
-use ballast::server::config::ServerConfig;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,7 +67,8 @@ fn simulate(surge: bool) -> ([Outcome; 4], usize) {
     };
     let blocks = BlockManager::new(2048, 16, true);
     let mut sched = Scheduler::new(config, blocks.clone());
-    let server = Arc::new(ServerConfig::default());
+    let server = Arc::new(Policy::default());
+    let tenant = server.authenticate(None).unwrap().clone();
     let mut admission = Admission::new(server.clone(), t0);
     let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
     let mut outcomes: [Outcome; 4] = Default::default();
@@ -104,7 +104,7 @@ fn simulate(surge: bool) -> ([Outcome; 4], usize) {
                     drain_rate: finishes.len() as f64 / span,
                     ttft: [None; 4],
                 };
-                match admission.admit(0, class, prompt_len, &signals, now) {
+                match admission.admit(&tenant, class, prompt_len, &signals, now) {
                     Decision::Reject { retry_after, .. } => {
                         outcomes[i].refused += 1;
                         outcomes[i].refused_without_retry_after += (retry_after < Duration::from_secs(1)) as usize;

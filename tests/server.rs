@@ -210,3 +210,98 @@ fn degraded_requests_are_routed_to_the_fallback_model_and_say_so() {
     let degraded = metric(addr, &format!("ballast_requests_degraded_total{{model_name=\"{stem}\",priority=\"normal\"}}"));
     assert_eq!(degraded, 2.0);
 }
+
+/// The tenant race: a reload that lands while a request's body is still arriving (after the
+/// server authenticated it, before admission) never lets the request run with another
+/// tenant's class, limits or prefix-cache salt, also under concurrent load and reloads.
+#[test]
+fn a_reload_between_authentication_and_admission_never_swaps_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ballast.toml");
+    let alpha_def = "[[tenants]]\nname = \"alpha\"\napi_keys = [\"sk-alpha-0001\"]\nmax_priority = \"normal\"\n";
+    let beta_def = "[[tenants]]\nname = \"beta\"\napi_keys = [\"sk-beta-00001\"]\nmax_priority = \"critical\"\n";
+    let alpha_first = format!("{alpha_def}{beta_def}");
+    let beta_first = format!("{beta_def}{alpha_def}");
+    // Written whole then renamed, so a reload never reads half a file.
+    let write = |text: &str| {
+        let tmp = dir.path().join("next.toml");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &cfg).unwrap();
+    };
+    write(&alpha_first);
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let addr = server.addr.clone();
+    let alpha = [("authorization", "Bearer sk-alpha-0001")];
+    let beta = [("authorization", "Bearer sk-beta-00001")];
+    let reloads = std::sync::atomic::AtomicUsize::new(0);
+    let reload_to = |text: &str| {
+        write(text);
+        let n = reloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as f64 + 1.0;
+        server.signal("-HUP");
+        wait_until("the reload", || metric(&addr, "ballast_config_reloads_total") >= n);
+    };
+    let cached = |body: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap()
+    };
+    // Long enough to fill whole KV blocks (cached per 16 tokens).
+    let text = |tag: &str| format!("{tag}: the quick brown fox jumps over the lazy dog, again and again, {}", "and again ".repeat(12));
+
+    // Beta's prompt is in the cache under beta's salt (a second run hits it: the cache works).
+    let shared = text("shared");
+    assert_eq!(http(&addr, "POST", "/v1/completions", &beta, &completion(&shared, 1)).0, 200);
+    let (status, _, body) = http(&addr, "POST", "/v1/completions", &beta, &completion(&shared, 1));
+    assert!(status == 200 && cached(&body) >= 16, "{body}");
+
+    // Authenticated as alpha (index 0), admitted after a reload that puts beta at index 0.
+    let high = serde_json::json!({"prompt": shared, "max_tokens": 1, "priority": "high"}).to_string();
+    let (status, _, body) = http_split(&addr, "/v1/completions", &alpha, &high, || reload_to(&beta_first));
+    assert_eq!(status, 400, "alpha may not ask for high, whatever sits at its index now: {body}");
+    assert!(body.contains("maximum"), "{body}");
+    let (status, headers, body) = http_split(&addr, "/v1/completions", &alpha, &completion(&shared, 1), || reload_to(&alpha_first));
+    assert_eq!((status, header(&headers, "x-ballast-priority")), (200, Some("normal")), "{body}");
+    assert_eq!(cached(&body), 0, "alpha never sees beta's cache: {body}");
+
+    // A reload that removes alpha: its request still arriving is refused cleanly, with a retry.
+    let (status, headers, body) = http_split(&addr, "/v1/completions", &alpha, &completion(&text("gone"), 1), || reload_to(beta_def));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("removed") && header(&headers, "retry-after").is_some(), "{body}");
+    assert_eq!(http(&addr, "POST", "/v1/completions", &alpha, &completion("Hi", 1)).0, 401);
+    reload_to(&alpha_first);
+
+    // Under concurrent load: clients race reloads that keep swapping the tenants' order.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut flip = false;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                reload_to(if flip { &alpha_first } else { &beta_first });
+                flip = !flip;
+                std::thread::sleep(std::time::Duration::from_millis(15));
+            }
+        });
+        let clients: Vec<_> = (0..3)
+            .map(|c| {
+                let (addr, text, cached) = (&addr, &text, &cached);
+                s.spawn(move || {
+                    for k in 0..6 {
+                        // Beta first, so alpha's identical prompt would hit if it ran as beta.
+                        let prompt = text(&format!("client {c} round {k}"));
+                        assert_eq!(http(addr, "POST", "/v1/completions", &beta, &completion(&prompt, 1)).0, 200);
+                        let (status, _, body) = http(addr, "POST", "/v1/completions", &alpha, &completion(&prompt, 1));
+                        assert_eq!(status, 200, "{body}");
+                        assert_eq!(cached(&body), 0, "alpha ran with beta's salt: {body}");
+                        let high = serde_json::json!({"prompt": prompt, "max_tokens": 1, "priority": "high"}).to_string();
+                        let (status, _, body) = http(addr, "POST", "/v1/completions", &alpha, &high);
+                        assert_eq!(status, 400, "alpha ran with beta's class: {body}");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    assert!(reloads.load(std::sync::atomic::Ordering::SeqCst) >= 5, "the reloads raced the requests");
+}

@@ -89,9 +89,9 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
             println!(
                 "{}: ok — {} tenant(s), {} API key(s){}",
                 args.file.display(),
-                c.tenants.len(),
-                c.keys.len(),
-                if c.requires_keys() { "" } else { " (open: no key needed)" }
+                c.policy.tenants.len(),
+                c.policy.keys.len(),
+                if c.policy.requires_keys() { "" } else { " (open: no key needed)" }
             );
             Ok(())
         }

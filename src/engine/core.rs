@@ -4,7 +4,7 @@
 mod sample;
 
 use super::stream::EventSender;
-use super::{Admitted, Command, EngineConfig, Metrics, RequestId, Shared};
+use super::{Command, EngineConfig, Metrics, Queued, RequestId, Shared};
 use crate::backend::Backend;
 use crate::detok::{Detokenizer, StopStrings};
 use crate::kv::BlockManager;
@@ -167,14 +167,14 @@ impl<B: Backend> Core<B> {
     /// False on shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit(a) => self.admit(*a),
+            Command::Submit(q) => self.accept(*q),
             Command::Cancel(id) => self.cancel(id),
             Command::Shutdown => return false,
         }
         true
     }
 
-    fn admit(&mut self, a: Admitted) {
+    fn accept(&mut self, a: Queued) {
         self.metrics.requests_submitted += 1;
         let seq_id = self.next_seq;
         self.next_seq += 1;

@@ -1,8 +1,11 @@
 //! The engine: one OS thread that owns the model, the backend, the KV pool, the block manager
 //! and the scheduler, and runs steps (schedule → plan → forward → sample → emit) for as long as
-//! there is work. Callers talk to it through [`Engine::submit`], which validates and tokenizes
-//! on the caller's thread and returns a [`RequestStream`] of [`Event`]s; dropping the stream
-//! cancels the request, and its blocks are freed at the start of the engine's next step.
+//! there is work. Callers talk to it in two steps: [`Engine::prepare`] checks and tokenizes a
+//! [`Request`] once, on the caller's thread, into a [`ValidRequest`] (or a [`SubmitError`]
+//! naming what is wrong); [`Engine::enqueue`] queues it and returns a [`RequestStream`] of
+//! [`Event`]s ([`Engine::submit`] does both). Between the two a server decides admission on
+//! the request's real token count. Dropping the stream cancels the request, and its blocks are
+//! freed at the start of the engine's next step.
 //!
 //! Batch invariance: on the CPU backend every op computes a row with the same reduction order
 //! whatever else is in the batch, and each sequence samples from its own seeded stream, so a
@@ -100,6 +103,11 @@ pub enum SubmitError {
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("max_tokens must be at least 1")]
     ZeroMaxTokens,
+    #[error(
+        "max_tokens is too large: {max_tokens}. This model's maximum context length is {max_context} tokens and the \
+         request has {prompt_tokens} prompt tokens ({max_tokens} > {max_context} - {prompt_tokens})"
+    )]
+    MaxTokensTooLarge { max_tokens: usize, prompt_tokens: usize, max_context: usize },
     #[error("n must be between 1 and {max}, got {n}")]
     InvalidN { n: usize, max: usize },
     #[error("logprobs must be at most {max}, got {logprobs}")]
@@ -160,13 +168,53 @@ impl Metrics {
 }
 
 pub(crate) enum Command {
-    Submit(Box<Admitted>),
+    Submit(Box<Queued>),
     Cancel(RequestId),
     /// Fail what is in flight and stop (the engine handle was dropped).
     Shutdown,
 }
 
-pub(crate) struct Admitted {
+/// A request the engine has checked and tokenized ([`Engine::prepare`]); nothing about it can
+/// be refused any more except by a stopped engine.
+#[derive(Clone, Debug)]
+pub struct ValidRequest {
+    /// As given: its prompt is the original (text, chat or ids), so a request routed to
+    /// another engine (a fallback model) is prepared again from it.
+    request: Request,
+    prompt: Vec<u32>,
+    /// Tokens to generate at most: the request's own, or what the context leaves.
+    max_tokens: usize,
+    /// Token ids that end a choice: the request's and (unless `ignore_eos`) the model's EOS.
+    stop_ids: Vec<u32>,
+}
+
+impl ValidRequest {
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    pub fn into_request(self) -> Request {
+        self.request
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The degraded treatment ([`crate::admission::degrade`]); returns what it changed.
+    pub fn degrade(&mut self, max_tokens_cap: usize) -> Vec<&'static str> {
+        let changed = crate::admission::degrade(&mut self.request, max_tokens_cap);
+        self.max_tokens = self.max_tokens.min(max_tokens_cap);
+        changed
+    }
+}
+
+/// A valid request on its way to the engine thread.
+pub(crate) struct Queued {
     id: RequestId,
     prompt: Vec<u32>,
     request: Request,
@@ -324,8 +372,11 @@ impl Engine {
         Ok(ids)
     }
 
-    /// Validates and queues `request`. Errors mean nothing was queued.
-    pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
+    /// Checks and tokenizes `request` once: sampling parameters, `n`, `logprobs`, stop
+    /// strings, the prompt (non-empty, in the vocabulary, within the context and the KV pool)
+    /// and `max_tokens` (a given one must fit the context beside the prompt: an error, never a
+    /// silent clamp; without one, the request may use the rest of the context).
+    pub fn prepare(&self, request: Request) -> Result<ValidRequest, SubmitError> {
         request.sampling.validate()?;
         let max_n = self.config.max_n.min(self.config.max_num_seqs);
         if request.n == 0 || request.n > max_n {
@@ -345,24 +396,40 @@ impl Engine {
         if tokens == 0 {
             return Err(SubmitError::EmptyPrompt);
         }
-        if tokens >= self.limits.max_context {
-            return Err(SubmitError::PromptTooLong { tokens, max_context: self.limits.max_context });
+        let max_context = self.limits.max_context;
+        if tokens >= max_context {
+            return Err(SubmitError::PromptTooLong { tokens, max_context });
         }
         if tokens >= self.limits.kv_capacity {
             return Err(SubmitError::ExceedsKvCache { tokens, capacity: self.limits.kv_capacity });
         }
-        let room = self.limits.max_context - tokens;
-        let max_tokens = request.max_tokens.unwrap_or(room).min(room);
+        let room = max_context - tokens;
+        let max_tokens = match request.max_tokens {
+            None => room,
+            Some(m) if m > room => return Err(SubmitError::MaxTokensTooLarge { max_tokens: m, prompt_tokens: tokens, max_context }),
+            Some(m) => m,
+        };
         let mut stop_ids = request.stop_token_ids.clone();
         if !request.ignore_eos {
             stop_ids.extend(&self.limits.eos);
         }
+        Ok(ValidRequest { request, prompt, max_tokens, stop_ids })
+    }
+
+    /// Queues a prepared request. The only error left is a stopped engine.
+    pub fn enqueue(&self, valid: ValidRequest) -> Result<RequestStream, SubmitError> {
         let commands = self.commands.as_ref().ok_or(SubmitError::EngineStopped)?;
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let ValidRequest { request, prompt, max_tokens, stop_ids } = valid;
         let (sender, stream) = stream::channel(id, commands.clone(), prompt.clone());
-        let admitted = Admitted { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender };
-        commands.send(Command::Submit(Box::new(admitted))).map_err(|_| SubmitError::EngineStopped)?;
+        let queued = Queued { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender };
+        commands.send(Command::Submit(Box::new(queued))).map_err(|_| SubmitError::EngineStopped)?;
         Ok(stream)
+    }
+
+    /// [`Self::prepare`] then [`Self::enqueue`]. Errors mean nothing was queued.
+    pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
+        self.enqueue(self.prepare(request)?)
     }
 }
 

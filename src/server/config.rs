@@ -31,9 +31,11 @@
 //!
 //! Without a file there is one open tenant (no key, every class allowed, no limits).
 
+use crate::admission::{Policy, Tenant};
 use crate::request::Priority;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Deserialize, Debug, Default)]
@@ -80,34 +82,7 @@ struct RawClass {
     ttft_target_ms: Option<f64>,
 }
 
-/// One tenant: who may use the server and how much.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tenant {
-    pub name: String,
-    pub max_priority: Priority,
-    pub tokens_per_minute: Option<f64>,
-    pub requests_per_minute: Option<f64>,
-    pub max_concurrent: Option<usize>,
-    /// `None`: share the common prefix-cache namespace (only the open tenant).
-    pub cache_salt: Option<String>,
-    /// Every request gets the degraded treatment (a free tier served by the fallback model).
-    pub always_degrade: bool,
-}
-
-/// Targets of one priority class.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ClassTargets {
-    /// Estimated queue wait above which new requests of this class are shed (`None`: never);
-    /// above half of it they are degraded.
-    pub max_queue: Option<Duration>,
-    /// Requests still without a first token this long after arrival fail early.
-    pub deadline: Option<Duration>,
-    /// When this class's recent time to first token exceeds it, the classes below it are
-    /// degraded (beyond twice it, shed) to give it room.
-    pub ttft_target: Option<Duration>,
-}
-
-/// A validated configuration.
+/// A validated configuration: the HTTP server's own limits and the admission policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     pub max_body_bytes: usize,
@@ -115,49 +90,20 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A request's head and body must arrive within this (slow clients get 408 or are closed).
     pub read_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub degrade_max_tokens: usize,
-    pub tenants: Vec<Tenant>,
-    /// API key → index into `tenants`. Empty: the server is open (one tenant, no key).
-    pub keys: HashMap<String, usize>,
-    /// Indexed by [`Priority::rank`].
-    pub classes: [ClassTargets; 4],
+    /// Tenants and class targets (shared with admission and with every request authenticated
+    /// against this configuration).
+    pub policy: Arc<Policy>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        let open = Tenant {
-            name: "default".into(),
-            max_priority: Priority::Critical,
-            tokens_per_minute: None,
-            requests_per_minute: None,
-            max_concurrent: None,
-            cache_salt: None,
-            always_degrade: false,
-        };
         ServerConfig {
             max_body_bytes: 1 << 20,
             max_connections: 1024,
             read_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(30),
-            degrade_max_tokens: 128,
-            tenants: vec![open],
-            keys: HashMap::new(),
-            classes: default_classes(),
+            policy: Arc::new(Policy::default()),
         }
     }
-}
-
-/// Low and normal traffic is shed when its queue wait is estimated above 2 s / 10 s; high
-/// above 30 s; critical never.
-fn default_classes() -> [ClassTargets; 4] {
-    let ms = |v: u64| Some(Duration::from_millis(v));
-    [
-        ClassTargets { max_queue: ms(2_000), deadline: ms(30_000), ttft_target: None },
-        ClassTargets { max_queue: ms(10_000), deadline: ms(60_000), ttft_target: None },
-        ClassTargets { max_queue: ms(30_000), deadline: None, ttft_target: None },
-        ClassTargets { max_queue: None, deadline: None, ttft_target: None },
-    ]
 }
 
 /// Every problem found in a configuration, one per line.
@@ -175,6 +121,7 @@ impl ServerConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string().trim_end().to_string()]))?;
         let mut errors = Vec::new();
         let mut cfg = ServerConfig::default();
+        let mut policy = Policy::default();
         if let Some(b) = raw.server.max_body_bytes {
             if b < 1024 {
                 errors.push(format!("server.max_body_bytes = {b}: must be at least 1024"));
@@ -198,17 +145,17 @@ impl ServerConfig {
             if !(0.0..=3600.0).contains(&t) {
                 errors.push(format!("server.drain_timeout_secs = {t}: must be between 0 and 3600"));
             } else {
-                cfg.drain_timeout = Duration::from_secs_f64(t);
+                policy.drain_timeout = Duration::from_secs_f64(t);
             }
         }
         if let Some(m) = raw.server.degrade_max_tokens {
             if m == 0 {
                 errors.push("server.degrade_max_tokens = 0: must be at least 1".into());
             }
-            cfg.degrade_max_tokens = m as usize;
+            policy.degrade_max_tokens = m as usize;
         }
         if !raw.tenants.is_empty() {
-            cfg.tenants.clear();
+            policy.tenants.clear();
         }
         let mut names = std::collections::HashSet::new();
         for (i, t) in raw.tenants.into_iter().enumerate() {
@@ -226,10 +173,10 @@ impl ServerConfig {
                 if key.len() < 8 {
                     errors.push(format!("{at}: api key {:?}… is shorter than 8 characters", &key[..key.len().min(2)]));
                 }
-                if let Some(&other) = cfg.keys.get(key) {
+                if let Some(&other) = policy.keys.get(key) {
                     errors.push(format!("{at}: an api key is also listed by tenants[{other}]"));
                 }
-                cfg.keys.insert(key.clone(), cfg.tenants.len());
+                policy.keys.insert(key.clone(), policy.tenants.len());
             }
             let max_priority = match t.max_priority.as_deref().map(str::parse::<Priority>) {
                 None => Priority::Normal,
@@ -250,7 +197,7 @@ impl ServerConfig {
             if t.max_concurrent == Some(0) {
                 errors.push(format!("{at}.max_concurrent = 0: must be at least 1"));
             }
-            cfg.tenants.push(Tenant {
+            policy.tenants.push(Tenant {
                 cache_salt: Some(t.cache_salt.unwrap_or_else(|| t.name.clone())),
                 name: t.name,
                 max_priority,
@@ -265,7 +212,7 @@ impl ServerConfig {
                 errors.push(format!("classes.{name}: unknown class (critical, high, normal or low)"));
                 continue;
             };
-            let target = &mut cfg.classes[p.rank() as usize];
+            let target = &mut policy.classes[p.rank() as usize];
             let fields = [
                 ("max_queue_ms", c.max_queue_ms, &mut target.max_queue),
                 ("deadline_ms", c.deadline_ms, &mut target.deadline),
@@ -281,6 +228,7 @@ impl ServerConfig {
                 }
             }
         }
+        cfg.policy = Arc::new(policy);
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigError(errors)) }
     }
 
@@ -288,11 +236,6 @@ impl ServerConfig {
     pub fn load(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
         ServerConfig::from_toml(&text)
-    }
-
-    /// Whether requests need an API key.
-    pub fn requires_keys(&self) -> bool {
-        !self.keys.is_empty()
     }
 }
 
@@ -322,14 +265,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.max_body_bytes, 65536);
-        assert_eq!(cfg.tenants.len(), 2);
-        assert_eq!(cfg.keys["sk-aaaaaaab"], 0);
-        assert_eq!(cfg.tenants[1].max_priority, Priority::Normal);
-        assert_eq!(cfg.tenants[1].cache_salt.as_deref(), Some("b"));
-        assert_eq!(cfg.classes[0].max_queue, Some(Duration::from_millis(500)));
-        assert_eq!(cfg.classes[0].deadline, Some(Duration::from_secs(30)), "unset fields keep their defaults");
-        assert!(cfg.requires_keys());
-        assert!(!ServerConfig::default().requires_keys());
+        assert_eq!(cfg.policy.tenants.len(), 2);
+        assert_eq!(cfg.policy.keys["sk-aaaaaaab"], 0);
+        assert_eq!(cfg.policy.tenants[1].max_priority, Priority::Normal);
+        assert_eq!(cfg.policy.tenants[1].cache_salt.as_deref(), Some("b"));
+        assert_eq!(cfg.policy.classes[0].max_queue, Some(Duration::from_millis(500)));
+        assert_eq!(cfg.policy.classes[0].deadline, Some(Duration::from_secs(30)), "unset fields keep their defaults");
+        assert!(cfg.policy.requires_keys());
+        assert!(!ServerConfig::default().policy.requires_keys());
     }
 
     #[test]

@@ -1,15 +1,19 @@
-//! Routes and handlers. Each generation request goes: authenticate → read the body (bounded)
-//! → parse → build a [`Request`] → tokenize → admission (tenant limits, overload ladder) →
-//! submit → wait for the first event (so a request that fails its deadline is still a clean
-//! 503) → stream SSE or collect JSON. Dropping the response (the client left) drops the
-//! engine stream, which cancels the request.
+//! Routes and handlers. Each generation request goes, one small function each:
+//! [`authenticate`] (one configuration snapshot and the tenant in it, kept to the end) →
+//! [`parse`] (the bounded body into a [`Request`]) → `Engine::prepare` (checked and tokenized
+//! once) → [`admit`] (tenant limits, the overload ladder, the degraded treatment) → [`submit`]
+//! (queued, then the first event, so a request that fails its deadline is still a clean 503)
+//! → [`respond`] (SSE or JSON). Dropping the response (the client left) drops the engine
+//! stream, which cancels the request.
 
 use super::State;
-use super::admission::{Decision, Signals};
-use super::openai::{ApiError, parse};
+use super::config::ServerConfig;
+use super::openai::{ApiError, Common, parse as parse_json};
 use super::response::{Admitted, Ctx, json_response, sse_response};
-use super::validate::{Kind, priority, request_from_body, submit_error};
-use crate::request::{Event, FinishReason, Priority, Prompt};
+use super::validate::{Kind, length_error, priority, request_from_body, submit_error};
+use crate::admission::{Decision, Tenant};
+use crate::engine::{Engine, RequestStream, ValidRequest};
+use crate::request::{Event, FinishReason, Priority, Prompt, Request};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State as Extract;
@@ -53,44 +57,28 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The tenant index of a request's API key.
-fn authenticate(state: &State, headers: &HeaderMap) -> Result<usize, ApiError> {
-    let config = state.admission.lock().config().clone();
-    if !config.requires_keys() {
-        return Ok(0);
-    }
+/// Who sent a request: the configuration in force when it arrived and its tenant in it. A
+/// request keeps this one snapshot to its end (a reload meanwhile changes nothing for it, and
+/// admission refuses it if its tenant is gone or changed).
+struct Caller {
+    config: Arc<ServerConfig>,
+    tenant: Tenant,
+}
+
+/// The caller of a request's API key (`Authorization: Bearer KEY`), compared in constant time
+/// and never logged.
+fn authenticate(state: &State, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let config = state.config();
     let key = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-    // Compared in constant time against every key (no early exit, no hash lookup on the
-    // secret), and never logged.
-    let found = key.and_then(|k| {
-        let mut hit = None;
-        for (candidate, &i) in &config.keys {
-            if constant_time_eq(candidate.as_bytes(), k.as_bytes()) {
-                hit = Some(i);
-            }
-        }
-        hit
-    });
-    match found {
-        Some(i) => Ok(i),
+    let tenant = config.policy.authenticate(key).cloned();
+    match tenant {
+        Some(tenant) => Ok(Caller { config, tenant }),
         None => Err(ApiError::new(401, "authentication_error", "missing or unknown API key (Authorization: Bearer KEY)")),
     }
 }
 
-/// Equality whose time depends only on the lengths (a key's length is not a secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiError> {
-    let (limit, timeout) = {
-        let a = state.admission.lock();
-        (a.config().max_body_bytes, a.config().read_timeout)
-    };
+async fn read_body(config: &ServerConfig, body: Body) -> Result<Bytes, ApiError> {
+    let (limit, timeout) = (config.max_body_bytes, config.read_timeout);
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => {
             Err(ApiError::new(408, "invalid_request_error", format!("the request body did not arrive within {} s", timeout.as_secs_f64())))
@@ -131,82 +119,121 @@ async fn contained(f: impl std::future::Future<Output = Result<Response, ApiErro
     }
 }
 
+/// A parsed generation request.
+struct Parsed {
+    request: Request,
+    common: Common,
+    kind: Kind,
+    /// The field that set the length limit (`max_tokens` or `max_completion_tokens`).
+    length_param: &'static str,
+    priority: Priority,
+}
+
+/// An admitted request, ready for an engine.
+struct Ready<'a> {
+    valid: ValidRequest,
+    engine: &'a Engine,
+    admitted: Admitted,
+    /// What the degraded treatment changed (empty: none).
+    degraded: Vec<&'static str>,
+    fallback: bool,
+}
+
 async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion: bool) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let tenant_index = authenticate(&state, &headers)?;
-    let bytes = read_body(&state, body).await?;
-    let (mut request, common, kind) = request_from_body(&bytes, completion)?;
-    check_model(&state, &common.model)?;
-    let config = state.admission.lock().config().clone();
-    let tenant = config.tenants.get(tenant_index).cloned().ok_or_else(|| ApiError::new(401, "authentication_error", "unknown API key"))?;
-    let class = priority(common.priority.as_deref(), &headers, tenant.max_priority)?;
-    request.priority = class;
-    request.cache_salt = tenant.cache_salt.clone();
-    request.deadline = config.classes[class.rank() as usize].deadline.map(|d| arrival + d);
-    let prompt_ids = state.engine.tokenize(&request.prompt).map_err(submit_error)?;
-    let original_prompt = std::mem::replace(&mut request.prompt, Prompt::Tokens(prompt_ids.clone()));
+    let caller = authenticate(&state, &headers)?;
+    let parsed = parse(&state, &caller, &headers, body, completion, arrival).await?;
+    let valid = state.engine.prepare(parsed.request.clone()).map_err(|e| length_error(submit_error(e), parsed.length_param))?;
+    let ready = admit(&state, &caller, &parsed, valid, arrival)?;
+    let (events, first, admitted) = submit(&state, ready.engine, ready.valid, ready.admitted, parsed.priority).await?;
+    respond(&state, parsed, events, first, admitted, ready.degraded, ready.fallback, completion).await
+}
 
+/// The body, read within the caller's limits, as an engine request at the class it asks for
+/// (at most its tenant's) with its tenant's cache namespace and its class's deadline.
+async fn parse(
+    state: &State,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Body,
+    completion: bool,
+    arrival: Instant,
+) -> Result<Parsed, ApiError> {
+    let bytes = read_body(&caller.config, body).await?;
+    let (mut request, common, kind, length_param) = request_from_body(&bytes, completion)?;
+    check_model(state, &common.model)?;
+    let class = priority(common.priority.as_deref(), headers, caller.tenant.max_priority)?;
+    request.priority = class;
+    request.cache_salt = caller.tenant.cache_salt.clone();
+    request.deadline = caller.config.policy.class(class).deadline.map(|d| arrival + d);
+    Ok(Parsed { request, common, kind, length_param, priority: class })
+}
+
+/// Tenant limits and the ladder; on admission, the degraded treatment if the ladder calls for
+/// it: the fallback model when there is one (for text and chat prompts: token ids belong to
+/// the main model's vocabulary), otherwise a capped request.
+fn admit<'a>(
+    state: &'a Arc<State>,
+    caller: &Caller,
+    parsed: &Parsed,
+    mut valid: ValidRequest,
+    arrival: Instant,
+) -> Result<Ready<'a>, ApiError> {
+    let class = parsed.priority;
+    let tenant = &caller.tenant;
+    let prompt_tokens = valid.prompt_ids().len();
     let signals = state.signals();
-    let decision = state.admission.lock().admit(tenant_index, class, prompt_ids.len(), &signals, Instant::now());
+    let decision = state.admission.lock().admit(tenant, class, prompt_tokens, &signals, Instant::now());
     let degrade = match decision {
         Decision::Admit { degrade } => degrade,
         Decision::Reject { reason, retry_after, message } => {
             state.metrics.rejected(class, reason);
             tracing::info!(tenant = %tenant.name, priority = class.name(), reason = reason.name(), "refused: {message}");
             let kind = if reason.status() == 429 { "rate_limit_error" } else { "overloaded_error" };
-            return Err(ApiError {
-                retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-                ..ApiError::new(reason.status(), kind, message)
-            });
+            let retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+            return Err(ApiError { retry_after, ..ApiError::new(reason.status(), kind, message) });
         }
     };
+    // From here the guard releases the tenant's admission however the request ends.
     let mut admitted = Admitted {
         state: state.clone(),
-        n: request.n,
+        n: valid.request().n,
         tenant: tenant.name.clone(),
         priority: class,
         arrival,
         completion_tokens: 0,
         finished: Vec::new(),
     };
+    let mut engine = &state.engine;
     let mut degraded = Vec::new();
-    // Degrading routes to the fallback model when there is one (for text and chat prompts:
-    // token ids belong to the main model's vocabulary); otherwise it caps the request.
-    let to_fallback = degrade && state.fallback.is_some() && !matches!(original_prompt, Prompt::Tokens(_));
-    if to_fallback {
-        request.prompt = original_prompt;
+    let mut fallback = false;
+    if let Some((other, _)) = state.fallback.as_ref().filter(|_| degrade && !matches!(parsed.request.prompt, Prompt::Tokens(_))) {
+        valid = other.prepare(valid.into_request()).map_err(submit_error)?;
+        engine = other;
+        fallback = true;
         degraded.push("fallback_model");
-        tracing::info!(tenant = %tenant.name, priority = class.name(), "degraded: routed to the fallback model");
     } else if degrade {
-        let cap = config.degrade_max_tokens;
-        if request.max_tokens.is_none_or(|m| m > cap) {
-            request.max_tokens = Some(cap);
-            degraded.push("max_tokens");
-        }
-        if request.n > 1 {
-            request.n = 1;
-            degraded.push("n");
-        }
-        if request.logprobs.take().is_some() {
-            degraded.push("logprobs");
-        }
+        degraded = valid.degrade(caller.config.policy.degrade_max_tokens);
+    }
+    if degrade {
         tracing::info!(tenant = %tenant.name, priority = class.name(), "degraded: {}", degraded.join(","));
     }
-    admitted.n = request.n;
-    state.metrics.admitted(class, prompt_ids.len(), !degraded.is_empty());
-    let (n, stream) = (request.n, common.stream);
-    let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
-    let kind = match kind {
-        Kind::Completion { .. } => Kind::Completion { logprobs: request.logprobs },
-        Kind::Chat { .. } => Kind::Chat { logprobs: request.logprobs },
-    };
-    let engine = match (&state.fallback, to_fallback) {
-        (Some((fallback, _)), true) => fallback,
-        _ => &state.engine,
-    };
-    let mut events = engine.submit(request).map_err(submit_error)?;
-    let prompt_tokens = events.prompt_ids().len();
-    // The first event decides between a response and an error (deadline, engine failure).
+    admitted.n = valid.request().n;
+    state.metrics.admitted(class, prompt_tokens, !degraded.is_empty());
+    Ok(Ready { valid, engine, admitted, degraded, fallback })
+}
+
+/// Queues the request and waits for its first event, which decides between a response and an
+/// error (a missed deadline, an engine failure).
+async fn submit(
+    state: &State,
+    engine: &Engine,
+    valid: ValidRequest,
+    mut admitted: Admitted,
+    class: Priority,
+) -> Result<(RequestStream, Option<Event>, Admitted), ApiError> {
+    let n = valid.request().n;
+    let mut events = engine.enqueue(valid).map_err(submit_error)?;
     let first = StreamExt::next(&mut events).await;
     if let Some(Event::Finish { reason, usage, timings, .. }) = &first
         && usage.completion_tokens == 0
@@ -227,15 +254,37 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
             _ => ApiError::new(500, "server_error", "the request ended before producing anything"),
         });
     }
+    Ok((events, first, admitted))
+}
+
+/// The response: an SSE stream or one JSON body, saying how it was served.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    state: &Arc<State>,
+    parsed: Parsed,
+    events: RequestStream,
+    first: Option<Event>,
+    mut admitted: Admitted,
+    degraded: Vec<&'static str>,
+    fallback: bool,
+    completion: bool,
+) -> Result<Response, ApiError> {
+    let n = admitted.n;
+    let logprobs = if degraded.contains(&"logprobs") { None } else { parsed.request.logprobs };
+    let kind = match parsed.kind {
+        Kind::Completion { .. } => Kind::Completion { logprobs },
+        Kind::Chat { .. } => Kind::Chat { logprobs },
+    };
+    let include_usage = parsed.common.stream_options.is_some_and(|o| o.include_usage);
     let ctx = Ctx {
         state: state.clone(),
         id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, events.id()),
         created: now_unix(),
         kind,
-        prompt_tokens,
-        fallback: to_fallback,
+        prompt_tokens: events.prompt_ids().len(),
+        fallback,
     };
-    let mut resp = if stream {
+    let mut resp = if parsed.common.stream {
         sse_response(ctx, first, events, admitted, n, include_usage, degraded.clone())
     } else {
         json_response(ctx, first, events, &mut admitted, n, degraded.clone()).await?
@@ -243,7 +292,7 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     if !degraded.is_empty() {
         resp.headers_mut().insert("x-ballast-degraded", HeaderValue::from_str(&degraded.join(",")).expect("ascii"));
     }
-    resp.headers_mut().insert("x-ballast-priority", HeaderValue::from_static(class.name()));
+    resp.headers_mut().insert("x-ballast-priority", HeaderValue::from_static(parsed.priority.name()));
     Ok(resp)
 }
 
@@ -269,9 +318,9 @@ struct TokenizeBody {
 }
 
 async fn tokenize(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
-    let bytes = read_body(&state, body).await?;
-    let b: TokenizeBody = parse(&bytes)?;
+    let caller = authenticate(&state, &headers)?;
+    let bytes = read_body(&caller.config, body).await?;
+    let b: TokenizeBody = parse_json(&bytes)?;
     check_model(&state, &b.model)?;
     let prompt = match (b.prompt, b.messages) {
         (Some(p), None) => Prompt::Text(p),
@@ -290,9 +339,9 @@ struct DetokenizeBody {
 }
 
 async fn detokenize(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
-    let bytes = read_body(&state, body).await?;
-    let b: DetokenizeBody = parse(&bytes)?;
+    let caller = authenticate(&state, &headers)?;
+    let bytes = read_body(&caller.config, body).await?;
+    let b: DetokenizeBody = parse_json(&bytes)?;
     check_model(&state, &b.model)?;
     let tok = state.engine.tokenizer().ok_or_else(|| ApiError::new(400, "invalid_request_error", "the model has no tokenizer"))?;
     let text = tok.decode(&b.tokens, false).map_err(|e| ApiError::bad_request("tokens", e.to_string()))?;
@@ -307,7 +356,7 @@ async fn ready(Extract(state): Extract<Arc<State>>) -> Response {
     let admission = state.admission.lock();
     let reason = if admission.is_draining() {
         Some("draining")
-    } else if admission.level(Priority::Normal) == super::admission::Level::Shed {
+    } else if admission.level(Priority::Normal) == crate::admission::Level::Shed {
         Some("saturated")
     } else {
         None
@@ -329,13 +378,4 @@ async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
     let e = state.engine.metrics();
     let text = state.metrics.render(&state.model_name, &e, state.engine.config().block_size, &signals, levels);
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
-}
-
-impl State {
-    /// The ladder's inputs, now.
-    pub fn signals(&self) -> Signals {
-        let m = self.engine.metrics();
-        let kv_usage = if m.kv_blocks_total == 0 { 0.0 } else { m.kv_blocks_used as f64 / m.kv_blocks_total as f64 };
-        Signals { waiting: m.waiting, running: m.running, kv_usage, drain_rate: self.drain_rate(), ttft: self.recent_ttft() }
-    }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics: the gauges Kubernetes' Gateway API Inference Extension reads, under
 //! vLLM's names, and ballast's own counters and histograms by priority class.
 
-use super::admission::{Level, RejectReason, Signals};
+use crate::admission::{Level, RejectReason, Signals};
 use crate::engine::Metrics as EngineMetrics;
 use crate::request::Priority;
 use parking_lot::Mutex;
@@ -36,7 +36,7 @@ struct Counters {
     admitted: [u64; 4],
     degraded: [u64; 4],
     /// `[class][reason]` in [`RejectReason::ALL`] order.
-    rejected: [[u64; 5]; 4],
+    rejected: [[u64; RejectReason::ALL.len()]; 4],
     /// `[class][finish]`: stop, length, cancelled, deadline, error.
     finished: [[u64; 5]; 4],
     prompt_tokens: [u64; 4],

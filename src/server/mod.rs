@@ -1,8 +1,7 @@
 //! `ballast serve`: an OpenAI-compatible HTTP server (axum on tokio) over the engine, with
-//! tenants, the overload ladder ([`admission`]), Prometheus metrics ([`metrics`]), graceful
-//! drain on SIGTERM/SIGINT and configuration reload on SIGHUP.
+//! tenants and the overload ladder ([`crate::admission`]), Prometheus metrics ([`metrics`]),
+//! graceful drain on SIGTERM/SIGINT and configuration reload on SIGHUP.
 
-pub mod admission;
 pub mod config;
 mod http;
 mod response;
@@ -12,11 +11,10 @@ pub use validate::validate_body;
 pub mod metrics;
 pub mod openai;
 
+use crate::admission::{Admission, Observed, Signals};
 use crate::engine::Engine;
-use admission::Admission;
 use config::ServerConfig;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,18 +24,17 @@ pub struct State {
     pub engine: Engine,
     /// The id clients must use in `model` (when they send one).
     pub model_name: String,
+    /// The configuration in force. A request takes one snapshot when it arrives and keeps it
+    /// to the end; admission holds the same snapshot's policy (both swap under its lock).
+    config: Mutex<Arc<ServerConfig>>,
     pub admission: Mutex<Admission>,
+    /// Drain rate and recent TTFTs: the ladder's own measurements.
+    pub observed: Observed,
     pub metrics: metrics::ServerMetrics,
     started_unix: u64,
-    /// When recent requests finished (the drain rate's window).
-    finishes: Mutex<VecDeque<Instant>>,
-    /// Moving average of time to first token per class (seconds), by rank.
-    ttft: Mutex<[Option<f64>; 4]>,
     /// A lighter model that degraded requests are routed to, and its id.
     pub fallback: Option<(Engine, String)>,
 }
-
-const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 
 impl State {
     pub fn new(engine: Engine, model_name: String, config: ServerConfig, fallback: Option<(Engine, String)>) -> Arc<State> {
@@ -45,46 +42,30 @@ impl State {
         Arc::new(State {
             engine,
             model_name,
-            admission: Mutex::new(Admission::new(Arc::new(config), Instant::now())),
+            admission: Mutex::new(Admission::new(config.policy.clone(), Instant::now())),
+            config: Mutex::new(Arc::new(config)),
+            observed: Observed::default(),
             metrics: Default::default(),
             started_unix,
-            finishes: Mutex::new(VecDeque::new()),
-            ttft: Mutex::new([None; 4]),
             fallback,
         })
     }
 
-    fn note_ttft(&self, p: crate::request::Priority, ttft: Duration) {
-        let mut t = self.ttft.lock();
-        let slot = &mut t[p.rank() as usize];
-        let x = ttft.as_secs_f64();
-        *slot = Some(slot.map_or(x, |old| 0.8 * old + 0.2 * x));
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.lock().clone()
     }
 
-    /// Recent time to first token per class.
-    pub fn recent_ttft(&self) -> [Option<Duration>; 4] {
-        self.ttft.lock().map(|t| t.map(Duration::from_secs_f64))
+    /// Swaps in a new configuration: admission's policy and the server's snapshot together.
+    pub fn reload(&self, config: ServerConfig) {
+        let mut admission = self.admission.lock();
+        admission.reload(config.policy.clone(), Instant::now());
+        *self.config.lock() = Arc::new(config);
     }
 
-    fn note_finish(&self) {
-        let now = Instant::now();
-        let mut f = self.finishes.lock();
-        f.push_back(now);
-        while f.front().is_some_and(|t| now.duration_since(*t) > DRAIN_WINDOW) {
-            f.pop_front();
-        }
-    }
-
-    /// Requests finished per second over the recent window (0 before any finished).
-    pub fn drain_rate(&self) -> f64 {
-        let now = Instant::now();
-        let mut f = self.finishes.lock();
-        while f.front().is_some_and(|t| now.duration_since(*t) > DRAIN_WINDOW) {
-            f.pop_front();
-        }
-        let Some(oldest) = f.front() else { return 0.0 };
-        let span = now.duration_since(*oldest).clamp(Duration::from_secs(1), DRAIN_WINDOW);
-        f.len() as f64 / span.as_secs_f64()
+    /// The ladder's inputs, now.
+    pub fn signals(&self) -> Signals {
+        Signals::from_engine(&self.engine.metrics(), &self.observed)
     }
 }
 
@@ -112,7 +93,7 @@ pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener, config_
         let timeout = {
             let mut a = drain_state.admission.lock();
             a.set_draining();
-            a.config().drain_timeout
+            a.policy().drain_timeout
         };
         let start = Instant::now();
         while drain_state.admission.lock().in_flight() > 0 && start.elapsed() < timeout {
@@ -129,8 +110,8 @@ pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener, config_
         }
     };
     let (max_connections, read_timeout) = {
-        let a = state.admission.lock();
-        (a.config().max_connections, a.config().read_timeout)
+        let c = state.config();
+        (c.max_connections, c.read_timeout)
     };
     let service = hyper_util::service::TowerToHyperService::new(http::router(state));
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -197,7 +178,7 @@ fn reload(state: &State, path: Option<&std::path::Path>) {
     };
     match ServerConfig::load(path) {
         Ok(cfg) => {
-            state.admission.lock().reload(Arc::new(cfg), Instant::now());
+            state.reload(cfg);
             state.metrics.config_reload(true);
             tracing::info!("SIGHUP: reloaded {}", path.display());
         }

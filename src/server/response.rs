@@ -30,7 +30,7 @@ pub(super) struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.state.admission.lock().finish(&self.tenant, self.completion_tokens);
-        self.state.note_finish();
+        self.state.observed.finished();
         for _ in self.finished.len()..self.n {
             let e2e = self.arrival.elapsed();
             let f = Finished {
@@ -54,7 +54,7 @@ impl Admitted {
     pub(super) fn record(&mut self, reason: &FinishReason, usage: &Usage, timings: &crate::request::Timings) {
         self.completion_tokens += usage.completion_tokens;
         if let Some(t) = timings.time_to_first_token {
-            self.state.note_ttft(self.priority, t);
+            self.state.observed.first_token(self.priority, t);
         }
         self.finished.push(Finished {
             priority: self.priority,

@@ -80,7 +80,7 @@ pub(super) fn submit_error(e: SubmitError) -> ApiError {
         | SubmitError::PromptTooLong { .. }
         | SubmitError::ExceedsKvCache { .. }
         | SubmitError::TokenOutOfRange { .. } => "prompt",
-        SubmitError::ZeroMaxTokens => "max_tokens",
+        SubmitError::ZeroMaxTokens | SubmitError::MaxTokensTooLarge { .. } => "max_tokens",
         SubmitError::InvalidN { .. } => "n",
         SubmitError::InvalidLogprobs { .. } => "logprobs",
         SubmitError::Sampling(s) => match s {
@@ -96,6 +96,15 @@ pub(super) fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::EngineStopped => return ApiError { retry_after: Some(5), ..ApiError::new(503, "server_error", e.to_string()) },
     };
     ApiError::bad_request(param, e.to_string())
+}
+
+/// An engine refusal of the length limit names the field the client actually sent.
+pub(super) fn length_error(mut e: ApiError, length_param: &str) -> ApiError {
+    if e.param.as_deref() == Some("max_tokens") {
+        e.param = Some(length_param.to_string());
+        e.message = e.message.replacen("max_tokens", length_param, 1);
+    }
+    e
 }
 
 pub(super) enum Kind {
@@ -140,13 +149,14 @@ const COMMON_FIELDS: &[&str] = &[
 
 /// A completions (`completion`) or chat body as an engine request: every check that needs no
 /// server state (types, ranges, unknown fields). Public for the fuzz targets.
-pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Request, Common, Kind), ApiError> {
+/// Also returns the field that set the length limit (for errors about it).
+pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Request, Common, Kind, &'static str), ApiError> {
     // The shared fields first, alone: serde cannot name a field inside a flattened struct.
     parse::<Common>(bytes)?;
     let own: &[&str] =
         if completion { &["prompt", "logprobs", "echo"] } else { &["messages", "logprobs", "top_logprobs", "max_completion_tokens"] };
     check_fields(bytes, &[COMMON_FIELDS, own].concat())?;
-    let (request, common, kind) = if completion {
+    let (request, common, kind, length_param) = if completion {
         let r: CompletionRequest = parse(bytes)?;
         if r.echo {
             return Err(ApiError::bad_request("echo", "echo is not supported"));
@@ -161,7 +171,7 @@ pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Reque
         let logprobs = non_negative(r.logprobs, "logprobs")?;
         // OpenAI's default for completions is 16 tokens (chat runs to the end of the turn).
         let req = base_request(&r.common, prompt, Some(r.common.max_tokens.unwrap_or(16)))?;
-        (Request { logprobs, ..req }, r.common, Kind::Completion { logprobs })
+        (Request { logprobs, ..req }, r.common, Kind::Completion { logprobs }, "max_tokens")
     } else {
         let r: ChatRequest = parse(bytes)?;
         if r.messages.is_empty() {
@@ -170,10 +180,12 @@ pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Reque
         let messages = r.messages.into_iter().enumerate().map(|(i, m)| m.into_message(i)).collect::<Result<Vec<_>, _>>()?;
         let top = non_negative(r.top_logprobs, "top_logprobs")?;
         let logprobs = r.logprobs.then_some(top.unwrap_or(0));
-        let req = base_request(&r.common, Prompt::Chat(messages), r.max_completion_tokens.or(r.common.max_tokens))?;
-        (Request { logprobs, ..req }, r.common, Kind::Chat { logprobs })
+        let length_param = if r.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+        let req = base_request(&r.common, Prompt::Chat(messages), r.max_completion_tokens.or(r.common.max_tokens))
+            .map_err(|e| length_error(e, length_param))?;
+        (Request { logprobs, ..req }, r.common, Kind::Chat { logprobs }, length_param)
     };
-    Ok((request, common, kind))
+    Ok((request, common, kind, length_param))
 }
 
 /// [`request_from_body`] for the fuzz targets: never panics, whatever the bytes.

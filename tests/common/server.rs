@@ -132,3 +132,36 @@ pub fn process_usage(pid: u32) -> (u64, usize, u64) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
     (field("VmRSS:"), fds, field("Threads:"))
 }
+
+/// A POST whose body arrives in two halves with `between` run in the gap (the server has
+/// authenticated the request and is reading its body): status, headers, body.
+pub fn http_split(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    between: impl FnOnce(),
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "content-type: application/json\r\n\r\n";
+    let (first, rest) = body.split_at(body.len() / 2);
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(first.as_bytes()).unwrap();
+    s.flush().unwrap();
+    between();
+    s.write_all(rest.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+    (status, headers, body.to_string())
+}

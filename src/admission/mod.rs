@@ -1,8 +1,14 @@
-//! Admission: tenant limits and the overload ladder. A pure state machine over explicit
-//! signals and an explicit clock, so it is tested (and simulated) in virtual time.
+//! Admission: tenant limits and the overload ladder, for any transport. The HTTP server
+//! (`crate::server`) is one user; a host that embeds the library and speaks its own protocol
+//! uses the same pieces: a [`Policy`] (tenants and class targets), an [`Admission`] (a pure
+//! state machine over explicit [`Signals`] and an explicit clock, so it is tested and
+//! simulated in virtual time), [`Observed`] (the drain rate and recent TTFTs the signals need)
+//! and [`degrade`] (the degraded treatment of an admitted request).
 //!
 //! For each request, in order:
-//! 1. **Draining** → 503.
+//! 1. **Draining** → 503. **A tenant that a reload removed or changed** since the request was
+//!    authenticated → 503 with `Retry-After` (a retry authenticates against the new policy):
+//!    a request never runs with another snapshot's tenant, class, limits or cache salt.
 //! 2. **Tenant limits** → 429: concurrent requests, requests per minute, tokens per minute
 //!    (token buckets; prompt tokens are charged at admission, completion tokens when they are
 //!    known, so a tenant can go into debt by one request and then waits).
@@ -17,10 +23,55 @@
 //!    `degrade` (to `shed` beyond twice the target): the lower classes make room for it.
 //!
 //! Every refusal carries a `Retry-After` estimated from the drain rate.
+//!
+//! A host without HTTP: it admits, degrades and sheds, and tells the client when to retry.
+//!
+//! ```
+//! use ballast::admission::{degrade, Admission, Decision, Policy, Signals};
+//! use ballast::request::{Priority, Prompt, Request};
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//!
+//! let policy = Arc::new(Policy::default()); // one open tenant; low is shed above a 2 s queue
+//! let tenant = policy.authenticate(None).unwrap().clone();
+//! let mut admission = Admission::new(policy.clone(), Instant::now());
+//! // In a real host: `Signals::from_engine(&engine.metrics(), &observed)`.
+//! let calm = Signals { drain_rate: 10.0, ..Signals::default() };
+//! let busy = Signals { waiting: [15, 0, 0, 0], drain_rate: 10.0, ..Signals::default() };
+//! let surge = Signals { waiting: [50, 0, 0, 0], drain_rate: 10.0, ..Signals::default() };
+//!
+//! assert_eq!(admission.admit(&tenant, Priority::Low, 12, &calm, Instant::now()), Decision::Admit { degrade: false });
+//! // 1.5 s of queue ahead of a low request: above half its target, so it is degraded.
+//! let Decision::Admit { degrade: true } = admission.admit(&tenant, Priority::Low, 12, &busy, Instant::now()) else { panic!() };
+//! let mut request = Request { max_tokens: Some(2000), n: 4, ..Request::new(Prompt::Text("Hello".into())) };
+//! assert_eq!(degrade(&mut request, policy.degrade_max_tokens), ["max_tokens", "n"]);
+//! assert_eq!((request.max_tokens, request.n), (Some(128), 1));
+//! // 5 s of queue: shed, with an honest estimate of when to come back.
+//! match admission.admit(&tenant, Priority::Low, 12, &surge, Instant::now()) {
+//!     Decision::Reject { reason, retry_after, message } => {
+//!         assert_eq!(reason.status(), 503);
+//!         assert!(retry_after >= Duration::from_secs(1), "{message}");
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! // Critical traffic is never shed by the ladder.
+//! assert!(matches!(admission.admit(&tenant, Priority::Critical, 12, &surge, Instant::now()), Decision::Admit { .. }));
+//! // Every admitted request is finished exactly once, with the tokens it generated.
+//! for generated in [10, 128, 5] {
+//!     admission.finish(&tenant.name, generated);
+//! }
+//! assert_eq!(admission.in_flight(), 0);
+//! ```
 
-use super::config::ServerConfig;
-use crate::request::Priority;
+mod observe;
+mod policy;
+
+pub use observe::Observed;
+pub use policy::{ClassTargets, Policy, Tenant};
+
+use crate::request::{Priority, Request};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The state of the system the ladder looks at.
@@ -45,6 +96,13 @@ impl Signals {
             return Duration::ZERO;
         }
         Duration::from_secs_f64((ahead as f64 / self.drain_rate).min(3600.0))
+    }
+
+    /// The signals now: the engine's queues and KV usage, and what `observed` measured.
+    pub fn from_engine(metrics: &crate::engine::Metrics, observed: &Observed) -> Signals {
+        let m = metrics;
+        let kv_usage = if m.kv_blocks_total == 0 { 0.0 } else { m.kv_blocks_used as f64 / m.kv_blocks_total as f64 };
+        Signals { waiting: m.waiting, running: m.running, kv_usage, drain_rate: observed.drain_rate(), ttft: observed.recent_ttft() }
     }
 
     /// Time to finish everything queued and running at the current drain rate.
@@ -72,15 +130,18 @@ pub enum RejectReason {
     TenantRequests,
     TenantTokens,
     Overload,
+    /// The request's tenant was removed or changed by a reload after it was authenticated.
+    Reloaded,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::Draining,
         RejectReason::TenantConcurrency,
         RejectReason::TenantRequests,
         RejectReason::TenantTokens,
         RejectReason::Overload,
+        RejectReason::Reloaded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +151,7 @@ impl RejectReason {
             RejectReason::TenantRequests => "tenant_requests_per_minute",
             RejectReason::TenantTokens => "tenant_tokens_per_minute",
             RejectReason::Overload => "overload",
+            RejectReason::Reloaded => "config_reloaded",
         }
     }
 
@@ -97,7 +159,7 @@ impl RejectReason {
     pub fn status(self) -> u16 {
         match self {
             RejectReason::TenantConcurrency | RejectReason::TenantRequests | RejectReason::TenantTokens => 429,
-            RejectReason::Draining | RejectReason::Overload => 503,
+            RejectReason::Draining | RejectReason::Overload | RejectReason::Reloaded => 503,
         }
     }
 }
@@ -150,14 +212,14 @@ struct TenantState {
 
 /// Admission state: per-tenant usage and the ladder's levels. One per server, behind a mutex.
 pub struct Admission {
-    config: std::sync::Arc<ServerConfig>,
+    config: Arc<Policy>,
     /// By tenant name (so a reload keeps usage and in-flight counts).
     tenants: HashMap<String, TenantState>,
     levels: [Level; 4],
     draining: bool,
 }
 
-fn tenant_state(t: &super::config::Tenant, now: Instant) -> TenantState {
+fn tenant_state(t: &Tenant, now: Instant) -> TenantState {
     TenantState {
         in_flight: 0,
         requests: t.requests_per_minute.map(|r| Bucket::new(r, now)),
@@ -166,18 +228,20 @@ fn tenant_state(t: &super::config::Tenant, now: Instant) -> TenantState {
 }
 
 impl Admission {
-    pub fn new(config: std::sync::Arc<ServerConfig>, now: Instant) -> Admission {
+    pub fn new(config: Arc<Policy>, now: Instant) -> Admission {
         let tenants = config.tenants.iter().map(|t| (t.name.clone(), tenant_state(t, now))).collect();
         Admission { config, tenants, levels: [Level::Normal; 4], draining: false }
     }
 
-    pub fn config(&self) -> &std::sync::Arc<ServerConfig> {
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<Policy> {
         &self.config
     }
 
-    /// Swaps in a new configuration. A tenant that keeps its name keeps its in-flight count
-    /// and bucket levels (capped at the new capacities).
-    pub fn reload(&mut self, config: std::sync::Arc<ServerConfig>, now: Instant) {
+    /// Swaps in a new policy. A tenant that keeps its name keeps its in-flight count and
+    /// bucket levels (capped at the new capacities). Requests authenticated against the old
+    /// policy whose tenant is gone or changed are refused at admission ([`RejectReason::Reloaded`]).
+    pub fn reload(&mut self, config: Arc<Policy>, now: Instant) {
         let mut tenants = HashMap::new();
         for t in &config.tenants {
             let mut fresh = tenant_state(t, now);
@@ -254,15 +318,25 @@ impl Admission {
         self.levels[Priority::Critical.rank() as usize] = Level::Normal;
     }
 
-    /// Decides on a request of tenant `tenant` (index into the current config's tenants) at
-    /// class `p` with `prompt_tokens` tokens. On `Admit`, the caller must call
+    /// Decides on a request of `tenant` (as the policy it was authenticated against defines
+    /// it) at class `p` with `prompt_tokens` tokens. On `Admit`, the caller must call
     /// [`Self::finish`] with the tenant's name once the request ends.
-    pub fn admit(&mut self, tenant: usize, p: Priority, prompt_tokens: usize, signals: &Signals, now: Instant) -> Decision {
+    pub fn admit(&mut self, tenant: &Tenant, p: Priority, prompt_tokens: usize, signals: &Signals, now: Instant) -> Decision {
         if self.draining {
             let retry_after = self.config.drain_timeout.max(Duration::from_secs(1));
             return Decision::Reject { reason: RejectReason::Draining, retry_after, message: "the server is shutting down".into() };
         }
-        let limits = &self.config.tenants[tenant];
+        // The request carries the tenant of its own snapshot; it runs only if the policy in
+        // force still defines that tenant exactly so (never with another one's limits or salt).
+        let policy = self.config.clone();
+        let limits = match policy.tenant(&tenant.name) {
+            Some(current) if current == tenant => current,
+            current => {
+                let what = if current.is_none() { "was removed" } else { "was changed" };
+                let message = format!("tenant {:?} {what} by a configuration reload while this request arrived; retry", tenant.name);
+                return Decision::Reject { reason: RejectReason::Reloaded, retry_after: Duration::from_secs(1), message };
+            }
+        };
         let limits_degrade = limits.always_degrade;
         let st = self.tenants.get_mut(&limits.name).expect("every configured tenant has a state");
         if let Some(max) = limits.max_concurrent
@@ -301,8 +375,7 @@ impl Admission {
             );
             return Decision::Reject { reason: RejectReason::Overload, retry_after, message };
         }
-        let name = &self.config.tenants[tenant].name;
-        let st = self.tenants.get_mut(name).expect("every configured tenant has a state");
+        let st = self.tenants.get_mut(&tenant.name).expect("every configured tenant has a state");
         st.in_flight += 1;
         if let Some(b) = st.requests.as_mut() {
             b.level -= 1.0;
@@ -327,6 +400,25 @@ impl Admission {
     pub fn in_flight(&self) -> usize {
         self.tenants.values().map(|t| t.in_flight).sum()
     }
+}
+
+/// Applies the degraded treatment to an admitted request: `max_tokens` capped at `cap`, one
+/// choice, no log-probs (each costs compute or KV that the higher classes need). Returns what
+/// it changed, for the response to say so (`x-ballast-degraded`).
+pub fn degrade(request: &mut Request, cap: usize) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if request.max_tokens.is_none_or(|m| m > cap) {
+        request.max_tokens = Some(cap);
+        changed.push("max_tokens");
+    }
+    if request.n > 1 {
+        request.n = 1;
+        changed.push("n");
+    }
+    if request.logprobs.take().is_some() {
+        changed.push("logprobs");
+    }
+    changed
 }
 
 #[cfg(test)]
