@@ -337,3 +337,28 @@ fn held_back_text_is_released_when_a_choice_ends_early() {
     let r = Request { n: 3, ..greedy(vec![1, 2, 3], 4) };
     assert!(matches!(small.submit(r).err(), Some(SubmitError::InvalidN { max: 2, .. })));
 }
+
+/// `prepare` checks once: a `max_tokens` that cannot fit beside the prompt is an error saying
+/// the limit (never clamped); without one the request may use the rest of the context; the
+/// prepared request runs as is.
+#[test]
+fn prepare_refuses_a_length_that_cannot_fit_and_fills_in_the_rest_of_the_context() {
+    let engine = default_engine();
+    let ctx = engine.max_context();
+    let prompt = vec![1u32, 2, 3, 4, 5];
+    let room = ctx - prompt.len();
+    let valid = engine.prepare(Request::new(prompt.clone())).unwrap();
+    assert_eq!((valid.prompt_ids(), valid.max_tokens()), (&prompt[..], room));
+    assert_eq!(engine.prepare(Request::new(prompt.clone()).max_tokens(room)).unwrap().max_tokens(), room);
+    match engine.prepare(Request::new(prompt.clone()).max_tokens(room + 1)) {
+        Err(e @ SubmitError::MaxTokensTooLarge { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&format!("maximum context length is {ctx} tokens")) && text.contains("5 prompt tokens"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut valid = engine.prepare(Request { n: 2, ..greedy(prompt.clone(), 50) }).unwrap();
+    assert_eq!(valid.degrade(3), ["max_tokens", "n"]);
+    let out = engine.enqueue(valid).unwrap().collect_output();
+    assert_eq!((out.len(), out[0].ids.len()), (1, 3), "the degraded request ran with one choice of 3 tokens");
+}

@@ -10,7 +10,7 @@ use super::State;
 use super::config::ServerConfig;
 use super::openai::{ApiError, Common, parse as parse_json};
 use super::response::{Admitted, Ctx, json_response, sse_response};
-use super::validate::{Kind, length_error, priority, request_from_body, submit_error};
+use super::validate::{Kind, name_fields, priority, request_from_body, submit_error};
 use crate::admission::{Decision, Tenant};
 use crate::engine::{Engine, RequestStream, ValidRequest};
 use crate::request::{Event, FinishReason, Priority, Prompt, Request};
@@ -143,7 +143,8 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let arrival = Instant::now();
     let caller = authenticate(&state, &headers)?;
     let parsed = parse(&state, &caller, &headers, body, completion, arrival).await?;
-    let valid = state.engine.prepare(parsed.request.clone()).map_err(|e| length_error(submit_error(e), parsed.length_param))?;
+    let chat = !completion;
+    let valid = state.engine.prepare(parsed.request.clone()).map_err(|e| name_fields(submit_error(e), parsed.length_param, chat))?;
     let ready = admit(&state, &caller, &parsed, valid, arrival)?;
     let (events, first, admitted) = submit(&state, ready.engine, ready.valid, ready.admitted, parsed.priority).await?;
     respond(&state, parsed, events, first, admitted, ready.degraded, ready.fallback, completion).await
@@ -314,7 +315,7 @@ async fn models(Extract(state): Extract<Arc<State>>) -> Response {
 struct TokenizeBody {
     model: Option<String>,
     prompt: Option<String>,
-    messages: Option<Vec<super::openai::WireMessage>>,
+    messages: Option<Vec<serde_json::Value>>,
 }
 
 async fn tokenize(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -324,7 +325,7 @@ async fn tokenize(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body:
     check_model(&state, &b.model)?;
     let prompt = match (b.prompt, b.messages) {
         (Some(p), None) => Prompt::Text(p),
-        (None, Some(m)) => Prompt::Chat(m.into_iter().enumerate().map(|(i, m)| m.into_message(i)).collect::<Result<_, _>>()?),
+        (None, Some(m)) => Prompt::Chat(super::openai::messages(&m)?),
         _ => return Err(ApiError::bad_request("prompt", "give exactly one of prompt or messages")),
     };
     let tokens = state.engine.tokenize(&prompt).map_err(submit_error)?;

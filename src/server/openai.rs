@@ -105,30 +105,10 @@ pub struct CompletionRequest {
     pub common: Common,
 }
 
-/// Chat message content: a string or a list of text parts.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub text: Option<String>,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct WireMessage {
-    pub role: String,
-    pub content: Option<Content>,
-}
-
 #[derive(Deserialize, Debug, Clone)]
 pub struct ChatRequest {
-    pub messages: Vec<WireMessage>,
+    /// Checked by [`messages`] (serde cannot name the place of every problem).
+    pub messages: Vec<serde_json::Value>,
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
@@ -137,28 +117,127 @@ pub struct ChatRequest {
     pub common: Common,
 }
 
-impl WireMessage {
-    pub fn into_message(self, index: usize) -> Result<ChatMessage, ApiError> {
-        let param = format!("messages[{index}].content");
-        let content = match self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t,
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for p in parts {
-                    if p.kind != "text" {
-                        return Err(ApiError::bad_request(
-                            &param,
-                            format!("content parts of type {:?} are not supported (text only)", p.kind),
-                        ));
-                    }
-                    text += p.text.as_deref().unwrap_or("");
-                }
-                text
-            }
-        };
-        Ok(ChatMessage::new(&self.role, &content))
+/// Chat messages checked as OpenAI's API checks them, each problem a 400 naming its place
+/// (`messages[1].content[0].text`):
+/// - `role` is one of `system`, `developer`, `user`, `assistant`, `tool`, `function`;
+/// - `content` is a string or a non-empty array of parts, required except for an assistant
+///   message (which may leave it out or null); parts are objects with a `type`: `text` (with a
+///   string `text`) everywhere, `refusal` (with a string `refusal`) in assistant messages;
+///   images, audio and files are refused as unsupported by this server (a text model);
+/// - `name` matches `^[a-zA-Z0-9_-]{1,64}$` (and is required for `function` messages);
+/// - `tool` messages answer an assistant message's `tool_calls`, which this server does not
+///   produce or accept yet, so `tool_calls`, `function_call` and `tool` messages are refused;
+/// - no other field.
+///
+/// Parts are concatenated into the message's text.
+pub fn messages(messages: &[serde_json::Value]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("messages", "messages is empty: give at least one message"));
     }
+    messages.iter().enumerate().map(|(i, m)| message(m, &format!("messages[{i}]"))).collect()
+}
+
+const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+
+fn message(m: &serde_json::Value, at: &str) -> Result<ChatMessage, ApiError> {
+    use serde_json::Value;
+    let bad = |field: &str, msg: String| ApiError::bad_request(&format!("{at}.{field}"), msg);
+    let Value::Object(map) = m else {
+        return Err(ApiError::bad_request(at, format!("{at} must be an object with a role and content")));
+    };
+    let role = match map.get("role") {
+        None => return Err(bad("role", format!("{at}.role is missing"))),
+        Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.as_str(),
+        Some(other) => return Err(bad("role", format!("{at}.role must be one of {}, got {other}", ROLES.join(", ")))),
+    };
+    let allowed: &[&str] = match role {
+        "assistant" => &["role", "content", "name", "refusal", "tool_calls", "function_call", "audio"],
+        "tool" => &["role", "content", "tool_call_id"],
+        _ => &["role", "content", "name"],
+    };
+    if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad(k, format!("{at}.{k} is not a field of a {role} message")));
+    }
+    match map.get("name") {
+        None if role == "function" => return Err(bad("name", format!("{at}.name is required in a function message"))),
+        None => {}
+        Some(Value::String(n)) if valid_name(n) => {}
+        Some(other) => return Err(bad("name", format!("{at}.name must match ^[a-zA-Z0-9_-]{{1,64}}$, got {other}"))),
+    }
+    for field in ["tool_calls", "function_call", "audio"] {
+        if map.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(bad(field, format!("{at}.{field} is not supported by this server (no tool calls or audio yet)")));
+        }
+    }
+    if role == "tool" {
+        return Err(ApiError::bad_request(
+            at,
+            format!(
+                "{at}: a tool message must answer a preceding assistant message's tool_calls, and this server does not support tool calls yet"
+            ),
+        ));
+    }
+    let content = match map.get("content") {
+        None | Some(Value::Null) if role == "assistant" => String::new(),
+        None | Some(Value::Null) => return Err(bad("content", format!("{at}.content is required in a {role} message"))),
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(parts)) if parts.is_empty() => {
+            return Err(bad("content", format!("{at}.content is an empty array: give a string or at least one part")));
+        }
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                text += content_part(part, role, &format!("{at}.content[{j}]"))?;
+            }
+            text
+        }
+        Some(other) => return Err(bad("content", format!("{at}.content must be a string or an array of parts, got {other}"))),
+    };
+    if let Some(r) = map.get("refusal").filter(|r| !r.is_null() && !r.is_string()) {
+        return Err(bad("refusal", format!("{at}.refusal must be a string, got {r}")));
+    }
+    Ok(ChatMessage::new(role, &content))
+}
+
+/// One content part's text.
+fn content_part<'a>(part: &'a serde_json::Value, role: &str, at: &str) -> Result<&'a str, ApiError> {
+    use serde_json::Value;
+    let Value::Object(map) = part else {
+        return Err(ApiError::bad_request(at, format!("{at} must be an object with a type")));
+    };
+    let kind = match map.get("type") {
+        Some(Value::String(k)) => k.as_str(),
+        None => return Err(ApiError::bad_request(&format!("{at}.type"), format!("{at}.type is missing"))),
+        Some(other) => return Err(ApiError::bad_request(&format!("{at}.type"), format!("{at}.type must be a string, got {other}"))),
+    };
+    let field = match kind {
+        "text" => "text",
+        "refusal" if role == "assistant" => "refusal",
+        "image_url" | "input_audio" | "file" if role == "user" => {
+            return Err(ApiError::bad_request(
+                &format!("{at}.type"),
+                format!("{at}: {kind} parts are not supported by this model (text only)"),
+            ));
+        }
+        other => {
+            return Err(ApiError::bad_request(
+                &format!("{at}.type"),
+                format!("{at}.type {other:?} is not a content part of a {role} message"),
+            ));
+        }
+    };
+    if let Some(k) = map.keys().find(|k| k.as_str() != "type" && k.as_str() != field) {
+        return Err(ApiError::bad_request(&format!("{at}.{k}"), format!("{at}.{k} is not a field of a {kind} part")));
+    }
+    match map.get(field) {
+        Some(Value::String(t)) => Ok(t),
+        None => Err(ApiError::bad_request(&format!("{at}.{field}"), format!("{at}.{field} is missing"))),
+        Some(other) => Err(ApiError::bad_request(&format!("{at}.{field}"), format!("{at}.{field} must be a string, got {other}"))),
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Parses a JSON body, naming the offending field on error.
@@ -186,7 +265,7 @@ mod tests {
         // Flattened fields lose their path, so the handler parses the shared ones alone first.
         let e = parse::<Common>(br#"{"prompt": "x", "temperature": "hot"}"#).unwrap_err();
         assert_eq!((e.status, e.param.as_deref()), (400, Some("temperature")));
-        let e = parse::<ChatRequest>(br#"{"messages": [{"role": "user", "content": 5}]}"#).unwrap_err();
+        let e = messages(&parse::<ChatRequest>(br#"{"messages": [{"role": "user", "content": 5}]}"#).unwrap().messages).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content"), "{e:?}");
         let e = parse::<ChatRequest>(br#"{"model": "m"}"#).unwrap_err();
         assert!(e.message.contains("missing field `messages`"), "{e:?}");

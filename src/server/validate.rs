@@ -99,11 +99,17 @@ pub(super) fn submit_error(e: SubmitError) -> ApiError {
 }
 
 /// An engine refusal of the length limit names the field the client actually sent.
-pub(super) fn length_error(mut e: ApiError, length_param: &str) -> ApiError {
-    if e.param.as_deref() == Some("max_tokens") {
-        e.param = Some(length_param.to_string());
-        e.message = e.message.replacen("max_tokens", length_param, 1);
-    }
+/// An engine refusal names the field the client actually sent: the length limit's
+/// (`max_tokens` or `max_completion_tokens`), and for chat `top_logprobs` (the engine's
+/// `logprobs` is the number of alternatives).
+pub(super) fn name_fields(mut e: ApiError, length_param: &str, chat: bool) -> ApiError {
+    let rename = match e.param.as_deref() {
+        Some("max_tokens") => length_param,
+        Some("logprobs") if chat => "top_logprobs",
+        _ => return e,
+    };
+    let old = e.param.replace(rename.to_string()).expect("matched");
+    e.message = e.message.replacen(&old, rename, 1);
     e
 }
 
@@ -174,17 +180,20 @@ pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Reque
         (Request { logprobs, ..req }, r.common, Kind::Completion { logprobs }, "max_tokens")
     } else {
         let r: ChatRequest = parse(bytes)?;
-        if r.messages.is_empty() {
-            return Err(ApiError::bad_request("messages", "messages is empty"));
-        }
-        let messages = r.messages.into_iter().enumerate().map(|(i, m)| m.into_message(i)).collect::<Result<Vec<_>, _>>()?;
+        let messages = super::openai::messages(&r.messages)?;
         let top = non_negative(r.top_logprobs, "top_logprobs")?;
+        if top.is_some() && !r.logprobs {
+            return Err(ApiError::bad_request("top_logprobs", "top_logprobs needs logprobs set to true"));
+        }
         let logprobs = r.logprobs.then_some(top.unwrap_or(0));
         let length_param = if r.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
         let req = base_request(&r.common, Prompt::Chat(messages), r.max_completion_tokens.or(r.common.max_tokens))
-            .map_err(|e| length_error(e, length_param))?;
+            .map_err(|e| name_fields(e, length_param, true))?;
         (Request { logprobs, ..req }, r.common, Kind::Chat { logprobs }, length_param)
     };
+    if common.stream_options.is_some() && !common.stream {
+        return Err(ApiError::bad_request("stream_options", "stream_options is only allowed when stream is true"));
+    }
     Ok((request, common, kind, length_param))
 }
 
