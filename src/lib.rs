@@ -98,4 +98,5 @@ pub mod request;
 pub mod sampler;
 pub mod scheduler;
 pub mod server;
+pub mod testing;
 pub mod tokenizer;

@@ -85,7 +85,7 @@ fn every_format_decodes_as_gguf_py_decodes_it() {
         GgmlType::Q6K,
     ];
     let (rows, cols) = (8usize, 768usize);
-    let mut rng = common::Rng(77);
+    let mut rng = common::Rng::new(77);
     let mut writer = GgufWriter::new(3);
     let mut requests = Vec::new();
     for dtype in types {
@@ -93,13 +93,13 @@ fn every_format_decodes_as_gguf_py_decodes_it() {
         let mut data = vec![0u8; rows * row_bytes];
         for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
             if r < rows / 2 {
-                let x: Vec<f32> = (0..cols).map(|_| rng.float() * 3.0).collect();
+                let x: Vec<f32> = (0..cols).map(|_| rng.float(1.0) * 3.0).collect();
                 quant::quantize_row(dtype, &x, row).unwrap();
             } else {
-                row.iter_mut().for_each(|b| *b = rng.next() as u8);
+                row.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
                 for block in row.chunks_exact_mut(dtype.type_size()) {
                     for &at in f16_fields(dtype) {
-                        let v = half::f16::from_f32(rng.float() * 2.0);
+                        let v = half::f16::from_f32(rng.float(1.0) * 2.0);
                         block[at..at + 2].copy_from_slice(&v.to_le_bytes());
                     }
                 }

@@ -51,7 +51,7 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
                 let v = [u64::MAX, u64::MAX / 2, 1 << 40, 0, 1 << 31][rng.below(5)];
                 d[i..i + 8].copy_from_slice(&v.to_le_bytes());
             }
-            _ => d.extend((0..rng.below(32)).map(|_| rng.next() as u8)),
+            _ => d.extend((0..rng.below(32)).map(|_| rng.next_u64() as u8)),
         }
     }
     d
@@ -60,11 +60,11 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
 /// Runs `f` over the corpus and `n` generated inputs; each input must finish within a second.
 fn run(target: &str, n: usize, f: impl Fn(&[u8])) {
     let seeds = corpus(target);
-    let mut rng = Rng(0xF022 ^ (target.len() as u64 * 0x9E37_79B9));
+    let mut rng = Rng::new(0xF022 ^ (target.len() as u64 * 0x9E37_79B9));
     let start = Instant::now();
     let mut slowest = Duration::ZERO;
     let inputs = seeds.clone().into_iter().chain(
-        (0..n).map(|i| if i % 10 == 0 { (0..rng.below(256)).map(|_| rng.next() as u8).collect() } else { mutate(&mut rng, &seeds) }),
+        (0..n).map(|i| if i % 10 == 0 { (0..rng.below(256)).map(|_| rng.next_u64() as u8).collect() } else { mutate(&mut rng, &seeds) }),
     );
     for input in inputs {
         let t = Instant::now();

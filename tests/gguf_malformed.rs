@@ -4,6 +4,7 @@
 
 use ballast::format::gguf::{GgufError, GgufFile, GgufWriter, MetaValue};
 use ballast::quant::GgmlType;
+use ballast::testing::Rng;
 
 fn s(v: &str) -> MetaValue {
     MetaValue::Str(v.to_owned())
@@ -286,29 +287,13 @@ fn open_reports_io_errors_and_maps_files() {
     assert_eq!(&*view, &[1; 16][..]);
 }
 
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Random byte edits, field-sized extreme values and truncations of a valid file: every
 /// result is either an error or a file whose every accessor works.
 #[test]
 fn random_corruptions_never_panic() {
     let nested_meta = MetaValue::Array(vec![nested(3), nested(2)]);
     let bytes = base().metadata("test.nested", nested_meta).to_bytes();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let extremes = [0, 1, 2, 5, 9, 13, 31, 32, 255, u32::MAX as u64, i64::MAX as u64, u64::MAX];
     let mut num_ok = 0;
     for _ in 0..20_000 {
@@ -316,7 +301,7 @@ fn random_corruptions_never_panic() {
         for _ in 0..1 + rng.below(3) {
             if rng.below(2) == 0 {
                 let at = rng.below(bad.len());
-                bad[at] = rng.next() as u8;
+                bad[at] = rng.next_u64() as u8;
             } else {
                 let at = rng.below(bad.len() - 8);
                 put_u64(&mut bad, at, extremes[rng.below(extremes.len())]);

@@ -65,9 +65,9 @@ fn quantized(dtype: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> HostMa
     for r in 0..rows {
         let row = &mut bytes[r * row_bytes..(r + 1) * row_bytes];
         if r % 2 == 1 && dtype.is_quantized() {
-            row.copy_from_slice(&ballast::quant::random_blocks(dtype, cols, 1.0, rng.next()));
+            row.copy_from_slice(&ballast::quant::random_blocks(dtype, cols, 1.0, rng.next_u64()));
         } else {
-            ballast::quant::quantize_row(dtype, &rng.floats(cols), row).unwrap();
+            ballast::quant::quantize_row(dtype, &rng.floats(cols, 1.0), row).unwrap();
         }
     }
     HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(bytes)).unwrap()
@@ -86,7 +86,7 @@ fn super_blocks(dtype: GgmlType) -> bool {
 #[test]
 fn matmul_matches_the_cpu_for_every_weight_format() {
     let (cpu, gpu) = backends();
-    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut rng = Rng::new(0x9e3779b97f4a7c15);
     let quant_shapes = [(1, 32, 1), (5, 96, 3), (37, 160, 8), (130, 64, 9), (7, 1056, 17), (3, 256, 64)];
     let float_shapes = [(1, 17, 1), (9, 64, 5), (33, 100, 8), (4, 160, 11)];
     let k_shapes = [(3, 256, 4), (2, 512, 9), (17, 768, 3), (40, 256, 8)];
@@ -98,7 +98,7 @@ fn matmul_matches_the_cpu_for_every_weight_format() {
         };
         for &(rows, cols, tokens) in shapes {
             let w = quantized(dtype, rows, cols, &mut rng);
-            let x = rng.floats(tokens * cols);
+            let x = rng.floats(tokens * cols, 1.0);
             let cw = cpu.upload_matrix(w.clone()).unwrap();
             let gw = gpu.upload_matrix(w).unwrap();
             let (cx, gx) = (cpu_tensor(&cpu, tokens, &x), gpu_tensor(&gpu, tokens, &x));
@@ -117,14 +117,14 @@ fn tensor_core_matmul_matches_the_cpu_within_f16_rounding() {
     // 64-row and 64-token tiles, several K blocks.
     let cpu = CpuBackend::new(1, Precision::Reference).unwrap();
     let gpu = GpuBackend::new(AnyDevice::for_tests());
-    let mut rng = Rng(0x51ab);
+    let mut rng = Rng::new(0x51ab);
     for dtype in every_format() {
         for &(rows, cols, tokens, magnitude) in &[(64, 32usize, 16, 1.0), (37, 96, 17, 1.0), (130, 64, 70, 1.0), (8, 160, 64, 3e5)] {
             // k-quants: the same shapes, columns in whole super-blocks.
             let cols = if super_blocks(dtype) { cols.next_multiple_of(256) } else { cols };
             let w = quantized(dtype, rows, cols, &mut rng);
             // 3e5 is past f16's range: the per-token power-of-two scale must bring it back.
-            let x: Vec<f32> = rng.floats(tokens * cols).iter().map(|v| v * magnitude).collect();
+            let x: Vec<f32> = rng.floats(tokens * cols, 1.0).iter().map(|v| v * magnitude).collect();
             let (cw, gw) = (cpu.upload_matrix(w.clone()).unwrap(), gpu.upload_matrix(w).unwrap());
             let mut cout = cpu.alloc(tokens, rows).unwrap();
             let mut gout = gpu.alloc(tokens, rows).unwrap();
@@ -139,9 +139,9 @@ fn tensor_core_matmul_matches_the_cpu_within_f16_rounding() {
 #[test]
 fn norms_elementwise_ops_and_gathers_match_the_cpu() {
     let (cpu, gpu) = backends();
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     for &(rows, cols) in &[(1, 1), (3, 64), (5, 576), (2, 1000), (17, 33)] {
-        let (x, d, w) = (rng.floats(rows * cols), rng.floats(rows * cols), rng.floats(cols));
+        let (x, d, w) = (rng.floats(rows * cols, 1.0), rng.floats(rows * cols, 1.0), rng.floats(cols, 1.0));
         let (mut cx, mut gx) = (cpu_tensor(&cpu, rows, &x), gpu_tensor(&gpu, rows, &x));
         let (cd, gd) = (cpu_tensor(&cpu, rows, &d), gpu_tensor(&gpu, rows, &d));
         let (cw, gw) = (cpu.upload_vector(&w).unwrap(), gpu.upload_vector(&w).unwrap());
@@ -172,7 +172,7 @@ fn norms_elementwise_ops_and_gathers_match_the_cpu() {
 #[test]
 fn embedding_and_logit_rows_match_the_cpu_and_bad_ids_are_errors() {
     let (cpu, gpu) = backends();
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     for dtype in every_format() {
         let cols = if super_blocks(dtype) { 256 } else { 96 };
         let table = quantized(dtype, 50, cols, &mut rng);
@@ -203,7 +203,7 @@ fn embedding_and_logit_rows_match_the_cpu_and_bad_ids_are_errors() {
 #[test]
 fn rope_matches_the_cpu_in_both_styles_and_with_partial_rotation() {
     let (cpu, gpu) = backends();
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     for &(heads, head_dim, rot, style) in &[
         (9, 64, 64, RopeStyle::HalfSplit),
         (4, 16, 16, RopeStyle::Interleaved),
@@ -214,7 +214,7 @@ fn rope_matches_the_cpu_in_both_styles_and_with_partial_rotation() {
         plan.push_seq(&[1, 2, 3, 4, 5], 0, &[0], LogitsFor::Last).unwrap();
         plan.push_seq(&[7], 999, &(0..63).collect::<Vec<u32>>(), LogitsFor::Last).unwrap();
         let n = plan.num_tokens();
-        let x = rng.floats(n * heads * head_dim);
+        let x = rng.floats(n * heads * head_dim, 1.0);
         let inv: Vec<f32> = (0..rot / 2).map(|i| 10000f32.powf(-2.0 * i as f32 / rot as f32)).collect();
         let (mut cx, mut gx) = (cpu_tensor(&cpu, n, &x), gpu_tensor(&gpu, n, &x));
         let (ci, gi) = (cpu.upload_vector(&inv).unwrap(), gpu.upload_vector(&inv).unwrap());
@@ -242,7 +242,7 @@ fn attention_case_capped(
     if let Some(cap) = cap {
         gpu.set_partials_cap(cap);
     }
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let block_size = 16;
     let total: usize = seqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
     let num_blocks = total + 3;
@@ -271,7 +271,7 @@ fn attention_case_capped(
         if n == 0 {
             continue;
         }
-        let (k, v) = (rng.floats(n * kv_dim), rng.floats(n * kv_dim));
+        let (k, v) = (rng.floats(n * kv_dim, 1.0), rng.floats(n * kv_dim, 1.0));
         let gs = gpu.prepare(&plan).unwrap();
         let cs = cpu.prepare(&plan).unwrap();
         cpu.write_kv(&cs, layer, &cpu_tensor(&cpu, n, &k), &cpu_tensor(&cpu, n, &v), &mut cpool).unwrap();
@@ -279,7 +279,7 @@ fn attention_case_capped(
         if step_no == 0 {
             continue;
         }
-        let q = rng.floats(n * num_heads * head_dim);
+        let q = rng.floats(n * num_heads * head_dim, 1.0);
         let shape = AttentionShape { num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt() };
         let (mut co, mut go) = (cpu.alloc(n, num_heads * head_dim).unwrap(), gpu.alloc(n, num_heads * head_dim).unwrap());
         cpu.attention(&cs, layer, &cpu_tensor(&cpu, n, &q), &cpool, shape, &mut co).unwrap();
@@ -313,7 +313,7 @@ fn attention_over_long_contexts_splits_and_combines() {
 
 #[test]
 fn attention_over_a_batch_of_64_decode_rows() {
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     let seqs: Vec<(usize, usize)> = (0..64).map(|_| (rng.below(60), 1)).collect();
     attention_case((9, 3, 64), &seqs, 10);
 }
@@ -321,14 +321,14 @@ fn attention_over_a_batch_of_64_decode_rows() {
 #[test]
 fn copy_blocks_copies_every_layer_in_order() {
     let (cpu, gpu) = backends();
-    let mut rng = Rng(21);
+    let mut rng = Rng::new(21);
     let layout = KvLayout { num_layers: 3, num_blocks: 6, block_size: 16, num_kv_heads: 2, head_dim: 32, dtype: KvDtype::F16 };
     let (mut cpool, mut gpool) = (cpu.alloc_kv(&layout).unwrap(), gpu.alloc_kv(&layout).unwrap());
     let mut plan = BatchPlan::new(16, 6);
     plan.push_seq(&[1; 40], 0, &[4, 0, 5], LogitsFor::Last).unwrap();
     let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
     for layer in 0..3 {
-        let (k, v) = (rng.floats(40 * 64), rng.floats(40 * 64));
+        let (k, v) = (rng.floats(40 * 64, 1.0), rng.floats(40 * 64, 1.0));
         cpu.write_kv(&cs, layer, &cpu_tensor(&cpu, 40, &k), &cpu_tensor(&cpu, 40, &v), &mut cpool).unwrap();
         gpu.write_kv(&gs, layer, &gpu_tensor(&gpu, 40, &k), &gpu_tensor(&gpu, 40, &v), &mut gpool).unwrap();
     }
@@ -342,10 +342,10 @@ fn copy_blocks_copies_every_layer_in_order() {
     let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
     let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 32, scale: 0.2 };
     for layer in 0..3 {
-        let (k, v) = (rng.floats(64), rng.floats(64));
+        let (k, v) = (rng.floats(64, 1.0), rng.floats(64, 1.0));
         cpu.write_kv(&cs, layer, &cpu_tensor(&cpu, 1, &k), &cpu_tensor(&cpu, 1, &v), &mut cpool).unwrap();
         gpu.write_kv(&gs, layer, &gpu_tensor(&gpu, 1, &k), &gpu_tensor(&gpu, 1, &v), &mut gpool).unwrap();
-        let q = rng.floats(128);
+        let q = rng.floats(128, 1.0);
         let (mut co, mut go) = (cpu.alloc(1, 128).unwrap(), gpu.alloc(1, 128).unwrap());
         cpu.attention(&cs, layer, &cpu_tensor(&cpu, 1, &q), &cpool, shape, &mut co).unwrap();
         gpu.attention(&gs, layer, &gpu_tensor(&gpu, 1, &q), &gpool, shape, &mut go).unwrap();
@@ -356,7 +356,7 @@ fn copy_blocks_copies_every_layer_in_order() {
 #[test]
 fn a_stale_step_is_an_error_not_a_wrong_answer() {
     let gpu = deterministic();
-    let table = gpu.upload_matrix(quantized(GgmlType::F32, 4, 8, &mut Rng(3))).unwrap();
+    let table = gpu.upload_matrix(quantized(GgmlType::F32, 4, 8, &mut Rng::new(3))).unwrap();
     let mut a = BatchPlan::new(16, 2);
     a.push_seq(&[1, 2], 0, &[0], LogitsFor::Last).unwrap();
     let mut b = BatchPlan::new(16, 2);
@@ -372,9 +372,9 @@ fn a_stale_step_is_an_error_not_a_wrong_answer() {
 #[test]
 fn device_argmax_picks_the_first_largest_logit() {
     let gpu = deterministic();
-    let mut rng = Rng(8);
+    let mut rng = Rng::new(8);
     for cols in [1, 7, 255, 256, 257, 49152] {
-        let mut x = rng.floats(3 * cols);
+        let mut x = rng.floats(3 * cols, 1.0);
         if cols > 1 {
             x[..cols].fill(f32::NAN); // all NaN: the last index, as on the host
         }
@@ -396,7 +396,7 @@ fn device_argmax_picks_the_first_largest_logit() {
 #[test]
 fn fused_rope_and_kv_write_match_the_cpu_ops_one_by_one() {
     let (cpu, gpu) = backends();
-    let mut rng = Rng(31);
+    let mut rng = Rng::new(31);
     let (heads, kv_heads, head_dim) = (9, 3, 64);
     let layout = KvLayout { num_layers: 2, num_blocks: 8, block_size: 16, num_kv_heads: kv_heads, head_dim, dtype: KvDtype::F16 };
     let (mut cpool, mut gpool) = (cpu.alloc_kv(&layout).unwrap(), gpu.alloc_kv(&layout).unwrap());
@@ -404,7 +404,8 @@ fn fused_rope_and_kv_write_match_the_cpu_ops_one_by_one() {
     plan.push_seq(&[1; 21], 0, &[6, 1], LogitsFor::Last).unwrap();
     plan.push_seq(&[1; 3], 0, &[3], LogitsFor::Last).unwrap();
     let n = plan.num_tokens();
-    let (q, k, v) = (rng.floats(n * heads * head_dim), rng.floats(n * kv_heads * head_dim), rng.floats(n * kv_heads * head_dim));
+    let (q, k, v) =
+        (rng.floats(n * heads * head_dim, 1.0), rng.floats(n * kv_heads * head_dim, 1.0), rng.floats(n * kv_heads * head_dim, 1.0));
     let inv: Vec<f32> = (0..head_dim / 2).map(|i| 10000f32.powf(-2.0 * i as f32 / head_dim as f32)).collect();
     let rope = RopeShape { num_heads: heads, head_dim, num_rotary_dims: head_dim, style: RopeStyle::HalfSplit };
     let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
@@ -428,7 +429,7 @@ fn fused_rope_and_kv_write_match_the_cpu_ops_one_by_one() {
 #[test]
 fn matmuls_sharing_an_input_in_one_launch_match_one_at_a_time() {
     let (cpu, gpu) = backends();
-    let mut rng = Rng(41);
+    let mut rng = Rng::new(41);
     let cols = 96;
     let ws = [
         quantized(GgmlType::Q4_1, 37, cols, &mut rng),
@@ -436,7 +437,7 @@ fn matmuls_sharing_an_input_in_one_launch_match_one_at_a_time() {
         quantized(GgmlType::F16, 130, cols, &mut rng),
     ];
     for (count, tokens) in [(3, 1), (2, 9), (3, 17)] {
-        let x = rng.floats(tokens * cols);
+        let x = rng.floats(tokens * cols, 1.0);
         let cws: Vec<_> = ws[..count].iter().map(|w| cpu.upload_matrix(w.clone()).unwrap()).collect();
         let gws: Vec<_> = ws[..count].iter().map(|w| gpu.upload_matrix(w.clone()).unwrap()).collect();
         let mut couts: Vec<_> = ws[..count].iter().map(|w| cpu.alloc(tokens, w.rows).unwrap()).collect();

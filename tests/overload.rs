@@ -11,6 +11,7 @@ use ballast::admission::{Admission, Decision, Policy, Signals};
 use ballast::kv::BlockManager;
 use ballast::request::Priority;
 use ballast::scheduler::{Scheduler, SchedulerConfig, SeqId, SeqSpec};
+use ballast::testing::Rng;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,20 +38,6 @@ struct Live {
     first_token: Option<Instant>,
 }
 
-/// xorshift: deterministic arrivals and lengths.
-struct Rng(u64);
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_f64() * (hi - lo) as f64) as usize
-    }
-}
-
 /// Requests per second per class at virtual time `t`.
 fn rates(t: f64, surge: bool) -> [f64; 4] {
     let low = if surge && (15.0..45.0).contains(&t) { 30.0 } else { 3.0 };
@@ -70,7 +57,7 @@ fn simulate(surge: bool) -> ([Outcome; 4], usize) {
     let server = Arc::new(Policy::default());
     let tenant = server.authenticate(None).unwrap().clone();
     let mut admission = Admission::new(server.clone(), t0);
-    let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+    let mut rng = Rng::new(0xDEAD_BEEF_CAFE_F00D);
     let mut outcomes: [Outcome; 4] = Default::default();
     let mut live: HashMap<SeqId, Live> = HashMap::new();
     let mut finishes: VecDeque<f64> = VecDeque::new();
@@ -89,7 +76,7 @@ fn simulate(surge: bool) -> ([Outcome; 4], usize) {
                     break;
                 }
                 let arrival = t0 + Duration::from_secs_f64(next_arrival[i]);
-                next_arrival[i] += -rng.next_f64().max(1e-12).ln() / rate;
+                next_arrival[i] += -rng.unit().max(1e-12).ln() / rate;
                 let prompt_len = rng.range(32, 256);
                 let mut max_tokens = rng.range(16, 160);
                 while finishes.front().is_some_and(|f| t - f > 30.0) {

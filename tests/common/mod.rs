@@ -7,6 +7,8 @@ use ballast::backend::cpu::{CpuBackend, Precision};
 use ballast::generate::{Runner, RunnerOptions};
 use ballast::kv::KvDtype;
 use ballast::model::{self, LoadOptions, LoadedModel};
+#[allow(unused_imports)]
+pub use ballast::testing::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -97,32 +99,6 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 pub fn argmax(row: &[f32]) -> u32 {
     ballast::sampler::argmax(row)
-}
-
-/// xorshift64: deterministic test inputs.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    /// Uniform in [-1, 1).
-    pub fn float(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    pub fn floats(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.float()).collect()
-    }
 }
 
 /// `logits_{i}` of `expected.safetensors`: the float32 logits at every prompt position.

@@ -12,6 +12,7 @@ mod offline;
 use http::{Target, get, parse_url, post_stream};
 
 use anyhow::{Context, bail};
+use ballast::testing::Rng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,20 +77,6 @@ const WORDS: &[&str] = &[
     "evening", "stone", "bridge", "road", "cloud", "winter", "summer", "house", "friend", "letter", "blue", "green", "small", "great",
     "across", "before", "after", "always", "never", "water", "fire", "forest", "market", "harbor", "voice",
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 #[derive(Debug, Default, Clone)]
 struct Sample {
@@ -185,7 +172,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 v["data"][0]["id"].as_str().context("no model in /v1/models")?.to_string()
             }
         };
-        let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(args.seed);
         let total: f64 = mix.iter().map(|m| m.1).sum();
         let requests: Vec<(String, String)> = (0..args.num_requests)
             .map(|i| {
@@ -199,7 +186,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .unwrap_or(&mix[0])
                     .0
                     .clone();
-                let words: Vec<&str> = (0..args.prompt_words).map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize]).collect();
+                let words: Vec<&str> = (0..args.prompt_words).map(|_| WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]).collect();
                 let mut body = serde_json::json!({
                     "model": model, "prompt": format!("Request {i}: {}", words.join(" ")), "max_tokens": args.max_tokens,
                     "temperature": 0, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true},

@@ -30,10 +30,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let engine = crate::cli::load::start_engine_on(args.device, Default::default(), cpu, loaded, config)?;
-    let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(args.seed);
     // Random ids (past the first 1000, which hold special and byte tokens): no prefix sharing.
     let prompts: Vec<Vec<u32>> =
-        (0..args.concurrency).map(|_| (0..args.prompt_tokens).map(|_| (1000 + rng.next() % (vocab - 1000)) as u32).collect()).collect();
+        (0..args.concurrency).map(|_| (0..args.prompt_tokens).map(|_| (1000 + rng.next_u64() % (vocab - 1000)) as u32).collect()).collect();
     let request = |p: &Vec<u32>, max_tokens: usize| Request { ignore_eos: true, ..Request::new(p.clone()).max_tokens(max_tokens) };
 
     // Prompt processing: every prompt at once, one output token each.

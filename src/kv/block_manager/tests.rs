@@ -1,21 +1,5 @@
 use super::*;
-
-/// xorshift64*: a tiny seeded generator so the randomized test needs no crate and replays
-/// exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::testing::Rng;
 
 #[test]
 fn reserve_grows_by_whole_blocks_and_drop_returns_them() {
@@ -110,7 +94,7 @@ fn fork_shares_and_copy_on_write_gives_each_writer_its_own_tail() {
 fn randomized_operations_keep_every_invariant() {
     const BS: usize = 4;
     let m = BlockManager::new(48, BS, true);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     // A few shared "system prompts" so hits happen often.
     let prefixes: Vec<Vec<u32>> = (0..4).map(|p| (0..(8 + 4 * p)).map(|i| (p * 100 + i) as u32).collect()).collect();
     struct Live {
