@@ -29,8 +29,10 @@
 //!    never splits a character, [`detok::StopStrings`] holds back text that may become a stop
 //!    string, and the [`request::Event`]s go to the request's [`engine::RequestStream`].
 //!
-//! [`generate::Runner`] is the direct path without a scheduler (fixed batches, used by the
-//! reference tests).
+//! Generation has one path, the engine's. [`teacher::TeacherForced`] runs the same forward
+//! pass teacher-forced (the logits at every position of a given sequence) for the reference
+//! tests, and [`admission`] is the overload ladder and tenant limits any host can put in front
+//! of an engine (the HTTP server in [`server`] is one).
 //!
 //! ## Example
 //!
@@ -88,7 +90,6 @@ pub mod fetch;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod generate;
 pub(crate) mod idmap;
 pub mod kv;
 pub mod model;
@@ -98,5 +99,6 @@ pub mod request;
 pub mod sampler;
 pub mod scheduler;
 pub mod server;
+pub mod teacher;
 pub mod testing;
 pub mod tokenizer;

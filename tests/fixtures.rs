@@ -5,11 +5,9 @@
 mod common;
 
 use ballast::backend::cpu::Precision;
-use ballast::generate::GenRequest;
 use ballast::kv::KvDtype;
 use ballast::model::LoadOptions;
 use ballast::quant::GgmlType;
-use ballast::sampler::SamplingParams;
 use common::*;
 use std::path::Path;
 
@@ -28,18 +26,18 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
 
 fn check_fixture(name: &str, precision: Precision, quantize: Option<GgmlType>, tolerance: f32, exact_greedy: bool) {
     let dir = data_dir().join("fixtures").join(name);
-    let loaded = load_dir(&dir, LoadOptions { quantize, ..LoadOptions::default() });
-    let mut runner = runner(loaded, precision, KvDtype::F32, 256, 64);
+    let load = || load_dir(&dir, LoadOptions { quantize, ..LoadOptions::default() });
+    let mut teacher = teacher(load(), precision, KvDtype::F32, 256, 64);
+    let engine = cpu_engine(load(), precision, KvDtype::F32, 64, 16);
     for (i, (prompt, greedy)) in cases(&dir).iter().enumerate() {
-        let logits = runner.prompt_logits(prompt, 0).unwrap();
+        let logits = teacher.prompt_logits(prompt, 0).unwrap();
         let err = relative_error(&logits, &expected_logits(&dir, i));
         assert!(err <= tolerance, "{name} case {i}: relative error {err} > {tolerance}");
-        let request = GenRequest { prompt: prompt.clone(), params: SamplingParams::greedy(), max_tokens: 16, stop_ids: vec![] };
-        let out = runner.generate(&[request], |_, _, _| {}).unwrap();
+        let out = run_together(&engine, vec![greedy_request(prompt, 16)]).remove(0);
         if exact_greedy {
-            assert_eq!(&out[0].tokens, greedy, "{name} case {i}: greedy continuation");
+            assert_eq!(&out.ids, greedy, "{name} case {i}: greedy continuation");
         } else {
-            assert_eq!(out[0].tokens.len(), 16);
+            assert_eq!(out.ids.len(), 16);
         }
     }
 }

@@ -46,14 +46,14 @@ fn every_format_runs_a_whole_model_like_the_reference() {
         let loaded = load(&path);
         let file_type = loaded.weights.layers[0].wq.dtype;
         assert_eq!(file_type, dtype, "the layers are {dtype}");
-        let want = runner(load(&path), Precision::Reference, KvDtype::F32, 256, 64).prompt_logits(&prompt, 0).unwrap();
-        let got = runner(loaded, Precision::Int16, KvDtype::F32, 256, 64).prompt_logits(&prompt, 0).unwrap();
+        let want = teacher(load(&path), Precision::Reference, KvDtype::F32, 256, 64).prompt_logits(&prompt, 0).unwrap();
+        let got = teacher(loaded, Precision::Int16, KvDtype::F32, 256, 64).prompt_logits(&prompt, 0).unwrap();
         let err = relative_error(&got, &want);
         eprintln!("{dtype}: CPU int16 vs reference, relative error {err:.2e}");
         assert!(err < 5e-4, "{dtype}: relative error {err}");
         #[cfg(feature = "cuda")]
         {
-            let mut gpu = gpu_runner(load(&path));
+            let mut gpu = gpu_teacher(load(&path));
             let err = relative_error(&gpu.prompt_logits(&prompt, 0).unwrap(), &want);
             eprintln!("{dtype}: GPU vs reference, relative error {err:.2e}");
             assert!(err < 1e-3, "{dtype} on the GPU: relative error {err}");
@@ -62,13 +62,13 @@ fn every_format_runs_a_whole_model_like_the_reference() {
 }
 
 #[cfg(feature = "cuda")]
-fn gpu_runner(
+fn gpu_teacher(
     loaded: model::LoadedModel,
-) -> ballast::generate::Runner<ballast::backend::gpu::GpuBackend<ballast::backend::gpu::any::AnyDevice>> {
+) -> ballast::teacher::TeacherForced<ballast::backend::gpu::GpuBackend<ballast::backend::gpu::any::AnyDevice>> {
     use ballast::backend::GpuOptions;
     use ballast::backend::gpu::{GpuBackend, any::AnyDevice};
-    use ballast::generate::{Runner, RunnerOptions};
+    use ballast::teacher::{TeacherForced, TeacherOptions};
     let backend = GpuBackend::with_options(AnyDevice::for_tests(), GpuOptions { deterministic: true, ..GpuOptions::default() });
-    let options = RunnerOptions { max_batch_tokens: 64, block_size: 16, num_blocks: 17, kv_dtype: KvDtype::F16 };
-    Runner::new(backend, loaded.config, loaded.weights, options).unwrap()
+    let options = TeacherOptions { max_batch_tokens: 64, block_size: 16, num_blocks: 17, kv_dtype: KvDtype::F16 };
+    TeacherForced::new(backend, loaded.config, loaded.weights, options).unwrap()
 }

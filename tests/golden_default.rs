@@ -8,9 +8,7 @@
 mod common;
 
 use ballast::backend::cpu::Precision;
-use ballast::generate::GenRequest;
 use ballast::kv::KvDtype;
-use ballast::sampler::SamplingParams;
 use common::*;
 
 fn llama_cpp_agreement(case: &serde_json::Value) -> usize {
@@ -26,18 +24,14 @@ fn default_path_agrees_with_the_reference_at_least_as_well_as_llama_cpp() {
     let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     let cases = golden["cases"].as_array().unwrap();
     let loaded = load_model();
-    let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 16 * 700, 512);
-    let requests: Vec<GenRequest> = cases
-        .iter()
-        .map(|c| GenRequest { prompt: ids(&c["prompt_ids"]), params: SamplingParams::greedy(), max_tokens: 48, stop_ids: vec![] })
-        .collect();
-    let outputs = runner.generate(&requests, |_, _, _| {}).unwrap();
+    let engine = cpu_engine(loaded, Precision::Int16, KvDtype::F16, 512, 256);
+    let outputs = run_together(&engine, cases.iter().map(|c| greedy_request(&ids(&c["prompt_ids"]), 48)).collect());
     let (mut ours_total, mut peer_total) = (0, 0);
     for (case, out) in cases.iter().zip(&outputs) {
         let reference = ids(&case["greedy"]["ids"]);
         let eos = case["greedy"]["eos_index"].as_u64().map(|e| e as usize);
-        assert_eq!(out.tokens.len(), 48);
-        let ours = agreement(&out.tokens, &reference, eos);
+        assert_eq!(out.ids.len(), 48);
+        let ours = agreement(&out.ids, &reference, eos);
         let peer = llama_cpp_agreement(case);
         eprintln!("{:<20} ours {ours:>2}  llama.cpp {peer:>2}", case["id"].as_str().unwrap());
         ours_total += ours;
@@ -53,11 +47,11 @@ fn default_path_step0_logprobs_track_the_reference() {
     let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     let loaded = load_model();
     let vocab = loaded.config.vocab_size;
-    let mut runner = runner(loaded, Precision::Int16, KvDtype::F16, 1024, 512);
+    let mut teacher = teacher(loaded, Precision::Int16, KvDtype::F16, 1024, 512);
     let mut worst = 0.0f32;
     for case in golden["cases"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
-        let logits = runner.prompt_logits(&prompt, prompt.len() - 1).unwrap();
+        let logits = teacher.prompt_logits(&prompt, prompt.len() - 1).unwrap();
         let row = &logits[..vocab];
         let lse = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let lse = lse + row.iter().map(|&x| (x - lse).exp()).sum::<f32>().ln();

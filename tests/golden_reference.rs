@@ -18,7 +18,7 @@ fn reference_path_matches_the_float32_reference() {
     let cases = golden["cases"].as_array().unwrap();
     let loaded = load_model();
     let vocab = loaded.config.vocab_size;
-    let mut runner = runner(loaded, Precision::Reference, KvDtype::F32, 1024, 256);
+    let mut teacher = teacher(loaded, Precision::Reference, KvDtype::F32, 1024, 256);
     let (mut failures, mut num_compared, mut max_diff) = (Vec::new(), 0, 0.0f32);
     for case in cases {
         let id = case["id"].as_str().unwrap();
@@ -27,7 +27,7 @@ fn reference_path_matches_the_float32_reference() {
         let margins = floats(&case["greedy"]["margins"]);
         let mut tokens = prompt.clone();
         tokens.extend_from_slice(&greedy[..greedy.len() - 1]);
-        let logits = runner.prompt_logits(&tokens, prompt.len() - 1).unwrap();
+        let logits = teacher.prompt_logits(&tokens, prompt.len() - 1).unwrap();
         assert_eq!(logits.len(), greedy.len() * vocab);
         for (step, row) in logits.chunks(vocab).enumerate() {
             let top1 = argmax(row);
@@ -54,5 +54,5 @@ fn reference_path_matches_the_float32_reference() {
     }
     eprintln!("{} cases, {num_compared} golden logits, max |diff| {max_diff:.5}", cases.len());
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
-    assert_eq!(runner.num_free_blocks(), 1024usize.div_ceil(16) + 1, "KV blocks returned");
+    assert_eq!(teacher.num_free_blocks(), 1024usize.div_ceil(16) + 1, "KV blocks returned");
 }

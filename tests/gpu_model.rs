@@ -6,43 +6,47 @@
 
 mod common;
 
+use ballast::backend::GpuOptions;
 use ballast::backend::gpu::GpuBackend;
 use ballast::backend::gpu::any::AnyDevice;
-use ballast::backend::{Backend, GpuOptions};
-use ballast::generate::{GenRequest, Runner, RunnerOptions};
+use ballast::engine::Engine;
 use ballast::kv::KvDtype;
 use ballast::model::{LoadOptions, LoadedModel};
-use ballast::sampler::SamplingParams;
+use ballast::request::Request;
+use ballast::teacher::{TeacherForced, TeacherOptions};
 use common::*;
 
-fn gpu_runner(loaded: LoadedModel, num_tokens: usize, max_batch_tokens: usize) -> Runner<GpuBackend<AnyDevice>> {
-    // Deterministic: the batch-invariance test needs it, and the emulation runs the GEMV
-    // far faster than the tensor-core GEMM (which tests/gpu_ops.rs checks op by op).
-    let options = GpuOptions { deterministic: true, ..GpuOptions::default() };
-    let backend = GpuBackend::with_options(AnyDevice::for_tests(), options);
-    let options = RunnerOptions { max_batch_tokens, block_size: 16, num_blocks: num_tokens.div_ceil(16) + 1, kv_dtype: KvDtype::F16 };
-    Runner::new(backend, loaded.config, loaded.weights, options).unwrap()
+/// Deterministic: the batch-invariance test needs it, and the emulation runs the GEMV far
+/// faster than the tensor-core GEMM (which tests/gpu_ops.rs checks op by op).
+fn gpu_backend() -> GpuBackend<AnyDevice> {
+    GpuBackend::with_options(AnyDevice::for_tests(), GpuOptions { deterministic: true, ..GpuOptions::default() })
 }
 
-fn greedy(prompt: &[u32], n: usize) -> GenRequest {
-    GenRequest { prompt: prompt.to_vec(), params: SamplingParams::greedy(), max_tokens: n, stop_ids: vec![] }
+fn gpu_teacher(loaded: LoadedModel, num_tokens: usize, max_batch_tokens: usize) -> TeacherForced<GpuBackend<AnyDevice>> {
+    let options = TeacherOptions { max_batch_tokens, block_size: 16, num_blocks: num_tokens.div_ceil(16) + 1, kv_dtype: KvDtype::F16 };
+    TeacherForced::new(gpu_backend(), loaded.config, loaded.weights, options).unwrap()
+}
+
+fn gpu_engine(loaded: LoadedModel, max_batch_tokens: usize, kv_mib: usize) -> Engine {
+    engine_on(gpu_backend(), loaded, KvDtype::F16, max_batch_tokens, kv_mib)
 }
 #[test]
 fn the_transformers_fixtures_match_their_reference_on_the_gpu_backend() {
     for name in ["tiny-llama", "tiny-llama3-rope-sharded", "tiny-qwen2"] {
         let dir = data_dir().join("fixtures").join(name);
-        let mut runner = gpu_runner(load_dir(&dir, LoadOptions::default()), 256, 64);
+        let mut teacher = gpu_teacher(load_dir(&dir, LoadOptions::default()), 256, 64);
+        let engine = gpu_engine(load_dir(&dir, LoadOptions::default()), 64, 8);
         let expected = read_json(&dir.join("expected.json"));
         for (i, case) in expected["cases"].as_array().unwrap().iter().enumerate() {
             let prompt = ids(&case["prompt_ids"]);
-            let logits = runner.prompt_logits(&prompt, 0).unwrap();
+            let logits = teacher.prompt_logits(&prompt, 0).unwrap();
             let want = expected_logits(&dir, i);
             let max_diff = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             let err = max_diff / want.iter().map(|y| y.abs()).fold(0.0, f32::max);
             // bf16 weights, f32 activations, an f16 KV cache.
             assert!(err <= 2e-3, "{name} case {i}: relative error {err}");
-            let out = runner.generate(&[greedy(&prompt, 16)], |_, _, _| {}).unwrap();
-            assert_eq!(out[0].tokens, ids(&case["greedy_16"]), "{name} case {i}: greedy continuation");
+            let out = run_together(&engine, vec![greedy_request(&prompt, 16)]).remove(0);
+            assert_eq!(out.ids, ids(&case["greedy_16"]), "{name} case {i}: greedy continuation");
         }
     }
 }
@@ -53,21 +57,23 @@ fn smollm2_greedy_continuations_on_the_gpu_backend_match_the_goldens() {
     let golden = read_json(&data_dir().join("goldens/public/generation.json"));
     // The emulation runs SmolLM2 at about a token a second: its two shortest prompts there,
     // all sixteen on a GPU.
-    let mut runner = gpu_runner(load_model(), 16 * 800, 512);
+    let backend = gpu_backend();
+    let emulated = backend.device().is_emulated();
+    let engine = engine_on(backend, load_model(), KvDtype::F16, 512, 256);
     let mut cases = golden["cases"].as_array().unwrap().clone();
-    if runner.backend().device().is_emulated() {
+    if emulated {
         cases.sort_by_key(|c| c["prompt_ids"].as_array().unwrap().len());
         cases.truncate(2);
     }
-    let requests: Vec<GenRequest> = cases.iter().map(|c| greedy(&ids(&c["prompt_ids"]), TOKENS)).collect();
+    let requests: Vec<Request> = cases.iter().map(|c| greedy_request(&ids(&c["prompt_ids"]), TOKENS)).collect();
     let started = std::time::Instant::now();
-    let outputs = runner.generate(&requests, |_, _, _| {}).unwrap();
-    eprintln!("{} prompts x {TOKENS} tokens in {:?} on {}", cases.len(), started.elapsed(), runner.backend().name());
+    let outputs = run_together(&engine, requests);
+    eprintln!("{} prompts x {TOKENS} tokens in {:?} on {}", cases.len(), started.elapsed(), engine.backend_name());
     for (case, out) in cases.iter().zip(&outputs) {
         let reference = ids(&case["greedy"]["ids"]);
         let eos = case["greedy"]["eos_index"].as_u64().map(|e| e as usize);
-        let n = agreement(&out.tokens, &reference[..TOKENS.min(reference.len())], eos);
-        assert!(n >= TOKENS.min(reference.len()), "{}: {:?} vs {:?}", case["id"], out.tokens, &reference[..TOKENS]);
+        let n = agreement(&out.ids, &reference[..TOKENS.min(reference.len())], eos);
+        assert!(n >= TOKENS.min(reference.len()), "{}: {:?} vs {:?}", case["id"], out.ids, &reference[..TOKENS]);
     }
 }
 
@@ -76,16 +82,15 @@ fn a_sequence_computes_the_same_alone_or_in_a_batch_on_the_gpu_backend() {
     // Batch invariance holds by construction (no kernel mixes tokens); this checks it, bit
     // for bit, with prompts of different lengths and some long enough for split attention.
     let dir = data_dir().join("fixtures").join("tiny-llama");
-    let mut runner = gpu_runner(load_dir(&dir, LoadOptions::default()), 16 * 200, 64);
+    let engine = gpu_engine(load_dir(&dir, LoadOptions::default()), 64, 16);
     let prompts: Vec<Vec<u32>> = (0..6u32).map(|i| (0..3 + 40 * i).map(|t| (t * 7 + i) % 500 + 3).collect()).collect();
-    let requests: Vec<GenRequest> = prompts.iter().map(|p| greedy(p, 8)).collect();
-    let mut batched_logits = vec![Vec::new(); requests.len()];
-    let batched = runner.generate(&requests, |i, _, l| batched_logits[i].extend_from_slice(l)).unwrap();
-    for (i, r) in requests.iter().enumerate() {
-        let mut alone_logits = Vec::new();
-        let alone = runner.generate(std::slice::from_ref(r), |_, _, l| alone_logits.extend_from_slice(l)).unwrap();
-        assert_eq!(alone[0].tokens, batched[i].tokens, "prompt {i}: tokens differ");
-        assert!(alone_logits == batched_logits[i], "prompt {i}: logits differ");
+    // Log-probs (the top 20, normalised over the whole vocabulary) compare the logits.
+    let requests: Vec<Request> = prompts.iter().map(|p| Request { logprobs: Some(20), ..greedy_request(p, 8) }).collect();
+    let batched = run_together(&engine, requests.clone());
+    for (i, r) in requests.into_iter().enumerate() {
+        let alone = run_together(&engine, vec![r]).remove(0);
+        assert_eq!(alone.ids, batched[i].ids, "prompt {i}: tokens differ");
+        assert!(alone.logprobs == batched[i].logprobs, "prompt {i}: log-probs differ");
     }
 }
 

@@ -3,10 +3,13 @@
 
 pub mod server;
 
+use ballast::backend::Backend;
 use ballast::backend::cpu::{CpuBackend, Precision};
-use ballast::generate::{Runner, RunnerOptions};
+use ballast::engine::{Engine, EngineConfig};
 use ballast::kv::KvDtype;
 use ballast::model::{self, LoadOptions, LoadedModel};
+use ballast::request::{Choice, Request};
+use ballast::teacher::{TeacherForced, TeacherOptions};
 #[allow(unused_imports)]
 pub use ballast::testing::Rng;
 use std::path::{Path, PathBuf};
@@ -71,17 +74,55 @@ pub fn threads() -> usize {
     CpuBackend::default_threads()
 }
 
-/// A runner over `loaded` with room for `num_tokens` tokens in its KV pool.
-pub fn runner(
+/// A teacher-forced model over `loaded` with room for `num_tokens` tokens in its KV pool.
+pub fn teacher(
     loaded: LoadedModel,
     precision: Precision,
     kv_dtype: KvDtype,
     num_tokens: usize,
     max_batch_tokens: usize,
-) -> Runner<CpuBackend> {
+) -> TeacherForced<CpuBackend> {
     let backend = CpuBackend::new(threads(), precision).unwrap();
-    let options = RunnerOptions { max_batch_tokens, block_size: 16, num_blocks: num_tokens.div_ceil(16) + 1, kv_dtype };
-    Runner::new(backend, loaded.config, loaded.weights, options).unwrap()
+    let options = TeacherOptions { max_batch_tokens, block_size: 16, num_blocks: num_tokens.div_ceil(16) + 1, kv_dtype };
+    TeacherForced::new(backend, loaded.config, loaded.weights, options).unwrap()
+}
+
+/// An engine over `loaded` on `backend` for the reference tests: `max_batch_tokens` per step
+/// (longer prompts prefill in chunks), `kv_mib` of KV cache, no prefix cache (every run
+/// computes its whole prompt).
+pub fn engine_on<B: Backend + 'static>(
+    backend: B,
+    loaded: LoadedModel,
+    kv_dtype: KvDtype,
+    max_batch_tokens: usize,
+    kv_mib: usize,
+) -> Engine {
+    let config = EngineConfig {
+        max_num_batched_tokens: max_batch_tokens,
+        max_step_tokens_while_decoding: usize::MAX,
+        kv_cache_bytes: kv_mib << 20,
+        kv_dtype,
+        prefix_caching: false,
+        ..EngineConfig::default()
+    };
+    Engine::start(backend, loaded, config).unwrap()
+}
+
+/// [`engine_on`] the CPU at `precision`.
+pub fn cpu_engine(loaded: LoadedModel, precision: Precision, kv_dtype: KvDtype, max_batch_tokens: usize, kv_mib: usize) -> Engine {
+    engine_on(CpuBackend::new(threads(), precision).unwrap(), loaded, kv_dtype, max_batch_tokens, kv_mib)
+}
+
+/// Runs `requests` together (all queued before the first completes) and returns each one's
+/// first choice, in order.
+pub fn run_together(engine: &Engine, requests: Vec<Request>) -> Vec<Choice> {
+    let streams: Vec<_> = requests.into_iter().map(|r| engine.submit(r).unwrap()).collect();
+    streams.into_iter().map(|s| s.collect_output().remove(0)).collect()
+}
+
+/// A greedy request of exactly `max_tokens` tokens (EOS does not stop it).
+pub fn greedy_request(prompt: &[u32], max_tokens: usize) -> Request {
+    Request { ignore_eos: true, ..Request::new(prompt.to_vec()).max_tokens(max_tokens) }
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
