@@ -120,10 +120,16 @@ impl Scheduler {
 
     /// Removes a sequence on the scheduler's own decision.
     fn end(&mut self, id: SeqId) -> Ended {
-        let seq = &self.seqs[&id];
+        self.take(id).expect("a scheduled sequence")
+    }
+
+    /// Removes a sequence (finished, cancelled or failed), freeing its blocks now, and says
+    /// what it had: `None` if it was not there.
+    pub fn take(&mut self, id: SeqId) -> Option<Ended> {
+        let seq = self.seqs.get(&id)?;
         let ended = Ended { id, num_cached_prompt: seq.num_cached_prompt.unwrap_or(0), num_preemptions: seq.num_preemptions };
         self.remove(id);
-        ended
+        Some(ended)
     }
 
     /// Removes a sequence (finished, cancelled or failed), freeing its blocks now. False if it

@@ -1,0 +1,45 @@
+//! The step's forward pass: the scheduled tokens into one plan, block copies first, then the
+//! model on the backend. When every sampled sequence is plain greedy the backend picks the
+//! tokens on its side (only ids come back); otherwise the logits come back for sampling.
+
+use super::Core;
+use crate::backend::{Backend, BackendError};
+use crate::plan::LogitsFor;
+use crate::scheduler::StepOutput;
+
+/// What the forward pass produced for the sampled rows.
+pub(super) enum Picked {
+    /// The backend's greedy tokens, one per sampled row (`Core::greedy`).
+    Tokens,
+    /// Logits, one vocabulary-wide row per sampled row (`Core::logits`).
+    Logits,
+}
+
+impl<B: Backend> Core<B> {
+    pub(super) fn forward(&mut self, out: &StepOutput) -> Result<Picked, BackendError> {
+        let copies = self.blocks.take_copies();
+        if !copies.is_empty() {
+            self.backend.copy_blocks(&mut self.kv, &copies)?;
+        }
+        self.plan.clear();
+        for s in &out.scheduled {
+            let tokens = &self.scheduler.tokens(s.id)[s.start..s.start + s.num_tokens];
+            let logits = if s.sample { LogitsFor::Last } else { LogitsFor::None };
+            self.plan
+                .push_seq(tokens, s.start, self.scheduler.block_table(s.id), logits)
+                .map_err(|e| BackendError::Shape { op: "plan", detail: e.to_string() })?;
+        }
+        let greedy = out
+            .scheduled
+            .iter()
+            .filter(|s| s.sample)
+            .all(|s| self.live.get(s.id).is_none_or(|c| c.sampler.is_plain_greedy() && c.logprobs.is_none() && c.pending_forks == 0));
+        if greedy && self.model.forward_argmax(&self.backend, &self.plan, &mut self.kv, &mut self.greedy, &mut self.logits)? {
+            return Ok(Picked::Tokens);
+        }
+        if !greedy {
+            self.model.forward(&self.backend, &self.plan, &mut self.kv, &mut self.logits)?;
+        }
+        Ok(Picked::Logits)
+    }
+}
