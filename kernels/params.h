@@ -97,7 +97,8 @@ typedef struct {
 
 /* Per token: rotates the heads of `q` (when set) by the token's position; rotates `k` too
  * when `rotate_k`; then, when `k_cache` is set, writes k and v (f16) to the token's slot of one
- * layer, whose layout is [block][kv head][slot in block][head dim]. Grid: (tokens). */
+ * layer, whose layout is [block][kv head][slot in block][head dim] (KvOrder::HeadMajor in
+ * src/kv/mod.rs, KvLayout::k_at and v_at: the one definition). Grid: (tokens). */
 typedef struct {
     float* q;
     float* k;

@@ -82,6 +82,9 @@ pub trait Backend: Send {
     fn upload_weights(&self, w: HostWeights) -> Result<ModelWeights<Self::Matrix, Self::Tensor>> {
         w.try_map(|m| self.upload_matrix(m), |v| self.upload_vector(&v))
     }
+    /// How this backend's KV pools arrange a block ([`crate::kv::KvOrder`]; its index
+    /// functions are the definition).
+    const KV_ORDER: crate::kv::KvOrder;
     fn alloc_kv(&self, layout: &KvLayout) -> Result<Self::KvPool>;
 
     fn prepare<'a>(&'a self, plan: &'a BatchPlan) -> Result<Self::Step<'a>>;

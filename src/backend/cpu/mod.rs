@@ -130,6 +130,8 @@ impl Backend for CpuBackend {
         w.try_map(Ok, |v| self.upload_vector(&v))
     }
 
+    const KV_ORDER: crate::kv::KvOrder = crate::kv::KvOrder::KeysByLane;
+
     fn alloc_kv(&self, layout: &KvLayout) -> Result<CpuKvPool> {
         CpuKvPool::new(*layout)
     }

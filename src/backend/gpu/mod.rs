@@ -27,7 +27,7 @@ mod upload;
 pub use device::{Device, Dims};
 
 use crate::backend::{BackendError, GpuOptions, Result};
-use crate::kv::{KvDtype, KvLayout};
+use crate::kv::{KvDtype, KvLayout, KvOrder};
 use crate::plan::BatchPlan;
 use kernels::{BallastMatrix, TokenAttn};
 use parking_lot::Mutex;
@@ -140,18 +140,15 @@ pub struct GpuKvPool<B> {
     layout: KvLayout,
 }
 
+/// K and V in f16, each arranged as [`crate::kv::KvOrder::HeadMajor`] (the kernels index a
+/// layer's pointer as `[block][kv head][slot in block][head dim]`, `KvLayout::k_at`).
 impl<B> GpuKvPool<B> {
-    /// Halves of one layer's K (or V).
-    fn layer_elems(&self) -> usize {
-        self.layout.num_blocks * self.layout.block_size * self.layout.token_stride()
-    }
-
     fn k_layer(&self, layer: usize) -> *mut u16 {
-        (self.k_addr + (layer * self.layer_elems() * 2) as u64) as *mut u16
+        (self.k_addr + (self.layout.k_at(KvOrder::HeadMajor, layer, 0, 0, 0) * 2) as u64) as *mut u16
     }
 
     fn v_layer(&self, layer: usize) -> *mut u16 {
-        (self.v_addr + (layer * self.layer_elems() * 2) as u64) as *mut u16
+        (self.v_addr + (self.layout.v_at(KvOrder::HeadMajor, layer, 0, 0, 0) * 2) as u64) as *mut u16
     }
 }
 
@@ -321,5 +318,51 @@ mod tests {
         assert_eq!(kv_budget(70 * GB, 80 * GB, 1.0), 70 * GB - STEP_HEADROOM);
         // The weights already fill the share: nothing, never an underflow.
         assert_eq!(kv_budget(5 * GB, 80 * GB, 0.9), 0);
+    }
+
+    /// The kernels write K and V where `KvOrder::HeadMajor` (`KvLayout::k_at` / `v_at`) says:
+    /// the Rust definition and the CUDA indexing are the same layout.
+    #[test]
+    fn the_kernels_write_the_kv_pool_in_head_major_order() {
+        use crate::backend::Backend;
+        use crate::plan::{BatchPlan, LogitsFor};
+        let gpu = GpuBackend::new(emu::EmuDevice::new());
+        let layout = KvLayout { num_layers: 2, num_blocks: 4, block_size: 16, num_kv_heads: 3, head_dim: 8, dtype: KvDtype::F16 };
+        let mut pool = gpu.alloc_kv(&layout).unwrap();
+        let mut plan = BatchPlan::new(16, 4);
+        // 21 tokens over blocks 2 and 0 (slots 32..48, then 0..5).
+        plan.push_seq(&[1; 21], 0, &[2, 0], LogitsFor::Last).unwrap();
+        let step = gpu.prepare(&plan).unwrap();
+        let width = layout.token_stride();
+        let value = |kind: usize, t: usize, j: usize| (kind * 1000 + t * 24 + j) as f32 / 64.0;
+        let k: Vec<f32> = (0..21 * width).map(|i| value(0, i / width, i % width)).collect();
+        let v: Vec<f32> = (0..21 * width).map(|i| value(1, i / width, i % width)).collect();
+        let (kt, vt) = (gpu.upload_tensor(21, &k).unwrap(), gpu.upload_tensor(21, &v).unwrap());
+        gpu.write_kv(&step, 1, &kt, &vt, &mut pool).unwrap();
+        let read = |buf| {
+            let mut bytes = vec![0u8; layout.num_elements() * 2];
+            gpu.device.download(buf, 0, &mut bytes).unwrap();
+            bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect::<Vec<f32>>()
+        };
+        let (kp, vp) = (read(&pool._k), read(&pool._v));
+        for t in 0..21 {
+            let slot = if t < 16 { 32 + t } else { t - 16 };
+            for head in 0..3 {
+                for dim in 0..8 {
+                    let j = head * 8 + dim;
+                    assert_eq!(
+                        kp[layout.k_at(KvOrder::HeadMajor, 1, slot, head, dim)],
+                        value(0, t, j),
+                        "K token {t} head {head} dim {dim}"
+                    );
+                    assert_eq!(
+                        vp[layout.v_at(KvOrder::HeadMajor, 1, slot, head, dim)],
+                        value(1, t, j),
+                        "V token {t} head {head} dim {dim}"
+                    );
+                }
+            }
+        }
+        assert_eq!(kp.iter().filter(|&&x| x != 0.0).count(), 21 * width - 1, "nothing else written (one value is 0)");
     }
 }

@@ -100,6 +100,8 @@ impl<D: Device> Backend for GpuBackend<D> {
         Ok(GpuMatrix { _buffers: buffers, qs_addr, scales_addr, qh_addr, sub_addr, rows: m.rows, cols: m.cols, format: l.format })
     }
 
+    const KV_ORDER: crate::kv::KvOrder = crate::kv::KvOrder::HeadMajor;
+
     fn alloc_kv(&self, layout: &KvLayout) -> Result<Self::KvPool> {
         check_kv(layout)?;
         let bytes = layout.num_bytes() / 2;

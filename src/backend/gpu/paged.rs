@@ -189,8 +189,8 @@ impl<D: Device> GpuBackend<D> {
                 pairs: self.device.address(buf) as *const u32,
                 n: pairs.len() as u32,
                 num_layers: l.num_layers as u32,
-                block_elems: (l.block_size * l.token_stride()) as u64,
-                layer_elems: pool.layer_elems() as u64,
+                block_elems: l.block_elems() as u64,
+                layer_elems: pool.layout.layer_stride() as u64,
             };
             self.device.launch("copy_blocks", Dims::x(1), Dims::x(256), &p)
         })
