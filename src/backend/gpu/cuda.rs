@@ -103,7 +103,7 @@ impl CudaDevice {
 }
 
 /// The kernels each source defines (the emulation registers the same names).
-fn kernel_names(file: &str) -> Vec<String> {
+pub(super) fn kernel_names(file: &str) -> Vec<String> {
     match file {
         "attention" => {
             let mut v: Vec<String> = (1..=8).flat_map(|g| [1, 2, 4, 8].map(|d| format!("attention_g{g}_d{d}"))).collect();

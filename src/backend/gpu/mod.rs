@@ -170,6 +170,13 @@ pub struct GpuStep<'a> {
 }
 
 impl<D: Device> GpuBackend<D> {
+    /// Launches `kernel` with its declared block size.
+    fn launch<P: kernels::KernelParams>(&self, kernel: &kernels::Kernel<P>, grid: Dims, params: &P) -> Result<()> {
+        self.device.launch(kernel.name, grid, Dims::x(kernel.block), params)
+    }
+}
+
+impl<D: Device> GpuBackend<D> {
     pub fn new(device: D) -> GpuBackend<D> {
         GpuBackend::with_options(device, GpuOptions::default())
     }

@@ -1,7 +1,7 @@
 //! [`Backend`] for [`GpuBackend`]: shape checks on the host, then one launch per op. The
 //! paged-KV ops (rope and the K/V write, attention, block copies) live in `paged.rs`.
 
-use super::kernels::*;
+use super::kernels::{self, *};
 use super::paged::{KvWrite, Rotate};
 use super::upload::device_layout;
 use super::{Device, Dims, GpuBackend, GpuKvPool, GpuMatrix, GpuStep, GpuTensor, STEP_HEADROOM, Scratch, check_kv, kv_budget};
@@ -37,7 +37,7 @@ impl<D: Device> GpuBackend<D> {
             return Ok(());
         }
         let p = EltwiseParams { x: x.ptr(), y: y.ptr(), n: n as u64, op, y_cols: y_cols as u32 };
-        self.device.launch("eltwise", Dims::x(grid_len("eltwise", n.div_ceil(256))?), Dims::x(256), &p)
+        self.launch(&kernels::ELTWISE, Dims::x(grid_len("eltwise", n.div_ceil(256))?), &p)
     }
 
     fn norm(
@@ -57,7 +57,7 @@ impl<D: Device> GpuBackend<D> {
             return Ok(());
         }
         let p = RmsNormParams { residual, delta, weight: w.ptr(), out: out.ptr(), rows: rows as u32, cols: cols as u32, eps };
-        self.device.launch("rms_norm", Dims::x(grid_len("rms_norm", rows)?), Dims::x(256), &p)
+        self.launch(&kernels::RMS_NORM, Dims::x(grid_len("rms_norm", rows)?), &p)
     }
 }
 
@@ -129,7 +129,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             return Ok(());
         }
         let p = EmbeddingParams { table: table.desc(), token_ids: step.token_ids as *const u32, out: out.ptr(), num_tokens: n as u32 };
-        self.device.launch("embedding", Dims::x(grid_len("embedding", n)?), Dims::x(128), &p)
+        self.launch(&kernels::EMBEDDING, Dims::x(grid_len("embedding", n)?), &p)
     }
 
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32, out: &mut Self::Tensor) -> Result<()> {
@@ -162,14 +162,14 @@ impl<D: Device> Backend for GpuBackend<D> {
             // f16 activations: each token scaled by a power of two into range first.
             return self.with_scratch(Scratch::Scales, x.rows * 4, |scales| {
                 let rs = RowScaleParams { x: x.ptr(), scale: self.device.address(scales) as *mut f32, cols: x.cols as u32 };
-                self.device.launch("row_scales", Dims::x(grid_len("matmul", x.rows)?), Dims::x(256), &rs)?;
+                self.launch(&kernels::ROW_SCALES, Dims::x(grid_len("matmul", x.rows)?), &rs)?;
                 p.x_scale = rs.scale;
                 let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(64))?, grid_len("matmul", x.rows.div_ceil(64))?);
-                self.device.launch("matmul_mma", grid, Dims::x(128), &p)
+                self.launch(&kernels::MATMUL_MMA, grid, &p)
             });
         }
         let grid = Dims::xy(grid_len("matmul", w.rows.div_ceil(4))?, grid_len("matmul", x.rows.div_ceil(8))?);
-        self.device.launch("matmul", grid, Dims::x(128), &p)
+        self.launch(&kernels::MATMUL, grid, &p)
     }
 
     /// On the GEMV path, up to three weights sharing `x` (Q/K/V, gate/up) in one launch.
@@ -198,7 +198,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         }
         let blocks: usize = p.blocks.iter().map(|&b| b as usize).sum();
         let grid = Dims::xy(grid_len("matmul", blocks)?, grid_len("matmul", x.rows.div_ceil(8))?);
-        self.device.launch("matmul", grid, Dims::x(128), &p)
+        self.launch(&kernels::MATMUL, grid, &p)
     }
 
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Tensor) -> Result<()> {
@@ -273,7 +273,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         }
         let p =
             GatherParams { src: x.ptr(), dst: out.ptr(), rows: step.logits_rows as *const u32, n: rows.len() as u32, cols: x.cols as u32 };
-        self.device.launch("gather_rows", Dims::x(rows.len() as u32), Dims::x(128), &p)
+        self.launch(&kernels::GATHER_ROWS, Dims::x(rows.len() as u32), &p)
     }
 
     fn read(&self, x: &Self::Tensor, out: &mut Vec<f32>) -> Result<()> {
@@ -296,7 +296,7 @@ impl<D: Device> Backend for GpuBackend<D> {
                 rows: logits.rows as u32,
                 cols: logits.cols as u32,
             };
-            self.device.launch("argmax", Dims::x(logits.rows as u32), Dims::x(256), &p)?;
+            self.launch(&kernels::ARGMAX, Dims::x(logits.rows as u32), &p)?;
             self.device.download(ids, 0, bytemuck::cast_slice_mut(out))
         })?;
         Ok(true)

@@ -2,7 +2,7 @@
 //! attention (`attention_g{G}_d{D}`, plus `attention_combine` for split contexts) and block
 //! copies.
 
-use super::kernels::*;
+use super::kernels::{self, *};
 use super::ops::{grid_len, same_shape, shape_err};
 use super::{Device, Dims, GpuBackend, GpuKvPool, GpuStep, GpuTensor, SPLIT_LEN, Scratch};
 use crate::backend::{AttentionShape, BackendError, Result, RopeShape};
@@ -25,18 +25,6 @@ pub(super) struct Rotate<'t, B> {
     pub x: &'t mut GpuTensor<B>,
     pub inv_freq: &'t GpuTensor<B>,
     pub shape: RopeShape,
-}
-
-/// The attention kernel for a GQA group of `g` query heads per KV head and `head_dim`.
-fn attention_kernel(g: usize, head_dim: usize) -> Option<String> {
-    let dl = match head_dim {
-        1..=32 => 1,
-        33..=64 => 2,
-        65..=128 => 4,
-        129..=256 => 8,
-        _ => return None,
-    };
-    (1..=8).contains(&g).then(|| format!("attention_g{g}_d{dl}"))
 }
 
 impl<D: Device> GpuBackend<D> {
@@ -82,7 +70,7 @@ impl<D: Device> GpuBackend<D> {
         if n == 0 {
             return Ok(());
         }
-        self.device.launch("rope_kv", Dims::x(grid_len("rope_kv", n)?), Dims::x(128), &p)
+        self.launch(&kernels::ROPE_KV, Dims::x(grid_len("rope_kv", n)?), &p)
     }
 
     pub(super) fn paged_attention(
@@ -109,7 +97,7 @@ impl<D: Device> GpuBackend<D> {
         if !fits {
             return Err(shape_err("attention", format!("q {}x{}, {shape:?}, pool {l:?}", q.rows, q.cols)));
         }
-        let kernel = attention_kernel(num_heads / num_kv_heads, head_dim).ok_or_else(|| BackendError::Unsupported {
+        let kernel = kernels::attention(num_heads / num_kv_heads, head_dim).ok_or_else(|| BackendError::Unsupported {
             op: "attention",
             what: format!("{num_heads} query heads over {num_kv_heads} KV heads of {head_dim} dims (up to 8 per KV head, 256 dims)"),
         })?;
@@ -141,7 +129,7 @@ impl<D: Device> GpuBackend<D> {
             for first in (0..n).step_by(MAX_GRID_Y) {
                 p.first_token = first as u32;
                 let grid = Dims::xyz(num_kv_heads as u32, (n - first).min(MAX_GRID_Y) as u32, 1);
-                self.device.launch(&kernel, grid, Dims::x(128), &p)?;
+                self.launch(kernel, grid, &p)?;
             }
             return Ok(());
         }
@@ -154,7 +142,7 @@ impl<D: Device> GpuBackend<D> {
             for first in (0..n).step_by(group) {
                 let len = (n - first).min(group) as u32;
                 p.first_token = first as u32;
-                self.device.launch(&kernel, Dims::xyz(num_kv_heads as u32, len, splits as u32), Dims::x(128), &p)?;
+                self.launch(kernel, Dims::xyz(num_kv_heads as u32, len, splits as u32), &p)?;
                 let c = CombineParams {
                     partials: p.partials,
                     out: out.ptr(),
@@ -165,7 +153,7 @@ impl<D: Device> GpuBackend<D> {
                     split_len: SPLIT_LEN as u32,
                     splits: splits as u32,
                 };
-                self.device.launch("attention_combine", Dims::xy(num_heads as u32, len), Dims::x(128), &c)?;
+                self.launch(&kernels::ATTENTION_COMBINE, Dims::xy(num_heads as u32, len), &c)?;
             }
             Ok(())
         })
@@ -192,7 +180,7 @@ impl<D: Device> GpuBackend<D> {
                 block_elems: l.block_elems() as u64,
                 layer_elems: pool.layout.layer_stride() as u64,
             };
-            self.device.launch("copy_blocks", Dims::x(1), Dims::x(256), &p)
+            self.launch(&kernels::COPY_BLOCKS, Dims::x(1), &p)
         })
     }
 }
