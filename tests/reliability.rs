@@ -329,11 +329,39 @@ fn a_surge_is_absorbed_without_losing_anything() {
     std::fs::write(&cfg, "[classes.low]\nmax_queue_ms = 500\ndeadline_ms = 8000\n[classes.normal]\nmax_queue_ms = 3000\n").unwrap();
     let server = Server::start(&["--config", cfg.to_str().unwrap(), "--max-num-seqs", "8", "--max-batch-tokens", "128"]);
     let addr = &server.addr;
-    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(["bench", &format!("http://{addr}"), "--rate", "12", "--num-requests", "120", "--prompt-words", "12", "--max-tokens", "16"])
-        .args(["--class-mix", "high=1,normal=1,low=4", "--json"])
-        .output()
-        .unwrap();
+    // Readiness is polled throughout: shedding must never take the replica out of a pool.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (out, readiness) = std::thread::scope(|s| {
+        let poll = s.spawn(|| {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, _, body) = http(addr, "GET", "/ready", &[], "");
+                seen.push((status, body.contains("\"shedding\":true")));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args([
+                "bench",
+                &format!("http://{addr}"),
+                "--rate",
+                "12",
+                "--num-requests",
+                "120",
+                "--prompt-words",
+                "12",
+                "--max-tokens",
+                "16",
+            ])
+            .args(["--class-mix", "high=1,normal=1,low=4", "--json"])
+            .output()
+            .unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (out, poll.join().unwrap())
+    });
+    eprintln!("readiness polls: {}, of which shedding normal traffic: {}", readiness.len(), readiness.iter().filter(|r| r.1).count());
+    assert!(readiness.iter().all(|&(status, _)| status == 200), "the replica left the pool while shedding: {readiness:?}");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -359,7 +387,7 @@ fn a_surge_is_absorbed_without_losing_anything() {
     assert_eq!(offered, 120);
     let shed: f64 = ["low", "normal"]
         .iter()
-        .map(|p| metric(addr, &format!("ballast_requests_rejected_total{{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"{p}\",reason=\"overload\",status=\"503\"}}")))
+        .map(|p| metric(addr, &format!("ballast_requests_rejected_total{{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"{p}\",reason=\"overload\",status=\"429\"}}")))
         .sum();
     assert!(shed > 0.0, "the surge was shed");
     at_rest(addr);

@@ -305,3 +305,55 @@ fn a_reload_between_authentication_and_admission_never_swaps_tenants() {
     });
     assert!(reloads.load(std::sync::atomic::Ordering::SeqCst) >= 5, "the reloads raced the requests");
 }
+
+/// Shedding answers 429 + Retry-After (what routers retry elsewhere without tripping a
+/// replica's circuit breaker) and never makes the replica unready; `shed_status = 503` keeps
+/// the old status for deployments that want it.
+#[test]
+fn shed_load_is_a_429_and_the_replica_stays_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shed_status, want) in [(None, 429), (Some(503), 503)] {
+        let cfg = dir.path().join("c.toml");
+        let server_section = shed_status.map_or(String::new(), |s| format!("[server]\nshed_status = {s}\n"));
+        std::fs::write(&cfg, format!("{server_section}[classes.normal]\nmax_queue_ms = 50\n")).unwrap();
+        let server = Server::start(&["--config", cfg.to_str().unwrap(), "--max-num-seqs", "4"]);
+        let addr = server.addr.clone();
+        // A measured drain rate first (the ladder estimates queue waits from it).
+        for i in 0..4 {
+            assert_eq!(http(&addr, "POST", "/v1/completions", &[], &completion(&format!("Warm up {i}"), 4)).0, 200);
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (results, readiness) = std::thread::scope(|s| {
+            let poll = s.spawn(|| {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (status, _, body) = http(&addr, "GET", "/ready", &[], "");
+                    seen.push((status, body.contains("\"shedding\":true")));
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                seen
+            });
+            let clients: Vec<_> = (0..24)
+                .map(|i| {
+                    let addr = &addr;
+                    s.spawn(move || {
+                        // Staggered, so that the engine's queue (the ladder's signal) builds up.
+                        std::thread::sleep(std::time::Duration::from_millis(25 * i));
+                        http(addr, "POST", "/v1/completions", &[], &completion(&format!("Story number {i}:"), 48))
+                    })
+                })
+                .collect();
+            let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (results, poll.join().unwrap())
+        });
+        let shed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
+        assert!(!shed.is_empty(), "the burst was shed");
+        for (status, headers, body) in &shed {
+            assert_eq!(*status, want, "{body}");
+            assert!(header(headers, "retry-after").is_some() && body.contains("overloaded_error"), "{body}");
+        }
+        assert!(readiness.iter().all(|r| r.0 == 200), "unready while shedding: {readiness:?}");
+        assert!(readiness.iter().any(|r| r.1), "readiness polled while normal traffic was shed: {readiness:?}");
+    }
+}

@@ -49,7 +49,7 @@
 //! // 5 s of queue: shed, with an honest estimate of when to come back.
 //! match admission.admit(&tenant, Priority::Low, 12, &surge, Instant::now()) {
 //!     Decision::Reject { reason, retry_after, message } => {
-//!         assert_eq!(reason.status(), 503);
+//!         assert_eq!(policy.status(reason), 429, "shed: retry here later or elsewhere now");
 //!         assert!(retry_after >= Duration::from_secs(1), "{message}");
 //!     }
 //!     other => panic!("{other:?}"),
@@ -155,11 +155,13 @@ impl RejectReason {
         }
     }
 
-    /// 429 for a tenant over its own limits, 503 for a server under pressure.
+    /// The default status: 429 for a tenant over its own limits and for load shed by the
+    /// ladder (retryable elsewhere, and not a replica failure to a router's circuit breaker;
+    /// [`Policy::status`] may make shedding a 503), 503 for a server draining or reloaded.
     pub fn status(self) -> u16 {
         match self {
-            RejectReason::TenantConcurrency | RejectReason::TenantRequests | RejectReason::TenantTokens => 429,
-            RejectReason::Draining | RejectReason::Overload | RejectReason::Reloaded => 503,
+            RejectReason::TenantConcurrency | RejectReason::TenantRequests | RejectReason::TenantTokens | RejectReason::Overload => 429,
+            RejectReason::Draining | RejectReason::Reloaded => 503,
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct Policy {
     /// How long in-flight requests may finish once draining starts (and the `Retry-After` of
     /// requests refused while draining).
     pub drain_timeout: Duration,
+    /// The status of a request shed by the ladder: 429 (the default: routers spill it to
+    /// another replica without counting it against the replica's circuit breaker) or 503.
+    pub shed_status: u16,
 }
 
 impl Default for Policy {
@@ -75,6 +78,7 @@ impl Default for Policy {
             classes: default_classes(),
             degrade_max_tokens: 128,
             drain_timeout: Duration::from_secs(30),
+            shed_status: 429,
         }
     }
 }
@@ -117,6 +121,15 @@ impl Policy {
     /// The tenant of this name.
     pub fn tenant(&self, name: &str) -> Option<&Tenant> {
         self.tenants.iter().find(|t| t.name == name)
+    }
+
+    /// The HTTP status of a refusal: the reason's own, the policy's `shed_status` for
+    /// [`super::RejectReason::Overload`].
+    pub fn status(&self, reason: super::RejectReason) -> u16 {
+        match reason {
+            super::RejectReason::Overload => self.shed_status,
+            other => other.status(),
+        }
     }
 
     pub fn class(&self, p: Priority) -> &ClassTargets {

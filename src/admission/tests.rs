@@ -68,7 +68,9 @@ fn the_ladder_degrades_then_sheds_the_lowest_class_first_with_hysteresis() {
     assert_eq!(a.admit(&first(&a), Priority::Low, 1, &with_low_queue(5), t0), Decision::Admit { degrade: false });
     assert_eq!(a.admit(&first(&a), Priority::Low, 1, &with_low_queue(15), t0), Decision::Admit { degrade: true }, "1.5 s > half of 2 s");
     let (reason, retry) = rejected(&a.admit(&first(&a), Priority::Low, 1, &with_low_queue(30), t0)).unwrap();
-    assert_eq!((reason, reason.status()), (RejectReason::Overload, 503));
+    assert_eq!((reason, a.policy().status(reason)), (RejectReason::Overload, 429));
+    let strict = Policy { shed_status: 503, ..Policy::default() };
+    assert_eq!(strict.status(reason), 503, "configurable");
     assert!(retry >= Duration::from_secs(1));
     assert_eq!(
         a.admit(&first(&a), Priority::Normal, 1, &with_low_queue(30), t0),

@@ -348,6 +348,11 @@ impl Engine {
         }
     }
 
+    /// Whether the engine thread is alive and taking requests.
+    pub fn is_running(&self) -> bool {
+        self.commands.is_some() && self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// The latest metrics snapshot.
     pub fn metrics(&self) -> Metrics {
         self.shared.metrics.lock().clone()

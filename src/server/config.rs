@@ -9,6 +9,7 @@
 //! read_timeout_secs = 10       # a request's head and body must arrive within this
 //! drain_timeout_secs = 30      # SIGTERM: how long in-flight requests may finish
 //! degrade_max_tokens = 128     # max_tokens cap applied to degraded requests
+//! shed_status = 429            # status of load shed by the ladder (429, or 503)
 //!
 //! [[tenants]]
 //! name = "batch-jobs"
@@ -57,6 +58,7 @@ struct RawServer {
     read_timeout_secs: Option<f64>,
     drain_timeout_secs: Option<f64>,
     degrade_max_tokens: Option<u64>,
+    shed_status: Option<u16>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -153,6 +155,11 @@ impl ServerConfig {
                 errors.push("server.degrade_max_tokens = 0: must be at least 1".into());
             }
             policy.degrade_max_tokens = m as usize;
+        }
+        match raw.server.shed_status {
+            None => {}
+            Some(s @ (429 | 503)) => policy.shed_status = s,
+            Some(s) => errors.push(format!("server.shed_status = {s}: must be 429 or 503")),
         }
         if !raw.tenants.is_empty() {
             policy.tenants.clear();

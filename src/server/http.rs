@@ -11,7 +11,7 @@ use super::config::ServerConfig;
 use super::openai::{ApiError, Common, parse as parse_json};
 use super::response::{Admitted, Ctx, json_response, sse_response};
 use super::validate::{Kind, name_fields, priority, request_from_body, submit_error};
-use crate::admission::{Decision, Tenant};
+use crate::admission::{Decision, RejectReason, Tenant};
 use crate::engine::{Engine, RequestStream, ValidRequest};
 use crate::request::{Event, FinishReason, Priority, Prompt, Request};
 use axum::Router;
@@ -146,7 +146,8 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let chat = !completion;
     let valid = state.engine.prepare(parsed.request.clone()).map_err(|e| name_fields(submit_error(e), parsed.length_param, chat))?;
     let ready = admit(&state, &caller, &parsed, valid, arrival)?;
-    let (events, first, admitted) = submit(&state, ready.engine, ready.valid, ready.admitted, parsed.priority).await?;
+    let shed_status = caller.config.policy.shed_status;
+    let (events, first, admitted) = submit(&state, ready.engine, ready.valid, ready.admitted, parsed.priority, shed_status).await?;
     respond(&state, parsed, events, first, admitted, ready.degraded, ready.fallback, completion).await
 }
 
@@ -190,9 +191,13 @@ fn admit<'a>(
         Decision::Reject { reason, retry_after, message } => {
             state.metrics.rejected(class, reason);
             tracing::info!(tenant = %tenant.name, priority = class.name(), reason = reason.name(), "refused: {message}");
-            let kind = if reason.status() == 429 { "rate_limit_error" } else { "overloaded_error" };
+            let kind = match reason {
+                RejectReason::TenantConcurrency | RejectReason::TenantRequests | RejectReason::TenantTokens => "rate_limit_error",
+                RejectReason::Overload | RejectReason::Draining | RejectReason::Reloaded => "overloaded_error",
+            };
             let retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
-            return Err(ApiError { retry_after, ..ApiError::new(reason.status(), kind, message) });
+            let status = caller.config.policy.status(reason);
+            return Err(ApiError { retry_after, ..ApiError::new(status, kind, message) });
         }
     };
     // From here the guard releases the tenant's admission however the request ends.
@@ -225,13 +230,14 @@ fn admit<'a>(
 }
 
 /// Queues the request and waits for its first event, which decides between a response and an
-/// error (a missed deadline, an engine failure).
+/// error (a missed deadline: shed, with the shedding status; an engine failure).
 async fn submit(
     state: &State,
     engine: &Engine,
     valid: ValidRequest,
     mut admitted: Admitted,
     class: Priority,
+    shed_status: u16,
 ) -> Result<(RequestStream, Option<Event>, Admitted), ApiError> {
     let n = valid.request().n;
     let mut events = engine.enqueue(valid).map_err(submit_error)?;
@@ -246,7 +252,7 @@ async fn submit(
             FinishReason::Deadline => ApiError {
                 retry_after: Some(retry),
                 ..ApiError::new(
-                    503,
+                    shed_status,
                     "overloaded_error",
                     format!("the request could not start within its {} priority deadline", class.name()),
                 )
@@ -353,18 +359,24 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
+/// Readiness means "can take work": the model is loaded, the engine runs, the server is not
+/// draining. Shedding load never makes a replica unready (a pool that drops its busiest
+/// replica moves its load onto the others, which then drop out too); it says so in
+/// `shedding` instead.
 async fn ready(Extract(state): Extract<Arc<State>>) -> Response {
-    let admission = state.admission.lock();
-    let reason = if admission.is_draining() {
+    let (draining, shedding) = {
+        let a = state.admission.lock();
+        (a.is_draining(), a.level(Priority::Normal) == crate::admission::Level::Shed)
+    };
+    let reason = if draining {
         Some("draining")
-    } else if admission.level(Priority::Normal) == crate::admission::Level::Shed {
-        Some("saturated")
+    } else if !state.engine.is_running() {
+        Some("engine_stopped")
     } else {
         None
     };
-    drop(admission);
     match reason {
-        None => (StatusCode::OK, axum::Json(serde_json::json!({"ready": true}))).into_response(),
+        None => (StatusCode::OK, axum::Json(serde_json::json!({"ready": true, "shedding": shedding}))).into_response(),
         Some(r) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"ready": false, "reason": r}))).into_response(),
     }
 }
@@ -377,6 +389,6 @@ async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
         Priority::ALL.map(|p| a.level(p))
     };
     let e = state.engine.metrics();
-    let text = state.metrics.render(&state.model_name, &e, state.engine.config().block_size, &signals, levels);
+    let text = state.metrics.render(&state.model_name, &e, state.engine.config().block_size, &signals, levels, &state.config().policy);
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

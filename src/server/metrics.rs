@@ -1,7 +1,7 @@
 //! Prometheus metrics: the gauges Kubernetes' Gateway API Inference Extension reads, under
 //! vLLM's names, and ballast's own counters and histograms by priority class.
 
-use crate::admission::{Level, RejectReason, Signals};
+use crate::admission::{Level, Policy, RejectReason, Signals};
 use crate::engine::Metrics as EngineMetrics;
 use crate::request::Priority;
 use parking_lot::Mutex;
@@ -109,7 +109,16 @@ impl ServerMetrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, model: &str, e: &EngineMetrics, block_size: usize, signals: &Signals, levels: [Level; 4]) -> String {
+    /// `policy` says each refusal's status (shedding's is configurable).
+    pub fn render(
+        &self,
+        model: &str,
+        e: &EngineMetrics,
+        block_size: usize,
+        signals: &Signals,
+        levels: [Level; 4],
+        policy: &Policy,
+    ) -> String {
         let mut o = String::new();
         let c = self.c.lock();
         let m = format!("model_name=\"{}\"", model.replace('"', "'"));
@@ -179,7 +188,7 @@ impl ServerMetrics {
         for p in Priority::ALL {
             for (k, r) in RejectReason::ALL.iter().enumerate() {
                 rows.push((
-                    format!("{},reason=\"{}\",status=\"{}\"", class(p), r.name(), r.status()),
+                    format!("{},reason=\"{}\",status=\"{}\"", class(p), r.name(), policy.status(*r)),
                     c.rejected[p.rank() as usize][k] as f64,
                 ));
             }
