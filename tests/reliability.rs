@@ -114,7 +114,8 @@ fn malformed_cases() -> Vec<(String, &'static str, Vec<u8>)> {
             ("lone surrogate", br#"{"prompt": "\ud800", "max_tokens": 2}"#.to_vec()),
             ("deeply nested", [b"{\"prompt\": ".to_vec(), vec![b'['; 100_000], vec![b']'; 100_000], b"}".to_vec()].concat()),
             ("unknown field", br#"{"prompt": "x", "temprature": 0.5}"#.to_vec()),
-            ("unsupported field", br#"{"prompt": "x", "tools": []}"#.to_vec()),
+            ("unsupported field", br#"{"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}"#.to_vec()),
+            ("unsupported value", br#"{"prompt": "x", "response_format": {"type": "json_object"}}"#.to_vec()),
             ("duplicate keys", br#"{"prompt": "x", "prompt": "y", "max_tokens": "z"}"#.to_vec()),
         ];
         for (what, body) in raw {
@@ -168,7 +169,12 @@ fn malformed_cases() -> Vec<(String, &'static str, Vec<u8>)> {
 
 #[test]
 fn two_hundred_malformed_requests_each_get_a_clear_4xx() {
-    let server = Server::start(&[]);
+    // Strict about fields, so that a typo is a 400 too (by default it is ignored and named in
+    // x-ballast-ignored-fields, as vLLM does: tests/validation.rs).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("strict.toml");
+    std::fs::write(&cfg, "[server]\nstrict_fields = true\n").unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     let addr = &server.addr;
     assert_eq!(http(addr, "POST", "/v1/completions", &[], &completion("Warm up", 2)).0, 200);
     let (rss_before, fds_before, _) = process_usage(server.child.id());

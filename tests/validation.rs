@@ -202,12 +202,91 @@ fn cases(max_context: u64) -> Vec<(&'static str, &'static str, Value, u16, Optio
             Some("stream_options"),
         ),
         ("n of zero", c, json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "n": 0}), 400, Some("n")),
+        // Fields routers and SDKs add: neutral values accepted, others refused; unknown ones
+        // ignored (named in x-ballast-ignored-fields; strict_fields makes them a 400).
+        ("an unknown top-level field (ignored)", c, json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "temprature": 0}), 200, None),
         (
-            "an unknown top-level field",
+            "vllm-router's chat body",
             c,
-            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "temprature": 0}),
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "stream": false, "logprobs": false, "echo": false,
+            "ignore_eos": false, "skip_special_tokens": true, "no_stop_trim": false, "return_hidden_states": false, "continue_final_message": false,
+            "separate_reasoning": true, "stream_reasoning": true, "include_reasoning": true, "add_generation_prompt": true}),
+            200,
+            None,
+        ),
+        (
+            "sglang-router's chat body",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_completion_tokens": 2, "stream": false, "logprobs": false,
+            "no_stop_trim": false, "return_hidden_states": false, "separate_reasoning": true, "stream_reasoning": true, "rid": null, "bootstrap_room": null}),
+            200,
+            None,
+        ),
+        (
+            "vllm-router's completion body",
+            p,
+            json!({"prompt": "Hi", "max_tokens": 2, "stream": false, "logprobs": false, "echo": false,
+            "ignore_eos": false, "skip_special_tokens": true, "no_stop_trim": false, "return_hidden_states": false}),
+            200,
+            None,
+        ),
+        ("completion max_completion_tokens (sglang-router's rename)", p, json!({"prompt": "Hi", "max_completion_tokens": 2}), 200, None),
+        (
+            "completion max_completion_tokens beyond the context",
+            p,
+            json!({"prompt": "Hi", "max_completion_tokens": max_context}),
             400,
-            Some("temprature"),
+            Some("max_completion_tokens"),
+        ),
+        ("completion logprobs true", p, json!({"prompt": "Hi", "max_tokens": 2, "logprobs": true}), 400, Some("logprobs")),
+        (
+            "no_stop_trim true (not supported)",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "no_stop_trim": true}),
+            400,
+            Some("no_stop_trim"),
+        ),
+        (
+            "continue_final_message true (not supported)",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "continue_final_message": true}),
+            400,
+            Some("continue_final_message"),
+        ),
+        (
+            "add_generation_prompt false (not supported)",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "add_generation_prompt": false}),
+            400,
+            Some("add_generation_prompt"),
+        ),
+        (
+            "a known field of the wrong type stays a 400",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "ignore_eos": "no"}),
+            400,
+            Some("ignore_eos"),
+        ),
+        (
+            "tools (not supported yet)",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            400,
+            Some("tools"),
+        ),
+        (
+            "no tools, tool_choice auto",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "tools": [], "tool_choice": "auto", "response_format": {"type": "text"}}),
+            200,
+            None,
+        ),
+        (
+            "a JSON response_format (not supported yet)",
+            c,
+            json!({"messages": [user(json!("Hi"))], "max_tokens": 2, "response_format": {"type": "json_object"}}),
+            400,
+            Some("response_format"),
         ),
     ]
 }
@@ -234,6 +313,19 @@ fn chat_and_length_cases_get_the_status_and_param_openai_gives() {
         }
     }
     assert!(failures.is_empty(), "{} of the cases failed:\n{}", failures.len(), failures.join("\n"));
+
+    // Ignored fields are named in a header and counted; strict_fields makes them a 400.
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temprature": 0, "rid": "x"}).to_string();
+    let (status, headers, _) = http(addr, "POST", "/v1/chat/completions", &[], &body);
+    assert_eq!((status, header(&headers, "x-ballast-ignored-fields")), (200, Some("rid,temprature")));
+    assert!(metric(addr, "ballast_ignored_fields_total{model_name=\"SmolLM2-135M-Instruct.Q4_1\",field=\"temprature\"}") >= 2.0);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("strict.toml");
+    std::fs::write(&cfg, "[server]\nstrict_fields = true\n").unwrap();
+    let strict = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let (status, _, text) = http(&strict.addr, "POST", "/v1/chat/completions", &[], &body);
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"]["param"], "rid");
 
     // The length errors say the limit, as vLLM does.
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": max_context}).to_string();

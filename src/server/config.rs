@@ -10,6 +10,8 @@
 //! drain_timeout_secs = 30      # SIGTERM: how long in-flight requests may finish
 //! degrade_max_tokens = 128     # max_tokens cap applied to degraded requests
 //! shed_status = 429            # status of load shed by the ladder (429, or 503)
+//! strict_fields = false        # true: unknown request fields are a 400 (default: ignored,
+//!                              # named in x-ballast-ignored-fields, counted)
 //!
 //! [[tenants]]
 //! name = "batch-jobs"
@@ -59,6 +61,7 @@ struct RawServer {
     drain_timeout_secs: Option<f64>,
     degrade_max_tokens: Option<u64>,
     shed_status: Option<u16>,
+    strict_fields: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -92,6 +95,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A request's head and body must arrive within this (slow clients get 408 or are closed).
     pub read_timeout: Duration,
+    /// Unknown request fields are a 400 (otherwise ignored, as vLLM does, and named in the
+    /// response's `x-ballast-ignored-fields`).
+    pub strict_fields: bool,
     /// Tenants and class targets (shared with admission and with every request authenticated
     /// against this configuration).
     pub policy: Arc<Policy>,
@@ -103,6 +109,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             max_connections: 1024,
             read_timeout: Duration::from_secs(10),
+            strict_fields: false,
             policy: Arc::new(Policy::default()),
         }
     }
@@ -156,6 +163,7 @@ impl ServerConfig {
             }
             policy.degrade_max_tokens = m as usize;
         }
+        cfg.strict_fields = raw.server.strict_fields.unwrap_or(false);
         match raw.server.shed_status {
             None => {}
             Some(s @ (429 | 503)) => policy.shed_status = s,

@@ -10,7 +10,7 @@ use super::State;
 use super::config::ServerConfig;
 use super::openai::{ApiError, Common, parse as parse_json};
 use super::response::{Admitted, Ctx, json_response, sse_response};
-use super::validate::{Kind, name_fields, priority, request_from_body, submit_error};
+use super::validate::{Kind, Unknown, name_fields, priority, request_from_body, submit_error};
 use crate::admission::{Decision, RejectReason, Tenant};
 use crate::engine::{Engine, RequestStream, ValidRequest};
 use crate::request::{Event, FinishReason, Priority, Prompt, Request};
@@ -127,6 +127,8 @@ struct Parsed {
     /// The field that set the length limit (`max_tokens` or `max_completion_tokens`).
     length_param: &'static str,
     priority: Priority,
+    /// Unknown fields that were ignored (named in `x-ballast-ignored-fields`).
+    ignored: Vec<String>,
 }
 
 /// An admitted request, ready for an engine.
@@ -162,13 +164,18 @@ async fn parse(
     arrival: Instant,
 ) -> Result<Parsed, ApiError> {
     let bytes = read_body(&caller.config, body).await?;
-    let (mut request, common, kind, length_param) = request_from_body(&bytes, completion)?;
+    let unknown = if caller.config.strict_fields { Unknown::Reject } else { Unknown::Ignore };
+    let body = request_from_body(&bytes, completion, unknown)?;
+    let (mut request, common, kind, length_param, ignored) = (body.request, body.common, body.kind, body.length_param, body.ignored);
+    if !ignored.is_empty() {
+        state.metrics.ignored_fields(&ignored);
+    }
     check_model(state, &common.model)?;
     let class = priority(common.priority.as_deref(), headers, caller.tenant.max_priority)?;
     request.priority = class;
     request.cache_salt = caller.tenant.cache_salt.clone();
     request.deadline = caller.config.policy.class(class).deadline.map(|d| arrival + d);
-    Ok(Parsed { request, common, kind, length_param, priority: class })
+    Ok(Parsed { request, common, kind, length_param, priority: class, ignored })
 }
 
 /// Tenant limits and the ladder; on admission, the degraded treatment if the ladder calls for
@@ -300,7 +307,17 @@ async fn respond(
         resp.headers_mut().insert("x-ballast-degraded", HeaderValue::from_str(&degraded.join(",")).expect("ascii"));
     }
     resp.headers_mut().insert("x-ballast-priority", HeaderValue::from_static(parsed.priority.name()));
+    if !parsed.ignored.is_empty() {
+        // Names as header-safe tokens (a field name can be any JSON string).
+        let names: Vec<String> = parsed.ignored.iter().take(16).map(|k| header_token(k)).collect();
+        resp.headers_mut().insert("x-ballast-ignored-fields", HeaderValue::from_str(&names.join(",")).expect("token characters"));
+    }
     Ok(resp)
+}
+
+/// `name` with every character outside `[A-Za-z0-9_.-]` as `_`, at most 64 of them.
+pub(super) fn header_token(name: &str) -> String {
+    name.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect()
 }
 
 async fn models(Extract(state): Extract<Arc<State>>) -> Response {

@@ -47,7 +47,12 @@ struct Counters {
     queue: [Histogram; 4],
     config_reloads: u64,
     config_reload_failures: u64,
+    /// Unknown request fields ignored, by name (at most [`MAX_IGNORED_NAMES`] names, then
+    /// `other`: clients choose these names).
+    ignored_fields: std::collections::BTreeMap<String, u64>,
 }
+
+const MAX_IGNORED_NAMES: usize = 32;
 
 const FINISH_NAMES: [&str; 5] = ["stop", "length", "cancelled", "deadline", "error"];
 
@@ -97,6 +102,21 @@ impl ServerMetrics {
         }
         c.queue[i].observe(f.queue.as_secs_f64());
         c.e2e[i].observe(f.e2e.as_secs_f64());
+    }
+
+    /// Unknown fields a request carried and the server ignored; each name is logged once.
+    pub fn ignored_fields(&self, names: &[String]) {
+        let mut c = self.c.lock();
+        for name in names {
+            let known = c.ignored_fields.len();
+            let key = super::http::header_token(name);
+            let key = if c.ignored_fields.contains_key(&key) || known < MAX_IGNORED_NAMES { key } else { "other".to_string() };
+            let n = c.ignored_fields.entry(key.clone()).or_insert(0);
+            if *n == 0 {
+                tracing::info!("ignoring the unknown request field {key:?} (strict_fields = true makes it a 400)");
+            }
+            *n += 1;
+        }
     }
 
     pub fn config_reload(&self, ok: bool) {
@@ -227,6 +247,8 @@ impl ServerMetrics {
         );
         counter(&mut o, "vllm:generation_tokens_total", "Tokens generated.", &[(m.clone(), e.tokens_generated as f64)]);
         counter(&mut o, "ballast_config_reloads_total", "Configuration reloads that took effect.", &[(m.clone(), c.config_reloads as f64)]);
+        let rows: Vec<(String, f64)> = c.ignored_fields.iter().map(|(k, n)| (format!("{m},field=\"{k}\""), *n as f64)).collect();
+        counter(&mut o, "ballast_ignored_fields_total", "Unknown request fields ignored, by name.", &rows);
         counter(
             &mut o,
             "ballast_config_reload_failures_total",

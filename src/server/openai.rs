@@ -98,11 +98,35 @@ pub struct Common {
 pub struct CompletionRequest {
     pub prompt: PromptField,
     /// Top alternatives per token (0–20).
-    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub logprobs: CompletionLogprobs,
     #[serde(default)]
     pub echo: bool,
+    /// An alias of `max_tokens` (sglang-router renames it so).
+    pub max_completion_tokens: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
+}
+
+/// Completions' `logprobs`: a number of alternatives, or `false` / `null` for none (what
+/// routers send when they write out every field).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompletionLogprobs(pub Option<i64>);
+
+impl<'de> Deserialize<'de> for CompletionLogprobs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Flag(bool),
+        }
+        match Option::<Raw>::deserialize(d)? {
+            None | Some(Raw::Flag(false)) => Ok(CompletionLogprobs(None)),
+            Some(Raw::Count(n)) => Ok(CompletionLogprobs(Some(n))),
+            Some(Raw::Flag(true)) => Err(serde::de::Error::custom("logprobs of a completion is a number of alternatives (0–20), not true")),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]

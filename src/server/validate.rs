@@ -118,18 +118,88 @@ pub(super) enum Kind {
     Chat { logprobs: Option<usize> },
 }
 
-/// Fields the endpoints accept beyond their own; anything else is a 400 naming it.
-const ACCEPTED_EXTRA: &[&str] = &["user"];
+/// Fields that routers (vllm-router, sglang-router) and SDKs add to the bodies they forward,
+/// accepted when their value cannot change what this server computes; any other value is a
+/// 400 saying it is not supported.
+const NEUTRAL: &[(&str, Neutral)] = &[
+    ("user", Neutral::Any),
+    ("no_stop_trim", Neutral::FalseOrNull),
+    ("return_hidden_states", Neutral::FalseOrNull),
+    ("continue_final_message", Neutral::FalseOrNull),
+    ("add_generation_prompt", Neutral::TrueOrNull),
+    // Chat's `echo` (vLLM: prepend the last message); completions implement their own.
+    ("echo", Neutral::FalseOrNull),
+    // Reasoning output is split only by a reasoning parser; without one these change nothing.
+    ("separate_reasoning", Neutral::Any),
+    // Tool calling and structured output are not implemented: accepted only when they ask for
+    // nothing (a client that sends tools expects tool calls, so it gets a 400, not silence).
+    ("tools", Neutral::EmptyOrNull),
+    ("functions", Neutral::EmptyOrNull),
+    ("tool_choice", Neutral::NoneOrAuto),
+    ("function_call", Neutral::NoneOrAuto),
+    ("parallel_tool_calls", Neutral::Any),
+    ("response_format", Neutral::PlainText),
+    ("stream_reasoning", Neutral::Any),
+    ("include_reasoning", Neutral::Any),
+];
 
-/// Rejects unknown top-level fields (typos must not pass silently).
-fn check_fields(body: &[u8], known: &[&str]) -> Result<(), ApiError> {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Ok(()); // the typed parse reports it
-    };
-    match map.keys().find(|k| !known.contains(&k.as_str()) && !ACCEPTED_EXTRA.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::bad_request(k, format!("unknown or unsupported field `{k}`"))),
-        None => Ok(()),
+#[derive(Clone, Copy)]
+enum Neutral {
+    Any,
+    FalseOrNull,
+    TrueOrNull,
+    /// `null` or `[]`.
+    EmptyOrNull,
+    /// `null`, `"none"` or `"auto"` (with no tools, auto is none).
+    NoneOrAuto,
+    /// `null` or `{"type": "text"}`.
+    PlainText,
+}
+
+impl Neutral {
+    fn accepts(self, v: &serde_json::Value) -> bool {
+        match self {
+            Neutral::Any => true,
+            Neutral::FalseOrNull => matches!(v, serde_json::Value::Null | serde_json::Value::Bool(false)),
+            Neutral::TrueOrNull => matches!(v, serde_json::Value::Null | serde_json::Value::Bool(true)),
+            Neutral::EmptyOrNull => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+            Neutral::NoneOrAuto => v.is_null() || v.as_str().is_some_and(|s| s == "none" || s == "auto"),
+            Neutral::PlainText => v.is_null() || *v == serde_json::json!({"type": "text"}),
+        }
     }
+}
+
+/// What to do with a top-level field this endpoint does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unknown {
+    /// Ignore it, as vLLM does (the caller names it in a response header and counts it).
+    Ignore,
+    /// A 400 naming it (`strict_fields = true`: typos must not pass silently).
+    Reject,
+}
+
+/// Checks the top-level fields: the router fields' values, then unknown ones per `unknown`.
+/// Returns the unknown fields it ignored, sorted.
+fn check_fields(body: &[u8], known: &[&str], unknown: Unknown) -> Result<Vec<String>, ApiError> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(Vec::new()); // the typed parse reports it
+    };
+    let mut ignored = Vec::new();
+    for (k, v) in &map {
+        if known.contains(&k.as_str()) {
+            continue;
+        }
+        match NEUTRAL.iter().find(|(name, _)| name == k) {
+            Some((_, neutral)) if neutral.accepts(v) => {}
+            Some(_) => return Err(ApiError::bad_request(k, format!("`{k}` = {v} is not supported by this server"))),
+            None if unknown == Unknown::Reject => {
+                return Err(ApiError::bad_request(k, format!("unknown or unsupported field `{k}`")));
+            }
+            None => ignored.push(k.clone()),
+        }
+    }
+    ignored.sort();
+    Ok(ignored)
 }
 
 const COMMON_FIELDS: &[&str] = &[
@@ -153,15 +223,29 @@ const COMMON_FIELDS: &[&str] = &[
     "priority",
 ];
 
+/// A request body as the engine request it asks for.
+pub(super) struct Body {
+    pub(super) request: Request,
+    pub(super) common: Common,
+    pub(super) kind: Kind,
+    /// The field that set the length limit (for errors about it).
+    pub(super) length_param: &'static str,
+    /// Unknown top-level fields that were ignored.
+    pub(super) ignored: Vec<String>,
+}
+
 /// A completions (`completion`) or chat body as an engine request: every check that needs no
-/// server state (types, ranges, unknown fields). Public for the fuzz targets.
-/// Also returns the field that set the length limit (for errors about it).
-pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Request, Common, Kind, &'static str), ApiError> {
+/// server state (types, ranges, fields).
+pub(super) fn request_from_body(bytes: &[u8], completion: bool, unknown: Unknown) -> Result<Body, ApiError> {
     // The shared fields first, alone: serde cannot name a field inside a flattened struct.
     parse::<Common>(bytes)?;
-    let own: &[&str] =
-        if completion { &["prompt", "logprobs", "echo"] } else { &["messages", "logprobs", "top_logprobs", "max_completion_tokens"] };
-    check_fields(bytes, &[COMMON_FIELDS, own].concat())?;
+    // Both endpoints take both length fields (sglang-router renames max_tokens).
+    let own: &[&str] = if completion {
+        &["prompt", "logprobs", "echo", "max_completion_tokens"]
+    } else {
+        &["messages", "logprobs", "top_logprobs", "max_completion_tokens"]
+    };
+    let ignored = check_fields(bytes, &[COMMON_FIELDS, own].concat(), unknown)?;
     let (request, common, kind, length_param) = if completion {
         let r: CompletionRequest = parse(bytes)?;
         if r.echo {
@@ -174,10 +258,12 @@ pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Reque
             PromptField::IdLists(mut v) if v.len() == 1 => Prompt::Tokens(v.remove(0)),
             _ => return Err(ApiError::bad_request("prompt", "one prompt per request (send a list of one, or a string)")),
         };
-        let logprobs = non_negative(r.logprobs, "logprobs")?;
+        let logprobs = non_negative(r.logprobs.0, "logprobs")?;
+        let length_param = if r.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
         // OpenAI's default for completions is 16 tokens (chat runs to the end of the turn).
-        let req = base_request(&r.common, prompt, Some(r.common.max_tokens.unwrap_or(16)))?;
-        (Request { logprobs, ..req }, r.common, Kind::Completion { logprobs }, "max_tokens")
+        let max_tokens = r.max_completion_tokens.or(r.common.max_tokens).unwrap_or(16);
+        let req = base_request(&r.common, prompt, Some(max_tokens)).map_err(|e| name_fields(e, length_param, false))?;
+        (Request { logprobs, ..req }, r.common, Kind::Completion { logprobs }, length_param)
     } else {
         let r: ChatRequest = parse(bytes)?;
         let messages = super::openai::messages(&r.messages)?;
@@ -194,10 +280,10 @@ pub(super) fn request_from_body(bytes: &[u8], completion: bool) -> Result<(Reque
     if common.stream_options.is_some() && !common.stream {
         return Err(ApiError::bad_request("stream_options", "stream_options is only allowed when stream is true"));
     }
-    Ok((request, common, kind, length_param))
+    Ok(Body { request, common, kind, length_param, ignored })
 }
 
 /// [`request_from_body`] for the fuzz targets: never panics, whatever the bytes.
 pub fn validate_body(bytes: &[u8], completion: bool) -> Result<Request, ApiError> {
-    request_from_body(bytes, completion).map(|r| r.0)
+    request_from_body(bytes, completion, Unknown::Reject).map(|r| r.request)
 }
