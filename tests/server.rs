@@ -357,3 +357,68 @@ fn shed_load_is_a_429_and_the_replica_stays_ready() {
         assert!(readiness.iter().any(|r| r.1), "readiness polled while normal traffic was shed: {readiness:?}");
     }
 }
+
+/// The endpoints routers poll: load in vLLM's and SGLang's shapes, server info in both, and
+/// the token ids a request would run (what prefix-aware routers hash), checked like the
+/// request itself.
+#[test]
+fn router_endpoints_answer_in_the_shapes_routers_read() {
+    let server = Server::start(&[]);
+    let addr = server.addr.clone();
+    let json = |path: &str| -> serde_json::Value {
+        let (status, _, body) = http(&addr, "GET", path, &[], "");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert_eq!(json("/get_load"), serde_json::json!({"load": 0}));
+    let sglang = json("/get_load?shape=sglang");
+    assert_eq!(
+        (sglang[0]["dp_rank"].as_u64(), sglang[0]["num_reqs"].as_u64(), sglang[0]["num_waiting_reqs"].as_u64()),
+        (Some(0), Some(0), Some(0))
+    );
+    // Busy: a long request in flight counts.
+    let busy = std::thread::spawn({
+        let addr = addr.clone();
+        move || http(&addr, "POST", "/v1/completions", &[], &completion("Once upon a time", 400))
+    });
+    wait_until("the load to show", || json("/get_load")["load"].as_u64() == Some(1));
+    assert!(json("/get_load?shape=sglang")[0]["num_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(busy.join().unwrap().0, 200);
+    for path in ["/server_info", "/get_server_info", "/model_info"] {
+        let info = json(path);
+        assert_eq!(info["served_model_name"], "SmolLM2-135M-Instruct.Q4_1", "{path}");
+        assert_eq!(info["vllm_config"]["cache_config"]["block_size"], 16, "{path}");
+        assert_eq!(info["page_size"], 16, "{path}");
+        assert!(
+            info["max_model_len"].as_u64().unwrap() >= 2048 && info["model_path"].as_str().unwrap().ends_with(".gguf"),
+            "{path}: {info}"
+        );
+    }
+    // Render: the ids /tokenize gives for the same prompt, template applied for chat.
+    let messages = serde_json::json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]);
+    let tokenized = |body: serde_json::Value| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&http(&addr, "POST", "/tokenize", &[], &body.to_string()).2).unwrap()["tokens"].clone()
+    };
+    let (status, _, body) =
+        http(&addr, "POST", "/v1/chat/completions/render", &[], &serde_json::json!({"messages": messages, "max_tokens": 5}).to_string());
+    assert_eq!(status, 200, "{body}");
+    let rendered: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rendered["prompt_token_ids"], tokenized(serde_json::json!({"messages": messages})));
+    let (status, _, body) =
+        http(&addr, "POST", "/v1/completions/render", &[], &serde_json::json!({"prompt": "Hello world", "max_tokens": 5}).to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["prompt_token_ids"],
+        tokenized(serde_json::json!({"prompt": "Hello world"}))
+    );
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions/render",
+        &[],
+        &serde_json::json!({"messages": [{"role": "robot", "content": "x"}]}).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("messages[0].role"), "{body}");
+    assert_eq!(json("/get_load")["load"], 0, "rendering runs nothing");
+}
