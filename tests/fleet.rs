@@ -47,7 +47,9 @@ fn router(workers: &[&Server], policy: &str) -> Router {
     let router = Router { child, addr: format!("127.0.0.1:{port}") };
     let start = Instant::now();
     loop {
-        if std::net::TcpStream::connect(&router.addr).is_ok() && http(&router.addr, "POST", "/v1/completions", &[], &completion("Hi", 1)).0 == 200 {
+        if std::net::TcpStream::connect(&router.addr).is_ok()
+            && http(&router.addr, "POST", "/v1/completions", &[], &completion("Hi", 1)).0 == 200
+        {
             return router;
         }
         assert!(start.elapsed() < Duration::from_secs(60), "vllm-router did not start serving");
@@ -66,7 +68,8 @@ fn three_replicas_behind_vllm_router_serve_and_shed_without_cascading() {
     let addr = router.addr.as_str();
 
     // What the router forwards is accepted: completions, chat, streaming.
-    let chat = serde_json::json!({"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4});
+    let chat =
+        serde_json::json!({"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4});
     for _ in 0..3 {
         let (status, _, body) = http(addr, "POST", "/v1/chat/completions", &[], &chat.to_string());
         assert_eq!(status, 200, "{body}");
