@@ -13,22 +13,24 @@
 //! whether its prefix came from the cache or was computed.
 
 mod core;
+mod prepare;
 mod stream;
+
+pub use prepare::{SubmitError, ValidRequest};
 
 pub use stream::{RequestId, RequestStream};
 
 use crate::backend::{Backend, BackendError};
-use crate::chat_template::{ChatTemplate, TemplateError};
+use crate::chat_template::ChatTemplate;
 use crate::kv::{CacheStats, KvDtype};
 use crate::model::{Llama, LoadedModel, ModelInfo};
-use crate::request::{Prompt, Request};
-use crate::sampler::SamplingError;
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::request::Request;
+use crate::tokenizer::Tokenizer;
 use core::CoreParts;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use stream::EventSender;
@@ -90,44 +92,6 @@ pub enum EngineError {
     Thread(#[from] std::io::Error),
 }
 
-/// Why a request was refused at submission (nothing was queued).
-#[derive(thiserror::Error, Debug)]
-pub enum SubmitError {
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error("the prompt has {tokens} tokens; the model's context holds {max_context}")]
-    PromptTooLong { tokens: usize, max_context: usize },
-    #[error("the prompt has {tokens} tokens; the KV cache holds {capacity}")]
-    ExceedsKvCache { tokens: usize, capacity: usize },
-    #[error("token id {id} out of range (vocabulary of {vocab_size})")]
-    TokenOutOfRange { id: u32, vocab_size: usize },
-    #[error("max_tokens must be at least 1")]
-    ZeroMaxTokens,
-    #[error(
-        "max_tokens is too large: {max_tokens}. This model's maximum context length is {max_context} tokens and the \
-         request has {prompt_tokens} prompt tokens ({max_tokens} > {max_context} - {prompt_tokens})"
-    )]
-    MaxTokensTooLarge { max_tokens: usize, prompt_tokens: usize, max_context: usize },
-    #[error("n must be between 1 and {max}, got {n}")]
-    InvalidN { n: usize, max: usize },
-    #[error("logprobs must be at most {max}, got {logprobs}")]
-    InvalidLogprobs { logprobs: usize, max: usize },
-    #[error(transparent)]
-    Sampling(#[from] SamplingError),
-    #[error("the model has no tokenizer: give token ids")]
-    NoTokenizer,
-    #[error("stop strings need the model's tokenizer (use stop token ids)")]
-    StopWithoutTokenizer,
-    #[error("the model has no usable chat template")]
-    NoChatTemplate,
-    #[error(transparent)]
-    Template(#[from] TemplateError),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error("the engine has stopped")]
-    EngineStopped,
-}
-
 /// Requests finished, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FinishCounts {
@@ -172,45 +136,6 @@ pub(crate) enum Command {
     Cancel(RequestId),
     /// Fail what is in flight and stop (the engine handle was dropped).
     Shutdown,
-}
-
-/// A request the engine has checked and tokenized ([`Engine::prepare`]); nothing about it can
-/// be refused any more except by a stopped engine.
-#[derive(Clone, Debug)]
-pub struct ValidRequest {
-    /// As given: its prompt is the original (text, chat or ids), so a request routed to
-    /// another engine (a fallback model) is prepared again from it.
-    request: Request,
-    prompt: Vec<u32>,
-    /// Tokens to generate at most: the request's own, or what the context leaves.
-    max_tokens: usize,
-    /// Token ids that end a choice: the request's and (unless `ignore_eos`) the model's EOS.
-    stop_ids: Vec<u32>,
-}
-
-impl ValidRequest {
-    pub fn prompt_ids(&self) -> &[u32] {
-        &self.prompt
-    }
-
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
-    pub fn into_request(self) -> Request {
-        self.request
-    }
-
-    pub fn max_tokens(&self) -> usize {
-        self.max_tokens
-    }
-
-    /// The degraded treatment ([`crate::admission::degrade`]); returns what it changed.
-    pub fn degrade(&mut self, max_tokens_cap: usize) -> Vec<&'static str> {
-        let changed = crate::admission::degrade(&mut self.request, max_tokens_cap);
-        self.max_tokens = self.max_tokens.min(max_tokens_cap);
-        changed
-    }
 }
 
 /// A valid request on its way to the engine thread.
@@ -356,85 +281,6 @@ impl Engine {
     /// The latest metrics snapshot.
     pub fn metrics(&self) -> Metrics {
         self.shared.metrics.lock().clone()
-    }
-
-    /// The token ids a prompt becomes (as [`Self::submit`] would tokenize it).
-    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, SubmitError> {
-        let ids = match prompt {
-            Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Text(text) => self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?.encode(text, true)?,
-            Prompt::Chat(messages) => {
-                let tok = self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?;
-                let template = self.template.as_ref().ok_or(SubmitError::NoChatTemplate)?;
-                let text = template.render(messages, true, tok.special())?;
-                tok.encode(&text, true)?
-            }
-        };
-        // Also for text: a tokenizer may know more ids than the model has embeddings.
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.limits.vocab_size) {
-            return Err(SubmitError::TokenOutOfRange { id, vocab_size: self.limits.vocab_size });
-        }
-        Ok(ids)
-    }
-
-    /// Checks and tokenizes `request` once: sampling parameters, `n`, `logprobs`, stop
-    /// strings, the prompt (non-empty, in the vocabulary, within the context and the KV pool)
-    /// and `max_tokens` (a given one must fit the context beside the prompt: an error, never a
-    /// silent clamp; without one, the request may use the rest of the context).
-    pub fn prepare(&self, request: Request) -> Result<ValidRequest, SubmitError> {
-        request.sampling.validate()?;
-        let max_n = self.config.max_n.min(self.config.max_num_seqs);
-        if request.n == 0 || request.n > max_n {
-            return Err(SubmitError::InvalidN { n: request.n, max: max_n });
-        }
-        if !request.stop.is_empty() && self.tokenizer.is_none() {
-            return Err(SubmitError::StopWithoutTokenizer);
-        }
-        if let Some(k) = request.logprobs.filter(|&k| k > self.config.max_logprobs) {
-            return Err(SubmitError::InvalidLogprobs { logprobs: k, max: self.config.max_logprobs });
-        }
-        if request.max_tokens == Some(0) {
-            return Err(SubmitError::ZeroMaxTokens);
-        }
-        let prompt = self.tokenize(&request.prompt)?;
-        let tokens = prompt.len();
-        if tokens == 0 {
-            return Err(SubmitError::EmptyPrompt);
-        }
-        let max_context = self.limits.max_context;
-        if tokens >= max_context {
-            return Err(SubmitError::PromptTooLong { tokens, max_context });
-        }
-        if tokens >= self.limits.kv_capacity {
-            return Err(SubmitError::ExceedsKvCache { tokens, capacity: self.limits.kv_capacity });
-        }
-        let room = max_context - tokens;
-        let max_tokens = match request.max_tokens {
-            None => room,
-            Some(m) if m > room => return Err(SubmitError::MaxTokensTooLarge { max_tokens: m, prompt_tokens: tokens, max_context }),
-            Some(m) => m,
-        };
-        let mut stop_ids = request.stop_token_ids.clone();
-        if !request.ignore_eos {
-            stop_ids.extend(&self.limits.eos);
-        }
-        Ok(ValidRequest { request, prompt, max_tokens, stop_ids })
-    }
-
-    /// Queues a prepared request. The only error left is a stopped engine.
-    pub fn enqueue(&self, valid: ValidRequest) -> Result<RequestStream, SubmitError> {
-        let commands = self.commands.as_ref().ok_or(SubmitError::EngineStopped)?;
-        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let ValidRequest { request, prompt, max_tokens, stop_ids } = valid;
-        let (sender, stream) = stream::channel(id, commands.clone(), prompt.clone());
-        let queued = Queued { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender };
-        commands.send(Command::Submit(Box::new(queued))).map_err(|_| SubmitError::EngineStopped)?;
-        Ok(stream)
-    }
-
-    /// [`Self::prepare`] then [`Self::enqueue`]. Errors mean nothing was queued.
-    pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
-        self.enqueue(self.prepare(request)?)
     }
 }
 

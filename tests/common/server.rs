@@ -54,23 +54,7 @@ impl Drop for Server {
 
 /// A minimal HTTP/1.1 client: status, headers (lower-cased), body.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    req += "content-type: application/json\r\n\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
-    (status, headers, body.to_string())
+    exchange(addr, method, path, headers, body, None::<fn()>)
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -142,20 +126,33 @@ pub fn http_split(
     body: &str,
     between: impl FnOnce(),
 ) -> (u16, Vec<(String, String)>, String) {
+    exchange(addr, "POST", path, headers, body, Some(between))
+}
+
+/// One request on its own connection; with `between`, the body is sent in two halves around it.
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    between: Option<impl FnOnce()>,
+) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     s.set_nodelay(true).unwrap();
-    let mut head = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in headers {
         head += &format!("{k}: {v}\r\n");
     }
     head += "content-type: application/json\r\n\r\n";
-    let (first, rest) = body.split_at(body.len() / 2);
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(first.as_bytes()).unwrap();
-    s.flush().unwrap();
-    between();
-    s.write_all(rest.as_bytes()).unwrap();
+    let (first, rest) = body.split_at(if between.is_some() { body.len() / 2 } else { body.len() });
+    s.write_all(&[head.as_bytes(), first.as_bytes()].concat()).unwrap();
+    if let Some(between) = between {
+        s.flush().unwrap();
+        between();
+        s.write_all(rest.as_bytes()).unwrap();
+    }
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
