@@ -72,18 +72,7 @@ fn assert_bit_identical(what: &str, ours: &[f32], theirs: &[f32], requests: &[(S
 
 #[test]
 fn every_format_decodes_as_gguf_py_decodes_it() {
-    let types = [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2K,
-        GgmlType::Q3K,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ];
+    let types = GgmlType::FILE_QUANTS;
     let (rows, cols) = (8usize, 768usize);
     let mut rng = common::Rng::new(77);
     let mut writer = GgufWriter::new(3);

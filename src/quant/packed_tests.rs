@@ -6,19 +6,8 @@ use super::test_util::{Rng, random_block_bytes};
 use super::tests::{dequantized_act, quantized, quantized_act};
 use super::*;
 
-/// Every file format with a packed layout.
-const PACKED_TYPES: [GgmlType; 10] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+/// Every file format has a packed layout.
+const PACKED_TYPES: [GgmlType; 10] = GgmlType::FILE_QUANTS;
 
 /// `rows` rows of `units` blocks, row-major: even rows from the quantizer, odd rows random
 /// block bytes.
