@@ -326,14 +326,15 @@ fn clients_vanishing_at_random_points_leak_nothing() {
     assert!(threads_after <= threads_before + 2, "threads: {threads_before} → {threads_after}");
 }
 
-/// Mixed classes at several times capacity through `ballast bench`: no high-class failure,
+/// Mixed classes at several times capacity through `ballast bench` (two sequence slots, 20
+/// requests a second of 32 tokens: over capacity even on an idle fast machine): no high-class failure,
 /// every request accounted for, nothing left behind.
 #[test]
 fn a_surge_is_absorbed_without_losing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[classes.low]\nmax_queue_ms = 500\ndeadline_ms = 8000\n[classes.normal]\nmax_queue_ms = 3000\n").unwrap();
-    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--max-num-seqs", "8", "--max-batch-tokens", "128"]);
+    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--max-num-seqs", "4", "--max-batch-tokens", "128"]);
     let addr = &server.addr;
     // Readiness is polled throughout: shedding must never take the replica out of a pool.
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -352,15 +353,15 @@ fn a_surge_is_absorbed_without_losing_anything() {
                 "bench",
                 &format!("http://{addr}"),
                 "--rate",
-                "12",
+                "20",
                 "--num-requests",
                 "120",
                 "--prompt-words",
                 "12",
                 "--max-tokens",
-                "16",
+                "32",
             ])
-            .args(["--class-mix", "high=1,normal=1,low=4", "--json"])
+            .args(["--class-mix", "high=1,normal=1,low=6", "--json"])
             .output()
             .unwrap();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
