@@ -98,7 +98,7 @@ fn three_replicas_behind_vllm_router_serve_and_shed_without_cascading() {
                 s.spawn(move || {
                     std::thread::sleep(Duration::from_millis(25 * i));
                     let class = if i % 6 == 0 { "high" } else { "low" };
-                    let body = serde_json::json!({"prompt": format!("Request {i}: a story about"), "max_tokens": 24, "priority": class});
+                    let body = serde_json::json!({"prompt": format!("Request {i}: a story about"), "max_tokens": 48, "priority": class});
                     let started = Instant::now();
                     let (status, headers, text) = http(addr, "POST", "/v1/completions", &[], &body.to_string());
                     (class, status, header(&headers, "retry-after").is_some(), text, started.elapsed())
