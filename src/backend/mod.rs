@@ -85,6 +85,8 @@ pub trait Backend: Send {
     /// How this backend's KV pools arrange a block ([`crate::kv::KvOrder`]; its index
     /// functions are the definition).
     const KV_ORDER: crate::kv::KvOrder;
+    /// Where the KV pool lives, as KV-cache events name it: `"GPU"` or `"CPU"`.
+    const KV_MEDIUM: &'static str;
     fn alloc_kv(&self, layout: &KvLayout) -> Result<Self::KvPool>;
 
     fn prepare<'a>(&'a self, plan: &'a BatchPlan) -> Result<Self::Step<'a>>;

@@ -30,6 +30,14 @@ pub struct ServeArgs {
     /// --kv-cache-mib.
     #[arg(long, value_name = "PATH")]
     fallback_model: Option<PathBuf>,
+    /// Publish KV-cache events (blocks cached and evicted, vLLM's wire format) on a ZMQ PUB
+    /// socket at this endpoint, e.g. `tcp://*:5557` (port 0: any free port, printed at
+    /// startup), for prefix-aware routers (vllm-router `kv_aware`, llm-d).
+    #[arg(long, value_name = "ENDPOINT")]
+    kv_events_endpoint: Option<String>,
+    /// The topic (first frame) of every KV-event message.
+    #[arg(long, default_value = "", requires = "kv_events_endpoint")]
+    kv_events_topic: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,14 +56,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let stem = loaded.info.path.file_stem().map(|s| s.to_string_lossy().into_owned());
         stem.filter(|s| !s.is_empty()).unwrap_or_else(|| loaded.info.name.clone())
     });
-    let engine_config = args.engine.config(&args.model);
+    let mut engine_config = args.engine.config(&args.model);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ballast-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let kv_events = match &args.kv_events_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let (publisher, socket, rx) =
+                runtime.block_on(ballast::server::kv_events::KvEventPublisher::bind(endpoint, &args.kv_events_topic))?;
+            tracing::info!("KV-cache events on {} (topic {:?})", publisher.bound, publisher.topic);
+            eprintln!("kv events on {}", publisher.bound);
+            engine_config.kv_events = Some(publisher.sink());
+            runtime.spawn(publisher.run(socket, rx, engine_config.block_size));
+            Some(publisher)
+        }
+    };
     let fallback = match &args.fallback_model {
         None => None,
         Some(path) => {
             let model_args = ModelArgs { model: Some(path.clone()), ..args.model.clone() };
             let loaded = model_args.load()?;
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "fallback".into());
-            let config = ballast::engine::EngineConfig { kv_cache_bytes: engine_config.kv_cache_bytes / 4, ..engine_config.clone() };
+            // The fallback's blocks are another model's: never published.
+            let config = ballast::engine::EngineConfig {
+                kv_cache_bytes: engine_config.kv_cache_bytes / 4,
+                kv_events: None,
+                ..engine_config.clone()
+            };
             let engine = model_args.start_engine(loaded, config).context("starting the fallback model")?;
             let name = if stem == name { format!("{stem}-fallback") } else { stem };
             tracing::info!("fallback model {name} for degraded requests");
@@ -63,12 +94,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let engine = args.model.start_engine(loaded, engine_config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("ballast-http")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
@@ -76,9 +101,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!("serving {name} on http://{addr} ({} KV tokens)", engine.kv_capacity());
         eprintln!("listening on http://{addr}");
-        let state = ballast::server::State::new(engine, name, config, fallback);
+        let state = ballast::server::State::new(engine, name, config, fallback, kv_events);
         ballast::server::serve(state, listener, args.config).await.context("serving")
     })?;
+    if args.kv_events_endpoint.is_some() {
+        // Lets the publisher send the engine's last AllBlocksCleared.
+        runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(100)).await });
+    }
     tracing::info!("stopped");
     Ok(())
 }

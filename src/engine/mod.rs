@@ -62,6 +62,9 @@ pub struct EngineConfig {
     /// Fault injection for tests: a request whose prompt contains this token id panics while
     /// its tokens are sampled (the engine must contain it). `None` in production.
     pub fault_injection: Option<u32>,
+    /// Where the prefix cache reports blocks cached and evicted (KV-cache events for
+    /// routers); `None`: not recorded.
+    pub kv_events: Option<crate::kv::KvEventSink>,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
             max_n: 16,
             max_logprobs: 20,
             fault_injection: None,
+            kv_events: None,
         }
     }
 }

@@ -31,9 +31,10 @@
 //! - [`SeqBlocks::fork`]: O(blocks of the table); dropping a table: O(its blocks).
 
 use super::KvError;
+use super::events::KvEvent;
 use crate::idmap::IdMap;
+use sha2::{Digest, Sha256};
 use std::cell::RefCell;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 
 const NIL: u32 = u32::MAX;
@@ -77,6 +78,10 @@ struct Pool {
     copies: Vec<(u32, u32)>,
     stats: CacheStats,
     caching: bool,
+    /// Changes to the cache since the last [`BlockManager::take_events`], while recording.
+    events: Option<Vec<KvEvent>>,
+    /// The shared namespace's root hash (`root_hash(None)`).
+    shared_root: u64,
 }
 
 impl Pool {
@@ -136,6 +141,7 @@ impl Pool {
         if let Some(key) = self.meta[id as usize].key.take() {
             if self.cache.get(&key.hash) == Some(&id) {
                 self.cache.remove(&key.hash);
+                self.record_removed(key.hash);
             }
             self.stats.evictions += 1;
         }
@@ -151,6 +157,29 @@ impl Pool {
         self.meta[id as usize].ref_count += 1;
     }
 
+    fn record_removed(&mut self, hash: u64) {
+        let Some(events) = &mut self.events else { return };
+        match events.last_mut() {
+            Some(KvEvent::Removed { hashes }) => hashes.push(hash),
+            _ => events.push(KvEvent::Removed { hashes: vec![hash] }),
+        }
+    }
+
+    /// A block newly cached: extends the last event when it is the chain this block continues.
+    fn record_stored(&mut self, key: &BlockKey, root: u64) {
+        let Some(events) = &mut self.events else { return };
+        if let Some(KvEvent::Stored { hashes, tokens, .. }) = events.last_mut()
+            && hashes.last() == Some(&key.parent)
+        {
+            hashes.push(key.hash);
+            tokens.extend_from_slice(&key.tokens);
+            return;
+        }
+        let parent = (key.parent != root).then_some(key.parent);
+        let namespace = (root != self.shared_root).then_some(root);
+        events.push(KvEvent::Stored { hashes: vec![key.hash], parent, tokens: key.tokens.to_vec(), namespace });
+    }
+
     fn release(&mut self, id: u32) {
         let m = &mut self.meta[id as usize];
         debug_assert!(m.ref_count > 0, "block {id} released twice");
@@ -161,20 +190,34 @@ impl Pool {
     }
 }
 
+/// The first 8 bytes of a SHA-256 digest: stable across builds, platforms and replicas (KV
+/// events name blocks by it).
+fn digest_u64(h: Sha256) -> u64 {
+    u64::from_be_bytes(h.finalize()[..8].try_into().expect("32-byte digest"))
+}
+
 /// The chained hash of one block.
 fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
-    let mut h = DefaultHasher::new();
-    parent.hash(&mut h);
-    tokens.hash(&mut h);
-    h.finish()
+    let mut h = Sha256::new();
+    h.update(parent.to_le_bytes());
+    for t in tokens {
+        h.update(t.to_le_bytes());
+    }
+    digest_u64(h)
 }
 
 /// `h_{-1}`: the chain's root for a tenant salt (`None` is the shared namespace).
 pub fn root_hash(salt: Option<&str>) -> u64 {
-    let mut h = DefaultHasher::new();
-    "ballast-prefix".hash(&mut h);
-    salt.hash(&mut h);
-    h.finish()
+    let mut h = Sha256::new();
+    h.update(b"ballast-prefix\0");
+    match salt {
+        None => h.update([0u8]),
+        Some(s) => {
+            h.update([1u8]);
+            h.update(s.as_bytes());
+        }
+    }
+    digest_u64(h)
 }
 
 /// A prompt's cached prefix, found by [`BlockManager::lookup`]; valid until the pool next
@@ -225,6 +268,8 @@ impl BlockManager {
             copies: Vec::new(),
             stats: CacheStats::default(),
             caching: prefix_caching,
+            events: None,
+            shared_root: root_hash(None),
         };
         BlockManager { pool: Rc::new(RefCell::new(pool)) }
     }
@@ -254,6 +299,16 @@ impl BlockManager {
 
     pub fn stats(&self) -> CacheStats {
         self.pool.borrow().stats
+    }
+
+    /// Starts recording [`KvEvent`]s (blocks cached and evicted) for [`Self::take_events`].
+    pub fn record_events(&self) {
+        self.pool.borrow_mut().events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events recorded since the last call (none unless recording).
+    pub fn take_events(&self) -> Vec<KvEvent> {
+        self.pool.borrow_mut().events.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// An empty table.
@@ -424,17 +479,31 @@ impl SeqBlocks {
         }
         let bs = pool.block_size;
         let full = (num_computed / bs).min(self.blocks.len());
+        let first_new = self.hashes.len();
+        if first_new == full {
+            return;
+        }
         while self.hashes.len() < full {
             let i = self.hashes.len();
             let parent = self.hashes.last().copied().unwrap_or(self.root);
-            let chunk = &tokens[i * bs..(i + 1) * bs];
-            let hash = block_hash(parent, chunk);
-            let id = self.blocks[i];
+            self.hashes.push(block_hash(parent, &tokens[i * bs..(i + 1) * bs]));
+        }
+        // A block computed while an equal one was cached elsewhere stayed unregistered; if that
+        // one has since been evicted, register ours again so the chain (and what KV events
+        // announced) has no hole above the new blocks.
+        let mut from = first_new;
+        while from > 0 && !pool.cache.contains_key(&self.hashes[from - 1]) && pool.meta[self.blocks[from - 1] as usize].key.is_none() {
+            from -= 1;
+        }
+        for i in from..full {
+            let (hash, id) = (self.hashes[i], self.blocks[i]);
             if pool.meta[id as usize].key.is_none() && !pool.cache.contains_key(&hash) {
-                pool.meta[id as usize].key = Some(BlockKey { hash, parent, tokens: chunk.into() });
+                let parent = if i == 0 { self.root } else { self.hashes[i - 1] };
+                let key = BlockKey { hash, parent, tokens: tokens[i * bs..(i + 1) * bs].into() };
+                pool.record_stored(&key, self.root);
+                pool.meta[id as usize].key = Some(key);
                 pool.cache.insert(hash, id);
             }
-            self.hashes.push(hash);
         }
     }
 

@@ -20,8 +20,10 @@
 //! its module doc states the contract (invariants and the cost of each operation).
 
 mod block_manager;
+pub mod events;
 
 pub use block_manager::{BlockManager, CacheStats, PrefixHit, SeqBlocks, root_hash};
+pub use events::{KvEvent, KvEventBatch, KvEventSink};
 
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum KvError {

@@ -42,6 +42,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/get_server_info", get(fleet::server_info))
         .route("/model_info", get(fleet::server_info))
         .route("/get_model_info", get(fleet::server_info))
+        .route("/kv_event_sources", get(fleet::kv_event_sources))
         .route("/v1/completions/render", post(fleet::render_completion))
         .route("/v1/chat/completions/render", post(fleet::render_chat))
         .fallback(not_found)
@@ -416,6 +417,9 @@ async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
         Priority::ALL.map(|p| a.level(p))
     };
     let e = state.engine.metrics();
-    let text = state.metrics.render(&state.model_name, &e, state.engine.config().block_size, &signals, levels, &state.config().policy);
+    let mut text = state.metrics.render(&state.model_name, &e, state.engine.config().block_size, &signals, levels, &state.config().policy);
+    if let Some(p) = &state.kv_events {
+        super::metrics::kv_events(&mut text, &state.model_name, p.published(), p.dropped());
+    }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

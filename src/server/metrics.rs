@@ -278,6 +278,23 @@ impl ServerMetrics {
     }
 }
 
+/// The KV-cache event publisher's counters (present only while it runs).
+pub fn kv_events(o: &mut String, model: &str, published: u64, dropped: u64) {
+    let m = format!("model_name=\"{}\"", model.replace('"', "'"));
+    counter(
+        o,
+        "ballast_kv_event_batches_published_total",
+        "KV-cache event batches sent on the ZMQ socket.",
+        &[(m.clone(), published as f64)],
+    );
+    counter(
+        o,
+        "ballast_kv_event_batches_dropped_total",
+        "KV-cache event batches dropped because the publisher's queue was full (each leaves a gap in seq).",
+        &[(m, dropped as f64)],
+    );
+}
+
 fn series(o: &mut String, kind: &str, name: &str, help: &str, rows: &[(String, f64)]) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, v) in rows {

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod http;
+pub mod kv_events;
 mod response;
 mod validate;
 
@@ -34,10 +35,18 @@ pub struct State {
     started_unix: u64,
     /// A lighter model that degraded requests are routed to, and its id.
     pub fallback: Option<(Engine, String)>,
+    /// The KV-cache event publisher, when `--kv-events-endpoint` is set.
+    pub kv_events: Option<kv_events::KvEventPublisher>,
 }
 
 impl State {
-    pub fn new(engine: Engine, model_name: String, config: ServerConfig, fallback: Option<(Engine, String)>) -> Arc<State> {
+    pub fn new(
+        engine: Engine,
+        model_name: String,
+        config: ServerConfig,
+        fallback: Option<(Engine, String)>,
+        kv_events: Option<kv_events::KvEventPublisher>,
+    ) -> Arc<State> {
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Arc::new(State {
             engine,
@@ -48,6 +57,7 @@ impl State {
             metrics: Default::default(),
             started_unix,
             fallback,
+            kv_events,
         })
     }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// Where KV-cache events are published (with `--kv-events-endpoint`).
+    pub kv_events: Option<String>,
 }
 
 impl Server {
@@ -19,7 +21,9 @@ impl Server {
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let model = model_path();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(["serve", "--port", "0", "--model", model.to_str().unwrap(), "--kv-cache-mib", "64"])
+            .args(["serve", "--model", model.to_str().unwrap()])
+            .args(if extra.contains(&"--port") { &[][..] } else { &["--port", "0"][..] })
+            .args(if extra.contains(&"--kv-cache-mib") { &[][..] } else { &["--kv-cache-mib", "64"][..] })
             .args(extra)
             .env("BALLAST_LOG", "info")
             .envs(env.iter().copied())
@@ -28,15 +32,19 @@ impl Server {
             .spawn()
             .expect("start ballast serve");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut kv_events = None;
         let addr = loop {
             let line = lines.next().expect("the server printed its address").expect("stderr");
             if let Some(a) = line.strip_prefix("listening on http://") {
                 break a.trim().to_string();
             }
+            if let Some(e) = line.strip_prefix("kv events on ") {
+                kv_events = Some(e.trim().to_string());
+            }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        Server { child, addr, kv_events }
     }
 
     pub fn signal(&self, sig: &str) {

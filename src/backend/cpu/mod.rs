@@ -131,6 +131,7 @@ impl Backend for CpuBackend {
     }
 
     const KV_ORDER: crate::kv::KvOrder = crate::kv::KvOrder::KeysByLane;
+    const KV_MEDIUM: &'static str = "CPU";
 
     fn alloc_kv(&self, layout: &KvLayout) -> Result<CpuKvPool> {
         CpuKvPool::new(*layout)

@@ -101,6 +101,7 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     const KV_ORDER: crate::kv::KvOrder = crate::kv::KvOrder::HeadMajor;
+    const KV_MEDIUM: &'static str = "GPU";
 
     fn alloc_kv(&self, layout: &KvLayout) -> Result<Self::KvPool> {
         check_kv(layout)?;

@@ -11,7 +11,7 @@ mod live;
 use super::{Command, EngineConfig, Metrics, Queued, Shared};
 use crate::backend::{Backend, BackendError};
 use crate::detok::{Detokenizer, StopStrings};
-use crate::kv::BlockManager;
+use crate::kv::{BlockManager, KvEvent, KvEventSink};
 use crate::model::Llama;
 use crate::plan::BatchPlan;
 use crate::request::FinishReason;
@@ -39,6 +39,11 @@ impl<B: Backend> CoreParts<B> {
     /// The engine thread's body.
     pub(super) fn run(self) {
         let blocks = BlockManager::new(self.num_blocks, self.config.block_size, self.config.prefix_caching);
+        if let Some(sink) = &self.config.kv_events {
+            blocks.record_events();
+            // Whatever an earlier process on this endpoint announced is gone.
+            sink.send(vec![KvEvent::Cleared], B::KV_MEDIUM);
+        }
         let sched_config = SchedulerConfig {
             max_num_batched_tokens: self.config.max_num_batched_tokens,
             max_num_seqs: self.config.max_num_seqs,
@@ -61,6 +66,7 @@ impl<B: Backend> CoreParts<B> {
             live: Live::default(),
             metrics: Metrics { kv_blocks_total: self.num_blocks, ..Metrics::default() },
             fault_injection: self.config.fault_injection,
+            kv_events: self.config.kv_events,
         };
         core.run();
     }
@@ -83,6 +89,7 @@ struct Core<B: Backend> {
     live: Live,
     metrics: Metrics,
     fault_injection: Option<u32>,
+    kv_events: Option<KvEventSink>,
 }
 
 impl<B: Backend> Core<B> {
@@ -131,6 +138,9 @@ impl<B: Backend> Core<B> {
             self.end(id, FinishReason::Error("the engine shut down".into()));
         }
         self.publish();
+        if let Some(sink) = &self.kv_events {
+            sink.send(vec![KvEvent::Cleared], B::KV_MEDIUM);
+        }
     }
 
     /// False on shutdown.
@@ -247,6 +257,9 @@ impl<B: Backend> Core<B> {
         m.preemptions = self.scheduler.num_preemptions();
         m.preemptions_by_class = self.scheduler.preemptions_by_class();
         self.shared.metrics.lock().clone_from(m);
+        if let Some(sink) = &self.kv_events {
+            sink.send(self.blocks.take_events(), B::KV_MEDIUM);
+        }
     }
 }
 

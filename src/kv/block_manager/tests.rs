@@ -94,6 +94,9 @@ fn fork_shares_and_copy_on_write_gives_each_writer_its_own_tail() {
 fn randomized_operations_keep_every_invariant() {
     const BS: usize = 4;
     let m = BlockManager::new(48, BS, true);
+    m.record_events();
+    // What a KV-event subscriber believes is cached: always exactly the cache's keys.
+    let mut announced: std::collections::HashMap<u64, (Option<u64>, Vec<u32>)> = Default::default();
     let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     // A few shared "system prompts" so hits happen often.
     let prefixes: Vec<Vec<u32>> = (0..4).map(|p| (0..(8 + 4 * p)).map(|i| (p * 100 + i) as u32).collect()).collect();
@@ -177,10 +180,80 @@ fn randomized_operations_keep_every_invariant() {
         if let Err(e) = m.check(&tables) {
             panic!("step {step}: {e}");
         }
+        apply_events(&mut announced, m.take_events(), BS);
+        let pool = m.pool.borrow();
+        assert_eq!(announced.len(), pool.cache.len(), "step {step}: events and cache disagree");
+        for (hash, &id) in &pool.cache {
+            let key = pool.meta[id as usize].key.as_ref().unwrap();
+            let root = root_hash(if announced[hash].0.is_none() && key.parent != root_hash(None) { Some("t1") } else { None });
+            let parent = (key.parent != root).then_some(key.parent);
+            assert_eq!(announced[hash], (parent, key.tokens.to_vec()), "step {step}: block {hash:x} announced otherwise");
+        }
     }
     drop(live);
     m.check(&[]).unwrap();
     assert_eq!(m.num_free(), 48, "nothing leaked");
     assert!(hits > 1000 && evictions_seen > 1000, "the test exercised hits ({hits}) and evictions ({evictions_seen})");
     assert!(counts.iter().all(|&c| c > 10_000), "{counts:?}");
+}
+
+/// Applies KV events as a subscriber would: block hash -> (parent, tokens).
+fn apply_events(announced: &mut std::collections::HashMap<u64, (Option<u64>, Vec<u32>)>, events: Vec<KvEvent>, bs: usize) {
+    for e in events {
+        match e {
+            KvEvent::Stored { hashes, parent, tokens, .. } => {
+                assert_eq!(tokens.len(), hashes.len() * bs, "full blocks only");
+                let mut parent = parent;
+                for (h, chunk) in hashes.iter().zip(tokens.chunks(bs)) {
+                    if let Some(p) = parent {
+                        assert!(announced.contains_key(&p), "a parent is announced before its child");
+                    }
+                    assert!(announced.insert(*h, (parent, chunk.to_vec())).is_none(), "block {h:x} stored twice");
+                    parent = Some(*h);
+                }
+            }
+            KvEvent::Removed { hashes } => {
+                for h in hashes {
+                    assert!(announced.remove(&h).is_some(), "block {h:x} removed but never stored");
+                }
+            }
+            KvEvent::Cleared => announced.clear(),
+        }
+    }
+}
+
+#[test]
+fn events_announce_chains_parent_first_and_name_salted_namespaces() {
+    let m = BlockManager::new(4, 2, true);
+    m.record_events();
+    let mut t = m.table(None);
+    t.reserve(0, 5).unwrap();
+    t.commit(&[1, 2, 3, 4, 5], 5);
+    let events = m.take_events();
+    let [KvEvent::Stored { hashes, parent: None, tokens, namespace: None }] = &events[..] else { panic!("{events:?}") };
+    assert_eq!((hashes.len(), &tokens[..]), (2, &[1, 2, 3, 4][..]), "one chain of the two full blocks");
+    let first = hashes.clone();
+    // A salted tenant with the same tokens: other hashes, its namespace named.
+    let mut s = m.table(Some("tenant"));
+    s.reserve(0, 2).unwrap();
+    s.commit(&[1, 2], 2);
+    let events = m.take_events();
+    let [KvEvent::Stored { hashes, parent: None, namespace: Some(ns), .. }] = &events[..] else { panic!("{events:?}") };
+    assert_ne!(hashes[0], first[0]);
+    assert_eq!(*ns, root_hash(Some("tenant")));
+    drop((t, s));
+    assert!(m.take_events().is_empty(), "freeing keeps blocks cached");
+    // Pressure evicts them: least recently used first, announced as removed.
+    let mut big = m.table(None);
+    big.reserve(0, 8).unwrap();
+    let events = m.take_events();
+    let [KvEvent::Removed { hashes }] = &events[..] else { panic!("{events:?}") };
+    assert_eq!(hashes.len(), 3);
+    assert!(first.iter().all(|h| hashes.contains(h)));
+    // Without recording, nothing is kept.
+    let quiet = BlockManager::new(2, 2, true);
+    let mut q = quiet.table(None);
+    q.reserve(0, 2).unwrap();
+    q.commit(&[1, 2], 2);
+    assert!(quiet.take_events().is_empty());
 }

@@ -54,6 +54,7 @@ pub(super) async fn server_info(Extract(state): Extract<Arc<State>>) -> Response
         "num_kv_blocks": blocks,
         "max_total_num_tokens": blocks * block_size,
         "backend": state.engine.backend_name(),
+        "kv_events": state.kv_events.as_ref().map(|p| serde_json::json!({"endpoint": p.endpoint, "bound": p.bound, "topic": p.topic})),
         "version": env!("CARGO_PKG_VERSION"),
         "vllm_config": {
             "model_config": {"model": path, "served_model_name": state.model_name, "max_model_len": context},
@@ -61,6 +62,13 @@ pub(super) async fn server_info(Extract(state): Extract<Arc<State>>) -> Response
         },
     }))
     .into_response()
+}
+
+/// Where this replica publishes KV-cache events, in vLLM's shape (an object keyed by
+/// data-parallel rank; empty when events are off).
+pub(super) async fn kv_event_sources(Extract(state): Extract<Arc<State>>) -> Response {
+    let sources = state.kv_events.as_ref().map_or_else(|| serde_json::json!({}), |p| p.source());
+    axum::Json(sources).into_response()
 }
 
 pub(super) async fn render_completion(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
