@@ -191,6 +191,13 @@ impl ServerMetrics {
             "Fraction of looked-up prompt tokens found in the prefix cache.",
             &[(m.clone(), e.prefix_cache_hit_rate())],
         );
+        counter(
+            &mut o,
+            "vllm:prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache.",
+            &[(m.clone(), e.prefix_cache.queried_tokens as f64)],
+        );
+        counter(&mut o, "vllm:prefix_cache_hits_total", "Of those, tokens found cached.", &[(m.clone(), e.prefix_cache.hit_tokens as f64)]);
 
         counter(
             &mut o,
