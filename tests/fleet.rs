@@ -9,6 +9,7 @@
 //!   routing (`cache_aware`, and `kv_aware` fed by our KV-cache events) than `round_robin`;
 //! - a replica killed with SIGKILL under load fails no request, and the pool heals when it
 //!   returns; a rolling restart (SIGTERM each replica in turn) fails no request.
+//!
 //! Each prints a table (`cargo test --test fleet -- --nocapture`). The tests take turns: each
 //! fleet wants the whole machine.
 
@@ -351,12 +352,12 @@ fn a_killed_replica_and_a_rolling_restart_fail_no_request() {
     stop.store(false, Ordering::SeqCst);
     let results = std::thread::scope(|s| {
         let load = s.spawn(|| steady_load(&router.addr, 6, &stop));
-        for i in 0..3 {
+        for (i, replica) in replicas.iter_mut().enumerate() {
             std::thread::sleep(Duration::from_secs(1));
-            replicas[i].signal("-TERM");
-            let status = replicas[i].child.wait().unwrap();
+            replica.signal("-TERM");
+            let status = replica.child.wait().unwrap();
             assert!(status.success(), "a drained replica exits cleanly: {status}");
-            replicas[i] = start(i);
+            *replica = start(i);
         }
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::SeqCst);
