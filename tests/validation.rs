@@ -337,3 +337,31 @@ fn chat_and_length_cases_get_the_status_and_param_openai_gives() {
         "{message}"
     );
 }
+
+#[test]
+fn the_class_comes_from_the_body_then_x_priority_then_the_gateways_objective() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tenants.toml");
+    std::fs::write(&cfg, "[[tenants]]\nname = \"web\"\napi_keys = [\"sk-web-0001\"]\nmax_priority = \"normal\"\n").unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let admitted = |class: &str| {
+        metric(&server.addr, &format!("ballast_requests_admitted_total{{model_name=\"SmolLM2-135M-Instruct.Q4_1\",priority=\"{class}\"}}"))
+    };
+    let body = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
+    let send = |headers: &[(&str, &str)]| {
+        let mut all = vec![("authorization", "Bearer sk-web-0001")];
+        all.extend_from_slice(headers);
+        let (status, _, text) = http(&server.addr, "POST", "/v1/completions", &all, &body);
+        (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)["error"]["param"].as_str().map(str::to_string))
+    };
+    // An InferenceObjective named after a class chooses it (class names are case-blind).
+    assert_eq!(send(&[("x-gateway-inference-objective", "Low")]), (200, None));
+    assert_eq!(admitted("low"), 1.0);
+    // Another objective name leaves the default class.
+    assert_eq!(send(&[("x-gateway-inference-objective", "chat-premium")]), (200, None));
+    assert_eq!(admitted("normal"), 1.0);
+    // x-priority wins over the objective; both are capped by the key's maximum.
+    assert_eq!(send(&[("x-priority", "low"), ("x-gateway-inference-objective", "high")]), (200, None));
+    assert_eq!(admitted("low"), 2.0);
+    assert_eq!(send(&[("x-gateway-inference-objective", "high")]), (400, Some("x-gateway-inference-objective".into())));
+}

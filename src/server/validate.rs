@@ -18,9 +18,18 @@ fn non_negative(v: Option<i64>, param: &str) -> Result<Option<usize>, ApiError> 
 /// The request's class: body field, else the `x-priority` header, else normal; at most the
 /// tenant's maximum.
 pub(super) fn priority(body: Option<&str>, headers: &HeaderMap, max: Priority) -> Result<Priority, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (raw, param) = match body {
         Some(p) => (Some(p.to_string()), "priority"),
-        None => (headers.get("x-priority").and_then(|v| v.to_str().ok()).map(str::to_string), "x-priority"),
+        None => match header("x-priority") {
+            Some(p) => (Some(p), "x-priority"),
+            // The Kubernetes inference gateway names the request's InferenceObjective; objectives
+            // named after our classes (deploy/k8s) choose the class, others leave the default.
+            None => match header("x-gateway-inference-objective") {
+                Some(o) if o.trim().to_ascii_lowercase().parse::<Priority>().is_ok() => (Some(o), "x-gateway-inference-objective"),
+                _ => (None, "priority"),
+            },
+        },
     };
     let p = match raw {
         None => Priority::Normal,
