@@ -285,44 +285,10 @@ impl Admission {
     /// it) at class `p` with `prompt_tokens` tokens. On `Admit`, the caller must call
     /// [`Self::finish`] with the tenant's name once the request ends.
     pub fn admit(&mut self, tenant: &Tenant, p: Priority, prompt_tokens: usize, signals: &Signals, now: Instant) -> Decision {
-        if self.draining {
-            let retry_after = self.config.drain_timeout.max(Duration::from_secs(1));
-            return Decision::Reject { reason: RejectReason::Draining, retry_after, message: "the server is shutting down".into() };
-        }
-        // The request carries the tenant of its own snapshot; it runs only if the policy in
-        // force still defines that tenant exactly so (never with another one's limits or salt).
-        let policy = self.config.clone();
-        let limits = match policy.tenant(&tenant.name) {
-            Some(current) if current == tenant => current,
-            current => {
-                let what = if current.is_none() { "was removed" } else { "was changed" };
-                let message = format!("tenant {:?} {what} by a configuration reload while this request arrived; retry", tenant.name);
-                return Decision::Reject { reason: RejectReason::Reloaded, retry_after: Duration::from_secs(1), message };
-            }
+        let limits_degrade = match self.tenant_gate(tenant, now, true) {
+            Ok(always_degrade) => always_degrade,
+            Err(refused) => return refused,
         };
-        let limits_degrade = limits.always_degrade;
-        let st = self.tenants.get_mut(&limits.name).expect("every configured tenant has a state");
-        if let Some(max) = limits.max_concurrent
-            && st.in_flight >= max
-        {
-            let retry_after = Duration::from_secs(1);
-            let message = format!("tenant {:?} has {max} requests in flight, its limit", limits.name);
-            return Decision::Reject { reason: RejectReason::TenantConcurrency, retry_after, message };
-        }
-        if let Some(b) = st.requests.as_mut() {
-            b.refill(now);
-            if b.level < 1.0 {
-                let message = format!("tenant {:?} is over its {} requests per minute", limits.name, b.capacity);
-                return Decision::Reject { reason: RejectReason::TenantRequests, retry_after: b.wait_for(1.0), message };
-            }
-        }
-        if let Some(b) = st.tokens.as_mut() {
-            b.refill(now);
-            if b.level <= 0.0 {
-                let message = format!("tenant {:?} is over its {} tokens per minute", limits.name, b.capacity);
-                return Decision::Reject { reason: RejectReason::TenantTokens, retry_after: b.wait_for(1.0), message };
-            }
-        }
         self.update(signals);
         let level = self.level(p);
         if level == Level::Shed {
@@ -347,6 +313,66 @@ impl Admission {
             b.level -= prompt_tokens as f64;
         }
         Decision::Admit { degrade: level == Level::Degrade || limits_degrade }
+    }
+
+    /// Admits a request whose output is reused (coalesced with an identical one in flight, or
+    /// cached): it adds no work, so the ladder never sheds or degrades it and its tokens are
+    /// not charged; draining, a reloaded tenant, the tenant's concurrency and request rate
+    /// still apply.
+    pub fn admit_reused(&mut self, tenant: &Tenant, now: Instant) -> Decision {
+        if let Err(refused) = self.tenant_gate(tenant, now, false) {
+            return refused;
+        }
+        let st = self.tenants.get_mut(&tenant.name).expect("every configured tenant has a state");
+        st.in_flight += 1;
+        if let Some(b) = st.requests.as_mut() {
+            b.level -= 1.0;
+        }
+        Decision::Admit { degrade: false }
+    }
+
+    /// What admission checks before the ladder: draining, the tenant still defined as the
+    /// request saw it, its concurrency and request rate, and (`tokens`) its token rate. The
+    /// tenant's `always_degrade` if it passes.
+    fn tenant_gate(&mut self, tenant: &Tenant, now: Instant, tokens: bool) -> Result<bool, Decision> {
+        if self.draining {
+            let retry_after = self.config.drain_timeout.max(Duration::from_secs(1));
+            return Err(Decision::Reject { reason: RejectReason::Draining, retry_after, message: "the server is shutting down".into() });
+        }
+        // The request carries the tenant of its own snapshot; it runs only if the policy in
+        // force still defines that tenant exactly so (never with another one's limits or salt).
+        let policy = self.config.clone();
+        let limits = match policy.tenant(&tenant.name) {
+            Some(current) if current == tenant => current,
+            current => {
+                let what = if current.is_none() { "was removed" } else { "was changed" };
+                let message = format!("tenant {:?} {what} by a configuration reload while this request arrived; retry", tenant.name);
+                return Err(Decision::Reject { reason: RejectReason::Reloaded, retry_after: Duration::from_secs(1), message });
+            }
+        };
+        let st = self.tenants.get_mut(&limits.name).expect("every configured tenant has a state");
+        if let Some(max) = limits.max_concurrent
+            && st.in_flight >= max
+        {
+            let retry_after = Duration::from_secs(1);
+            let message = format!("tenant {:?} has {max} requests in flight, its limit", limits.name);
+            return Err(Decision::Reject { reason: RejectReason::TenantConcurrency, retry_after, message });
+        }
+        if let Some(b) = st.requests.as_mut() {
+            b.refill(now);
+            if b.level < 1.0 {
+                let message = format!("tenant {:?} is over its {} requests per minute", limits.name, b.capacity);
+                return Err(Decision::Reject { reason: RejectReason::TenantRequests, retry_after: b.wait_for(1.0), message });
+            }
+        }
+        if tokens && let Some(b) = st.tokens.as_mut() {
+            b.refill(now);
+            if b.level <= 0.0 {
+                let message = format!("tenant {:?} is over its {} tokens per minute", limits.name, b.capacity);
+                return Err(Decision::Reject { reason: RejectReason::TenantTokens, retry_after: b.wait_for(1.0), message });
+            }
+        }
+        Ok(limits.always_degrade)
     }
 
     /// An admitted request of tenant `name` ended having generated `completion_tokens`.

@@ -19,6 +19,9 @@ pub struct Tenant {
     pub cache_salt: Option<String>,
     /// Every request gets the degraded treatment (a free tier served by the fallback model).
     pub always_degrade: bool,
+    /// Completed deterministic outputs are kept this long and served again to identical
+    /// requests of the same cache namespace (`None`: no output cache for this tenant).
+    pub output_cache_ttl: Option<Duration>,
 }
 
 impl Tenant {
@@ -33,6 +36,7 @@ impl Tenant {
             max_concurrent: None,
             cache_salt: None,
             always_degrade: false,
+            output_cache_ttl: None,
         }
     }
 }

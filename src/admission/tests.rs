@@ -170,3 +170,32 @@ fn a_reload_between_authentication_and_admission_never_swaps_tenants() {
     }
     assert_eq!(a.in_flight(), 0, "nothing was counted for the refused requests");
 }
+
+#[test]
+fn reused_outputs_pass_the_ladder_but_not_draining_and_cost_requests_not_tokens() {
+    let t0 = Instant::now();
+    let limits = Tenant { requests_per_minute: Some(3.0), tokens_per_minute: Some(600.0), max_concurrent: Some(2), ..tenant() };
+    let mut a = Admission::new(config(limits), t0);
+    // A flood sheds the normal class for computed requests...
+    let flood = Signals { waiting: [0, 100_000, 0, 0], drain_rate: 1.0, kv_usage: 1.0, ..Signals::default() };
+    assert_eq!(rejected(&a.admit(&first(&a), Priority::Normal, 10, &flood, t0)).map(|r| r.0), Some(RejectReason::Overload));
+    assert_eq!(a.level(Priority::Normal), Level::Shed);
+    // ...but not a reused one, which adds no work.
+    assert_eq!(a.admit_reused(&first(&a), t0), Decision::Admit { degrade: false });
+    // The token bucket is not charged, even in debt: reuse computes nothing.
+    a.finish("t", 0);
+    let mut b = Admission::new(config(Tenant { tokens_per_minute: Some(600.0), ..tenant() }), t0);
+    b.admit(&first(&b), Priority::Normal, 10, &idle(), t0);
+    b.finish("t", 1000);
+    assert_eq!(rejected(&b.admit(&first(&b), Priority::Normal, 10, &idle(), t0)).map(|r| r.0), Some(RejectReason::TenantTokens));
+    assert_eq!(b.admit_reused(&first(&b), t0), Decision::Admit { degrade: false });
+    // The request rate and concurrency still count.
+    assert_eq!(a.admit_reused(&first(&a), t0), Decision::Admit { degrade: false });
+    assert_eq!(a.admit_reused(&first(&a), t0), Decision::Admit { degrade: false });
+    assert_eq!(rejected(&a.admit_reused(&first(&a), t0)).map(|r| r.0), Some(RejectReason::TenantConcurrency));
+    a.finish("t", 0);
+    assert_eq!(rejected(&a.admit_reused(&first(&a), t0)).map(|r| r.0), Some(RejectReason::TenantRequests));
+    // Draining refuses everything.
+    a.set_draining();
+    assert_eq!(rejected(&a.admit_reused(&first(&a), t0 + Duration::from_secs(60))).map(|r| r.0), Some(RejectReason::Draining));
+}

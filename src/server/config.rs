@@ -12,6 +12,8 @@
 //! shed_status = 429            # status of load shed by the ladder (429, or 503)
 //! strict_fields = false        # true: unknown request fields are a 400 (default: ignored,
 //!                              # named in x-ballast-ignored-fields, counted)
+//! output_cache_mib = 64        # memory for completed outputs kept for reuse (all tenants)
+//! output_cache = false         # the output cache for the open tenant (no [[tenants]])
 //!
 //! [[tenants]]
 //! name = "batch-jobs"
@@ -22,6 +24,8 @@
 //! max_concurrent = 32
 //! cache_salt = "batch-jobs"    # prefix-cache namespace (default: the tenant's name)
 //! always_degrade = false       # true: always the degraded treatment (e.g. the fallback model)
+//! output_cache = false         # true: identical deterministic requests of this tenant get a
+//! output_cache_ttl_secs = 300  # completed output again, for this long (see README)
 //!
 //! [classes.low]
 //! max_queue_ms = 2000          # estimated queue wait above which new requests are shed
@@ -62,6 +66,8 @@ struct RawServer {
     degrade_max_tokens: Option<u64>,
     shed_status: Option<u16>,
     strict_fields: Option<bool>,
+    output_cache_mib: Option<f64>,
+    output_cache: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -77,6 +83,9 @@ struct RawTenant {
     cache_salt: Option<String>,
     #[serde(default)]
     always_degrade: bool,
+    #[serde(default)]
+    output_cache: bool,
+    output_cache_ttl_secs: Option<f64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -98,6 +107,8 @@ pub struct ServerConfig {
     /// Unknown request fields are a 400 (otherwise ignored, as vLLM does, and named in the
     /// response's `x-ballast-ignored-fields`).
     pub strict_fields: bool,
+    /// Memory for completed outputs kept for reuse, all tenants together.
+    pub output_cache_bytes: usize,
     /// Tenants and class targets (shared with admission and with every request authenticated
     /// against this configuration).
     pub policy: Arc<Policy>,
@@ -110,6 +121,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             read_timeout: Duration::from_secs(10),
             strict_fields: false,
+            output_cache_bytes: 64 << 20,
             policy: Arc::new(Policy::default()),
         }
     }
@@ -169,6 +181,20 @@ impl ServerConfig {
             Some(s @ (429 | 503)) => policy.shed_status = s,
             Some(s) => errors.push(format!("server.shed_status = {s}: must be 429 or 503")),
         }
+        if let Some(m) = raw.server.output_cache_mib {
+            if !(m.is_finite() && (0.0..=65536.0).contains(&m)) {
+                errors.push(format!("server.output_cache_mib = {m}: must be between 0 and 65536"));
+            } else {
+                cfg.output_cache_bytes = (m * 1048576.0) as usize;
+            }
+        }
+        if raw.server.output_cache == Some(true) {
+            if raw.tenants.is_empty() {
+                policy.tenants[0].output_cache_ttl = Some(Duration::from_secs(300));
+            } else {
+                errors.push("server.output_cache applies to the open tenant only: set output_cache in each [[tenants]]".into());
+            }
+        }
         if !raw.tenants.is_empty() {
             policy.tenants.clear();
         }
@@ -212,6 +238,19 @@ impl ServerConfig {
             if t.max_concurrent == Some(0) {
                 errors.push(format!("{at}.max_concurrent = 0: must be at least 1"));
             }
+            let output_cache_ttl = match (t.output_cache, t.output_cache_ttl_secs) {
+                (false, Some(_)) => {
+                    errors.push(format!("{at}.output_cache_ttl_secs needs output_cache = true"));
+                    None
+                }
+                (false, None) => None,
+                (true, None) => Some(Duration::from_secs(300)),
+                (true, Some(s)) if s.is_finite() && s > 0.0 && s <= 86400.0 => Some(Duration::from_secs_f64(s)),
+                (true, Some(s)) => {
+                    errors.push(format!("{at}.output_cache_ttl_secs = {s}: must be between 0 and 86400 (exclusive of 0)"));
+                    None
+                }
+            };
             policy.tenants.push(Tenant {
                 cache_salt: Some(t.cache_salt.unwrap_or_else(|| t.name.clone())),
                 name: t.name,
@@ -220,6 +259,7 @@ impl ServerConfig {
                 requests_per_minute,
                 max_concurrent: t.max_concurrent.map(|c| c as usize),
                 always_degrade: t.always_degrade,
+                output_cache_ttl,
             });
         }
         for (name, c) in raw.classes {

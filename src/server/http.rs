@@ -10,9 +10,10 @@ use super::State;
 use super::config::ServerConfig;
 use super::openai::{ApiError, Common, parse as parse_json};
 use super::response::{Admitted, Ctx, json_response, sse_response};
+use super::reuse::{Key, Replay, Reuse};
 use super::validate::{Kind, Unknown, name_fields, priority, request_from_body, submit_error};
 use crate::admission::{Decision, RejectReason, Tenant};
-use crate::engine::{Engine, RequestStream, ValidRequest};
+use crate::engine::{Engine, ValidRequest};
 use crate::request::{Event, FinishReason, Priority, Prompt, Request};
 mod fleet;
 
@@ -24,7 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
@@ -158,10 +160,22 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let parsed = parse(&state, &caller, &headers, body, completion, arrival).await?;
     let chat = !completion;
     let valid = state.engine.prepare(parsed.request.clone()).map_err(|e| name_fields(submit_error(e), parsed.length_param, chat))?;
+    let cache_ttl = caller.tenant.output_cache_ttl;
+    if let Some(key) = Key::of(&state.model_name, &valid)
+        && let Some((replay, how)) = state.reuse.reuse(key, parsed.priority, cache_ttl.is_some(), arrival)
+    {
+        let admitted = admit_reused(&state, &caller, &parsed, arrival, valid.request().n)?;
+        state.metrics.reused(&caller.tenant.name, parsed.priority, how);
+        let mut replay = replay;
+        let first = StreamExt::next(&mut replay).await;
+        let served = Served { events: replay, first, admitted, degraded: Vec::new(), fallback: false, reuse: how };
+        return respond(&state, parsed, served, completion).await;
+    }
     let ready = admit(&state, &caller, &parsed, valid, arrival)?;
+    state.metrics.reused(&caller.tenant.name, parsed.priority, Reuse::Miss);
     let shed_status = caller.config.policy.shed_status;
-    let (events, first, admitted) = submit(&state, ready.engine, ready.valid, ready.admitted, parsed.priority, shed_status).await?;
-    respond(&state, parsed, events, first, admitted, ready.degraded, ready.fallback, completion).await
+    let served = submit(&state, ready, parsed.priority, shed_status, cache_ttl, arrival).await?;
+    respond(&state, parsed, served, completion).await
 }
 
 /// The body, read within the caller's limits, as an engine request at the class it asks for
@@ -206,17 +220,7 @@ fn admit<'a>(
     let decision = state.admission.lock().admit(tenant, class, prompt_tokens, &signals, Instant::now());
     let degrade = match decision {
         Decision::Admit { degrade } => degrade,
-        Decision::Reject { reason, retry_after, message } => {
-            state.metrics.rejected(class, reason);
-            tracing::info!(tenant = %tenant.name, priority = class.name(), reason = reason.name(), "refused: {message}");
-            let kind = match reason {
-                RejectReason::TenantConcurrency | RejectReason::TenantRequests | RejectReason::TenantTokens => "rate_limit_error",
-                RejectReason::Overload | RejectReason::Draining | RejectReason::Reloaded => "overloaded_error",
-            };
-            let retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
-            let status = caller.config.policy.status(reason);
-            return Err(ApiError { retry_after, ..ApiError::new(status, kind, message) });
-        }
+        Decision::Reject { reason, retry_after, message } => return Err(refusal(state, caller, class, reason, retry_after, message)),
     };
     // From here the guard releases the tenant's admission however the request ends.
     let mut admitted = Admitted {
@@ -227,6 +231,7 @@ fn admit<'a>(
         arrival,
         completion_tokens: 0,
         finished: Vec::new(),
+        reused: false,
     };
     let mut engine = &state.engine;
     let mut degraded = Vec::new();
@@ -247,18 +252,70 @@ fn admit<'a>(
     Ok(Ready { valid, engine, admitted, degraded, fallback })
 }
 
+/// Admission of a request served by reuse: no ladder, no token charge (see
+/// [`crate::admission::Admission::admit_reused`]).
+fn admit_reused(state: &Arc<State>, caller: &Caller, parsed: &Parsed, arrival: Instant, n: usize) -> Result<Admitted, ApiError> {
+    let class = parsed.priority;
+    match state.admission.lock().admit_reused(&caller.tenant, Instant::now()) {
+        Decision::Admit { .. } => {}
+        Decision::Reject { reason, retry_after, message } => return Err(refusal(state, caller, class, reason, retry_after, message)),
+    }
+    state.metrics.admitted(class, 0, false);
+    Ok(Admitted {
+        state: state.clone(),
+        n,
+        tenant: caller.tenant.name.clone(),
+        priority: class,
+        arrival,
+        completion_tokens: 0,
+        finished: Vec::new(),
+        reused: true,
+    })
+}
+
+/// The answer to a refused request.
+fn refusal(state: &State, caller: &Caller, class: Priority, reason: RejectReason, retry_after: Duration, message: String) -> ApiError {
+    state.metrics.rejected(class, reason);
+    tracing::info!(tenant = %caller.tenant.name, priority = class.name(), reason = reason.name(), "refused: {message}");
+    let kind = match reason {
+        RejectReason::TenantConcurrency | RejectReason::TenantRequests | RejectReason::TenantTokens => "rate_limit_error",
+        RejectReason::Overload | RejectReason::Draining | RejectReason::Reloaded => "overloaded_error",
+    };
+    let retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+    let status = caller.config.policy.status(reason);
+    ApiError { retry_after, ..ApiError::new(status, kind, message) }
+}
+
+/// A request on its way to the client: its events and how it is served.
+struct Served {
+    events: Replay,
+    first: Option<Event>,
+    admitted: Admitted,
+    degraded: Vec<&'static str>,
+    fallback: bool,
+    reuse: Reuse,
+}
+
 /// Queues the request and waits for its first event, which decides between a response and an
 /// error (a missed deadline: shed, with the shedding status; an engine failure).
+/// The request becomes the computation identical ones attach to (when deterministic).
 async fn submit(
     state: &State,
-    engine: &Engine,
-    valid: ValidRequest,
-    mut admitted: Admitted,
+    ready: Ready<'_>,
     class: Priority,
     shed_status: u16,
-) -> Result<(RequestStream, Option<Event>, Admitted), ApiError> {
+    cache_ttl: Option<Duration>,
+    arrival: Instant,
+) -> Result<Served, ApiError> {
+    let Ready { valid, engine, mut admitted, degraded, fallback } = ready;
     let n = valid.request().n;
-    let mut events = engine.enqueue(valid).map_err(submit_error)?;
+    let model = match &state.fallback {
+        Some((_, name)) if fallback => name,
+        _ => &state.model_name,
+    };
+    let key = Key::of(model, &valid);
+    let stream = engine.enqueue(valid).map_err(submit_error)?;
+    let mut events = state.reuse.lead(key, stream, class, cache_ttl, arrival);
     let first = StreamExt::next(&mut events).await;
     if let Some(Event::Finish { reason, usage, timings, .. }) = &first
         && usage.completion_tokens == 0
@@ -279,21 +336,12 @@ async fn submit(
             _ => ApiError::new(500, "server_error", "the request ended before producing anything"),
         });
     }
-    Ok((events, first, admitted))
+    Ok(Served { events, first, admitted, degraded, fallback, reuse: Reuse::Miss })
 }
 
 /// The response: an SSE stream or one JSON body, saying how it was served.
-#[allow(clippy::too_many_arguments)]
-async fn respond(
-    state: &Arc<State>,
-    parsed: Parsed,
-    events: RequestStream,
-    first: Option<Event>,
-    mut admitted: Admitted,
-    degraded: Vec<&'static str>,
-    fallback: bool,
-    completion: bool,
-) -> Result<Response, ApiError> {
+async fn respond(state: &Arc<State>, parsed: Parsed, served: Served, completion: bool) -> Result<Response, ApiError> {
+    let Served { events, first, mut admitted, degraded, fallback, reuse } = served;
     let n = admitted.n;
     let logprobs = if degraded.contains(&"logprobs") { None } else { parsed.request.logprobs };
     let kind = match parsed.kind {
@@ -303,11 +351,12 @@ async fn respond(
     let include_usage = parsed.common.stream_options.is_some_and(|o| o.include_usage);
     let ctx = Ctx {
         state: state.clone(),
-        id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, events.id()),
+        id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, state.next_response.fetch_add(1, Ordering::Relaxed)),
         created: now_unix(),
         kind,
-        prompt_tokens: events.prompt_ids().len(),
+        prompt_tokens: events.prompt_tokens(),
         fallback,
+        reuse,
     };
     let mut resp = if parsed.common.stream {
         sse_response(ctx, first, events, admitted, n, include_usage, degraded.clone())
@@ -318,6 +367,7 @@ async fn respond(
         resp.headers_mut().insert("x-ballast-degraded", HeaderValue::from_str(&degraded.join(",")).expect("ascii"));
     }
     resp.headers_mut().insert("x-ballast-priority", HeaderValue::from_static(parsed.priority.name()));
+    resp.headers_mut().insert("x-ballast-reuse", HeaderValue::from_static(reuse.name()));
     if !parsed.ignored.is_empty() {
         // Names as header-safe tokens (a field name can be any JSON string).
         let names: Vec<String> = parsed.ignored.iter().take(16).map(|k| header_token(k)).collect();
@@ -418,6 +468,8 @@ async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
     };
     let e = state.engine.metrics();
     let mut text = state.metrics.render(&state.model_name, &e, state.engine.config().block_size, &signals, levels, &state.config().policy);
+    let (entries, bytes, evictions) = state.reuse.cache_stats();
+    super::metrics::output_cache(&mut text, &state.model_name, entries, bytes, evictions, state.reuse.in_flight());
     if let Some(p) = &state.kv_events {
         super::metrics::kv_events(&mut text, &state.model_name, p.published(), p.dropped());
     }

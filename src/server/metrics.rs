@@ -50,6 +50,8 @@ struct Counters {
     /// Unknown request fields ignored, by name (at most [`MAX_IGNORED_NAMES`] names, then
     /// `other`: clients choose these names).
     ignored_fields: std::collections::BTreeMap<String, u64>,
+    /// Generation requests by (tenant, class rank, how served: miss, coalesced, cached).
+    reuse: std::collections::BTreeMap<(String, u8, &'static str), u64>,
 }
 
 const MAX_IGNORED_NAMES: usize = 32;
@@ -105,6 +107,11 @@ impl ServerMetrics {
     }
 
     /// Unknown fields a request carried and the server ignored; each name is logged once.
+    /// A generation request admitted, and how its output was produced.
+    pub fn reused(&self, tenant: &str, p: Priority, how: super::reuse::Reuse) {
+        *self.c.lock().reuse.entry((tenant.to_string(), p.rank(), how.name())).or_insert(0) += 1;
+    }
+
     pub fn ignored_fields(&self, names: &[String]) {
         let mut c = self.c.lock();
         for name in names {
@@ -256,6 +263,20 @@ impl ServerMetrics {
         counter(&mut o, "ballast_config_reloads_total", "Configuration reloads that took effect.", &[(m.clone(), c.config_reloads as f64)]);
         let rows: Vec<(String, f64)> = c.ignored_fields.iter().map(|(k, n)| (format!("{m},field=\"{k}\""), *n as f64)).collect();
         counter(&mut o, "ballast_ignored_fields_total", "Unknown request fields ignored, by name.", &rows);
+        let rows: Vec<(String, f64)> = c
+            .reuse
+            .iter()
+            .map(|((tenant, rank, how), n)| {
+                let class = Priority::ALL[*rank as usize].name();
+                (format!("{m},tenant=\"{}\",priority=\"{class}\",reuse=\"{how}\"", tenant.replace('"', "'")), *n as f64)
+            })
+            .collect();
+        counter(
+            &mut o,
+            "ballast_output_reuse_total",
+            "Generation requests admitted, by tenant, class and how their output was produced (miss: computed; coalesced: attached to an identical request in flight; cached: a completed output).",
+            &rows,
+        );
         counter(
             &mut o,
             "ballast_config_reload_failures_total",
@@ -283,6 +304,20 @@ impl ServerMetrics {
         }
         o
     }
+}
+
+/// The completed-output cache and the computations identical requests can attach to.
+pub fn output_cache(o: &mut String, model: &str, entries: usize, bytes: usize, evictions: u64, in_flight: usize) {
+    let m = format!("model_name=\"{}\"", model.replace('"', "'"));
+    gauge(o, "ballast_output_cache_entries", "Completed outputs kept for reuse.", &[(m.clone(), entries as f64)]);
+    gauge(o, "ballast_output_cache_bytes", "Memory of the completed outputs kept (approximate).", &[(m.clone(), bytes as f64)]);
+    counter(o, "ballast_output_cache_evictions_total", "Completed outputs dropped to make room.", &[(m.clone(), evictions as f64)]);
+    gauge(
+        o,
+        "ballast_output_reuse_in_flight",
+        "Deterministic computations in flight that identical requests attach to.",
+        &[(m, in_flight as f64)],
+    );
 }
 
 /// The KV-cache event publisher's counters (present only while it runs).

@@ -6,6 +6,7 @@ pub mod config;
 mod http;
 pub mod kv_events;
 mod response;
+pub mod reuse;
 mod validate;
 
 pub use validate::validate_body;
@@ -37,6 +38,10 @@ pub struct State {
     pub fallback: Option<(Engine, String)>,
     /// The KV-cache event publisher, when `--kv-events-endpoint` is set.
     pub kv_events: Option<kv_events::KvEventPublisher>,
+    /// Identical deterministic requests computed once: those in flight, and completed outputs.
+    pub reuse: Arc<reuse::Registry>,
+    /// Numbers the responses (`cmpl-N`, `chatcmpl-N`).
+    pub next_response: std::sync::atomic::AtomicU64,
 }
 
 impl State {
@@ -48,7 +53,10 @@ impl State {
         kv_events: Option<kv_events::KvEventPublisher>,
     ) -> Arc<State> {
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let reuse = reuse::Registry::new(config.output_cache_bytes);
         Arc::new(State {
+            reuse,
+            next_response: Default::default(),
             engine,
             model_name,
             admission: Mutex::new(Admission::new(config.policy.clone(), Instant::now())),
@@ -70,6 +78,7 @@ impl State {
     pub fn reload(&self, config: ServerConfig) {
         let mut admission = self.admission.lock();
         admission.reload(config.policy.clone(), Instant::now());
+        self.reuse.set_capacity(config.output_cache_bytes);
         *self.config.lock() = Arc::new(config);
     }
 

@@ -4,8 +4,8 @@
 use super::State;
 use super::metrics::Finished;
 use super::openai::ApiError;
+use super::reuse::{Replay, Reuse};
 use super::validate::Kind;
-use crate::engine::RequestStream;
 use crate::request::{Event, FinishReason, Priority, Usage};
 use crate::sampler::TokenLogprob;
 use axum::body::{Body, Bytes};
@@ -25,12 +25,18 @@ pub(super) struct Admitted {
     pub(super) arrival: Instant,
     pub(super) completion_tokens: usize,
     pub(super) finished: Vec<Finished>,
+    /// Served from another request's computation: its tokens cost nothing, and it says
+    /// nothing about the engine's speed (the ladder's drain rate and TTFTs leave it out).
+    pub(super) reused: bool,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.state.admission.lock().finish(&self.tenant, self.completion_tokens);
-        self.state.observed.finished();
+        let charged = if self.reused { 0 } else { self.completion_tokens };
+        self.state.admission.lock().finish(&self.tenant, charged);
+        if !self.reused {
+            self.state.observed.finished();
+        }
         for _ in self.finished.len()..self.n {
             let e2e = self.arrival.elapsed();
             let f = Finished {
@@ -53,7 +59,7 @@ impl Drop for Admitted {
 impl Admitted {
     pub(super) fn record(&mut self, reason: &FinishReason, usage: &Usage, timings: &crate::request::Timings) {
         self.completion_tokens += usage.completion_tokens;
-        if let Some(t) = timings.time_to_first_token {
+        if let Some(t) = timings.time_to_first_token.filter(|_| !self.reused) {
             self.state.observed.first_token(self.priority, t);
         }
         self.finished.push(Finished {
@@ -76,6 +82,7 @@ pub(super) struct Ctx {
     pub(super) prompt_tokens: usize,
     /// Served by the fallback model.
     pub(super) fallback: bool,
+    pub(super) reuse: Reuse,
 }
 
 impl Ctx {
@@ -131,12 +138,17 @@ impl Ctx {
     }
 
     fn usage_json(&self, completion: usize, cached: usize) -> serde_json::Value {
-        serde_json::json!({
+        let mut usage = serde_json::json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": cached},
-        })
+        });
+        if self.reuse != Reuse::Miss {
+            // Another request's computation: nothing was computed for this one.
+            usage["reused"] = self.reuse.name().into();
+        }
+        usage
     }
 
     fn is_chat(&self) -> bool {
@@ -187,7 +199,7 @@ struct ChoiceAcc {
 pub(super) async fn json_response(
     ctx: Ctx,
     first: Option<Event>,
-    mut events: RequestStream,
+    mut events: Replay,
     admitted: &mut Admitted,
     n: usize,
     degraded: Vec<&'static str>,
@@ -242,7 +254,7 @@ pub(super) async fn json_response(
 pub(super) fn sse_response(
     ctx: Ctx,
     first: Option<Event>,
-    events: RequestStream,
+    events: Replay,
     admitted: Admitted,
     n: usize,
     include_usage: bool,
@@ -251,7 +263,7 @@ pub(super) fn sse_response(
     struct S {
         ctx: Ctx,
         pending: Option<Event>,
-        events: RequestStream,
+        events: Replay,
         admitted: Admitted,
         started: Vec<bool>,
         completion: usize,

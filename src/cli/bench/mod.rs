@@ -47,6 +47,14 @@ pub struct BenchArgs {
     /// Tokens to generate per request (with ignore_eos).
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
+    /// Draw each request's prompt from this many distinct prompts, by a Zipf law of exponent
+    /// --zipf (rank k has weight 1/k^s): repeated identical requests, as in a retry storm or
+    /// popular queries (default: every prompt distinct).
+    #[arg(long, conflicts_with = "offline")]
+    distinct_prompts: Option<usize>,
+    /// The Zipf exponent of --distinct-prompts.
+    #[arg(long, default_value_t = 1.0, requires = "distinct_prompts")]
+    zipf: f64,
     /// Priority classes and weights, e.g. `high=1,low=3` (sent as the `priority` field).
     #[arg(long)]
     class_mix: Option<String>,
@@ -158,8 +166,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?,
     };
-    if args.num_requests == 0 || args.concurrency == 0 {
-        bail!("--num-requests and --concurrency must be at least 1");
+    if args.num_requests == 0 || args.concurrency == 0 || args.distinct_prompts == Some(0) {
+        bail!("--num-requests, --concurrency and --distinct-prompts must be at least 1");
+    }
+    if !(args.zipf.is_finite() && args.zipf >= 0.0) {
+        bail!("--zipf must be a number ≥ 0");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
@@ -174,6 +185,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let mut rng = Rng::new(args.seed);
         let total: f64 = mix.iter().map(|m| m.1).sum();
+        // With --distinct-prompts: the pool, and the cumulative Zipf weights of its ranks.
+        let pool: Vec<String> = (0..args.distinct_prompts.unwrap_or(0))
+            .map(|k| {
+                let words: Vec<&str> = (0..args.prompt_words).map(|_| WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]).collect();
+                format!("Prompt {k}: {}", words.join(" "))
+            })
+            .collect();
+        let cumulative: Vec<f64> = pool
+            .iter()
+            .enumerate()
+            .scan(0.0, |sum, (k, _)| {
+                *sum += 1.0 / ((k + 1) as f64).powf(args.zipf);
+                Some(*sum)
+            })
+            .collect();
         let requests: Vec<(String, String)> = (0..args.num_requests)
             .map(|i| {
                 let mut x = rng.unit() * total;
@@ -186,9 +212,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .unwrap_or(&mix[0])
                     .0
                     .clone();
-                let words: Vec<&str> = (0..args.prompt_words).map(|_| WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]).collect();
+                let prompt = match cumulative.last() {
+                    Some(&sum) => {
+                        let x = rng.unit() * sum;
+                        pool[cumulative.partition_point(|&c| c <= x).min(pool.len() - 1)].clone()
+                    }
+                    None => {
+                        let words: Vec<&str> =
+                            (0..args.prompt_words).map(|_| WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]).collect();
+                        format!("Request {i}: {}", words.join(" "))
+                    }
+                };
                 let mut body = serde_json::json!({
-                    "model": model, "prompt": format!("Request {i}: {}", words.join(" ")), "max_tokens": args.max_tokens,
+                    "model": model, "prompt": prompt, "max_tokens": args.max_tokens,
                     "temperature": 0, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true},
                 });
                 if !class.is_empty() {
@@ -244,7 +280,16 @@ fn report(samples: &[Sample], secs: f64, args: &BenchArgs) {
         Some(r) => format!("rate {r}/s"),
         None => format!("concurrency {}", args.concurrency),
     };
-    eprintln!("{} requests, {load}, {} prompt words, {} max tokens, {secs:.1} s", samples.len(), args.prompt_words, args.max_tokens);
+    let prompts = match args.distinct_prompts {
+        Some(n) => format!(" (drawn from {n} by Zipf {})", args.zipf),
+        None => String::new(),
+    };
+    eprintln!(
+        "{} requests, {load}, {} prompt words{prompts}, {} max tokens, {secs:.1} s",
+        samples.len(),
+        args.prompt_words,
+        args.max_tokens
+    );
     for (class, v) in &by_class {
         let ok: Vec<&&Sample> = v.iter().filter(|s| s.status == 200 && s.error.is_none()).collect();
         let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
