@@ -12,6 +12,7 @@
 //! shed_status = 429            # status of load shed by the ladder (429, or 503)
 //! strict_fields = false        # true: unknown request fields are a 400 (default: ignored,
 //!                              # named in x-ballast-ignored-fields, counted)
+//! output_reuse = true          # false: never coalesce or cache outputs (every request computed)
 //! output_cache_mib = 64        # memory for completed outputs kept for reuse (all tenants)
 //! output_cache = false         # the output cache for the open tenant (no [[tenants]])
 //!
@@ -66,6 +67,7 @@ struct RawServer {
     degrade_max_tokens: Option<u64>,
     shed_status: Option<u16>,
     strict_fields: Option<bool>,
+    output_reuse: Option<bool>,
     output_cache_mib: Option<f64>,
     output_cache: Option<bool>,
 }
@@ -107,6 +109,9 @@ pub struct ServerConfig {
     /// Unknown request fields are a 400 (otherwise ignored, as vLLM does, and named in the
     /// response's `x-ballast-ignored-fields`).
     pub strict_fields: bool,
+    /// Identical deterministic requests are computed once (in flight, and from the output
+    /// cache of tenants that have one).
+    pub output_reuse: bool,
     /// Memory for completed outputs kept for reuse, all tenants together.
     pub output_cache_bytes: usize,
     /// Tenants and class targets (shared with admission and with every request authenticated
@@ -121,6 +126,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             read_timeout: Duration::from_secs(10),
             strict_fields: false,
+            output_reuse: true,
             output_cache_bytes: 64 << 20,
             policy: Arc::new(Policy::default()),
         }
@@ -181,6 +187,7 @@ impl ServerConfig {
             Some(s @ (429 | 503)) => policy.shed_status = s,
             Some(s) => errors.push(format!("server.shed_status = {s}: must be 429 or 503")),
         }
+        cfg.output_reuse = raw.server.output_reuse.unwrap_or(true);
         if let Some(m) = raw.server.output_cache_mib {
             if !(m.is_finite() && (0.0..=65536.0).contains(&m)) {
                 errors.push(format!("server.output_cache_mib = {m}: must be between 0 and 65536"));
@@ -365,5 +372,30 @@ mod tests {
         assert!(syntax.contains("line 1"), "{syntax}");
         let unknown = ServerConfig::from_toml("[server]\nmax_bodybytes = 5").unwrap_err().to_string();
         assert!(unknown.contains("unknown field `max_bodybytes`"), "{unknown}");
+    }
+
+    #[test]
+    fn output_reuse_settings() {
+        let cfg = ServerConfig::from_toml(
+            "[server]\noutput_cache_mib = 0.5\n[[tenants]]\nname = \"a\"\napi_keys = [\"sk-aaaa-0001\"]\noutput_cache = true\noutput_cache_ttl_secs = 20\n[[tenants]]\nname = \"b\"\napi_keys = [\"sk-bbbb-0001\"]\n",
+        )
+        .unwrap();
+        assert_eq!((cfg.output_reuse, cfg.output_cache_bytes), (true, 524288));
+        assert_eq!(cfg.policy.tenants[0].output_cache_ttl, Some(Duration::from_secs(20)));
+        assert_eq!(cfg.policy.tenants[1].output_cache_ttl, None, "off unless asked for");
+        let open = ServerConfig::from_toml("[server]\noutput_cache = true\noutput_reuse = false\n").unwrap();
+        assert_eq!((open.output_reuse, open.policy.tenants[0].output_cache_ttl), (false, Some(Duration::from_secs(300))));
+        let err = ServerConfig::from_toml(
+            "[server]\noutput_cache = true\noutput_cache_mib = -1\n[[tenants]]\nname = \"a\"\napi_keys = [\"sk-aaaa-0001\"]\noutput_cache_ttl_secs = 5\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "output_cache_mib = -1",
+            "server.output_cache applies to the open tenant only",
+            "output_cache_ttl_secs needs output_cache = true",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
     }
 }

@@ -161,7 +161,8 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let chat = !completion;
     let valid = state.engine.prepare(parsed.request.clone()).map_err(|e| name_fields(submit_error(e), parsed.length_param, chat))?;
     let cache_ttl = caller.tenant.output_cache_ttl;
-    if let Some(key) = Key::of(&state.model_name, &valid)
+    let reuse = caller.config.output_reuse;
+    if let Some(key) = Key::of(&state.model_name, &valid).filter(|_| reuse)
         && let Some((replay, how)) = state.reuse.reuse(key, parsed.priority, cache_ttl.is_some(), arrival)
     {
         let admitted = admit_reused(&state, &caller, &parsed, arrival, valid.request().n)?;
@@ -174,7 +175,7 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let ready = admit(&state, &caller, &parsed, valid, arrival)?;
     state.metrics.reused(&caller.tenant.name, parsed.priority, Reuse::Miss);
     let shed_status = caller.config.policy.shed_status;
-    let served = submit(&state, ready, parsed.priority, shed_status, cache_ttl, arrival).await?;
+    let served = submit(&state, ready, parsed.priority, shed_status, cache_ttl.filter(|_| reuse), reuse, arrival).await?;
     respond(&state, parsed, served, completion).await
 }
 
@@ -305,6 +306,7 @@ async fn submit(
     class: Priority,
     shed_status: u16,
     cache_ttl: Option<Duration>,
+    reuse: bool,
     arrival: Instant,
 ) -> Result<Served, ApiError> {
     let Ready { valid, engine, mut admitted, degraded, fallback } = ready;
@@ -313,7 +315,7 @@ async fn submit(
         Some((_, name)) if fallback => name,
         _ => &state.model_name,
     };
-    let key = Key::of(model, &valid);
+    let key = Key::of(model, &valid).filter(|_| reuse);
     let stream = engine.enqueue(valid).map_err(submit_error)?;
     let mut events = state.reuse.lead(key, stream, class, cache_ttl, arrival);
     let first = StreamExt::next(&mut events).await;
