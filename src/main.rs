@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging();
+    cli::init_logging(args.log_format);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

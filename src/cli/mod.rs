@@ -16,6 +16,16 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects (one per line, with each request's id); the
+    /// filter is `$BALLAST_LOG` (default `ballast=info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,10 +49,14 @@ enum Command {
     MakeModel(devtools::MakeModelArgs),
 }
 
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ballast=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_target(false).init(),
+        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).init(),
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

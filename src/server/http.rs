@@ -16,6 +16,7 @@ use crate::admission::{Decision, RejectReason, Tenant};
 use crate::engine::{Engine, ValidRequest};
 use crate::request::{Event, FinishReason, Priority, Prompt, Request};
 mod fleet;
+mod request_id;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -25,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub fn router(state: Arc<State>) -> Router {
@@ -48,6 +48,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/completions/render", post(fleet::render_completion))
         .route("/v1/chat/completions/render", post(fleet::render_chat))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(request_id::middleware))
         .with_state(state)
 }
 
@@ -142,6 +143,10 @@ struct Parsed {
     priority: Priority,
     /// Unknown fields that were ignored (named in `x-ballast-ignored-fields`).
     ignored: Vec<String>,
+    /// Set by the request-id middleware (sanitised, never empty).
+    request_id: String,
+    /// From a valid `traceparent` (empty: none).
+    trace_id: String,
 }
 
 /// An admitted request, ready for an engine.
@@ -201,7 +206,9 @@ async fn parse(
     request.priority = class;
     request.cache_salt = caller.tenant.cache_salt.clone();
     request.deadline = caller.config.policy.class(class).deadline.map(|d| arrival + d);
-    Ok(Parsed { request, common, kind, length_param, priority: class, ignored })
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let trace_id = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(request_id::trace_id).unwrap_or_default().to_string();
+    Ok(Parsed { request, common, kind, length_param, priority: class, ignored, request_id, trace_id })
 }
 
 /// Tenant limits and the ladder; on admission, the degraded treatment if the ladder calls for
@@ -224,16 +231,7 @@ fn admit<'a>(
         Decision::Reject { reason, retry_after, message } => return Err(refusal(state, caller, class, reason, retry_after, message)),
     };
     // From here the guard releases the tenant's admission however the request ends.
-    let mut admitted = Admitted {
-        state: state.clone(),
-        n: valid.request().n,
-        tenant: tenant.name.clone(),
-        priority: class,
-        arrival,
-        completion_tokens: 0,
-        finished: Vec::new(),
-        reused: false,
-    };
+    let mut admitted = Admitted::new(state, valid.request().n, &tenant.name, class, arrival, false, &parsed.request_id);
     let mut engine = &state.engine;
     let mut degraded = Vec::new();
     let mut fallback = false;
@@ -262,16 +260,7 @@ fn admit_reused(state: &Arc<State>, caller: &Caller, parsed: &Parsed, arrival: I
         Decision::Reject { reason, retry_after, message } => return Err(refusal(state, caller, class, reason, retry_after, message)),
     }
     state.metrics.admitted(class, 0, false);
-    Ok(Admitted {
-        state: state.clone(),
-        n,
-        tenant: caller.tenant.name.clone(),
-        priority: class,
-        arrival,
-        completion_tokens: 0,
-        finished: Vec::new(),
-        reused: true,
-    })
+    Ok(Admitted::new(state, n, &caller.tenant.name, class, arrival, true, &parsed.request_id))
 }
 
 /// The answer to a refused request.
@@ -351,9 +340,17 @@ async fn respond(state: &Arc<State>, parsed: Parsed, served: Served, completion:
         Kind::Chat { .. } => Kind::Chat { logprobs },
     };
     let include_usage = parsed.common.stream_options.is_some_and(|o| o.include_usage);
+    admitted.log.model = match &state.fallback {
+        Some((_, name)) if fallback => name.clone(),
+        _ => state.model_name.clone(),
+    };
+    admitted.log.prompt_tokens = events.prompt_tokens();
+    admitted.log.trace_id = parsed.trace_id.clone();
+    admitted.log.degraded = degraded.clone();
+    admitted.log.reuse = reuse.name();
     let ctx = Ctx {
         state: state.clone(),
-        id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, state.next_response.fetch_add(1, Ordering::Relaxed)),
+        id: format!("{}-{}", if completion { "cmpl" } else { "chatcmpl" }, parsed.request_id),
         created: now_unix(),
         kind,
         prompt_tokens: events.prompt_tokens(),

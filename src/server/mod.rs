@@ -40,8 +40,6 @@ pub struct State {
     pub kv_events: Option<kv_events::KvEventPublisher>,
     /// Identical deterministic requests computed once: those in flight, and completed outputs.
     pub reuse: Arc<reuse::Registry>,
-    /// Numbers the responses (`cmpl-N`, `chatcmpl-N`).
-    pub next_response: std::sync::atomic::AtomicU64,
 }
 
 impl State {
@@ -56,7 +54,6 @@ impl State {
         let reuse = reuse::Registry::new(config.output_cache_bytes);
         Arc::new(State {
             reuse,
-            next_response: Default::default(),
             engine,
             model_name,
             admission: Mutex::new(Admission::new(config.policy.clone(), Instant::now())),

@@ -28,10 +28,29 @@ pub(super) struct Admitted {
     /// Served from another request's computation: its tokens cost nothing, and it says
     /// nothing about the engine's speed (the ladder's drain rate and TTFTs leave it out).
     pub(super) reused: bool,
+    /// For the request's log line.
+    pub(super) log: RequestLog,
+}
+
+/// What the one log line of a finished request says beyond the finished choices.
+#[derive(Default)]
+pub(super) struct RequestLog {
+    pub(super) request_id: String,
+    /// The W3C trace id of the request's `traceparent` (empty: none).
+    pub(super) trace_id: String,
+    pub(super) model: String,
+    pub(super) prompt_tokens: usize,
+    pub(super) cached_tokens: usize,
+    pub(super) degraded: Vec<&'static str>,
+    pub(super) reuse: &'static str,
+    last_token: Option<Instant>,
+    /// Seconds between consecutive token events.
+    gaps: Vec<f64>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        self.log_finished();
         let charged = if self.reused { 0 } else { self.completion_tokens };
         self.state.admission.lock().finish(&self.tenant, charged);
         if !self.reused {
@@ -57,8 +76,69 @@ impl Drop for Admitted {
 }
 
 impl Admitted {
+    pub(super) fn new(
+        state: &Arc<State>,
+        n: usize,
+        tenant: &str,
+        priority: Priority,
+        arrival: Instant,
+        reused: bool,
+        request_id: &str,
+    ) -> Admitted {
+        Admitted {
+            state: state.clone(),
+            n,
+            tenant: tenant.to_string(),
+            priority,
+            arrival,
+            completion_tokens: 0,
+            finished: Vec::new(),
+            reused,
+            log: RequestLog { request_id: request_id.to_string(), reuse: if reused { "reused" } else { "miss" }, ..RequestLog::default() },
+        }
+    }
+
+    /// A token event reached the client now.
+    pub(super) fn token(&mut self) {
+        let now = Instant::now();
+        if let Some(last) = self.log.last_token.replace(now) {
+            self.log.gaps.push((now - last).as_secs_f64());
+        }
+    }
+
+    /// The request's one structured log line (target `ballast::request`).
+    fn log_finished(&mut self) {
+        let l = &mut self.log;
+        l.gaps.sort_by(f64::total_cmp);
+        let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
+        let first = self.finished.first();
+        let finish: Vec<&str> = self.finished.iter().map(|f| f.finish).collect();
+        let finish = if finish.len() < self.n { "cancelled".to_string() } else { finish.join(",") };
+        tracing::info!(
+            target: "ballast::request",
+            id = %l.request_id,
+            trace_id = %l.trace_id,
+            tenant = %self.tenant,
+            class = self.priority.name(),
+            model = %l.model,
+            prompt_tokens = l.prompt_tokens,
+            cached_tokens = l.cached_tokens,
+            output_tokens = self.completion_tokens,
+            queue_ms = ms(first.map(|f| f.queue)),
+            ttft_ms = ms(first.and_then(|f| f.ttft)),
+            itl_p50_ms = ms(l.gaps.get(l.gaps.len() / 2).map(|&g| Duration::from_secs_f64(g))),
+            itl_max_ms = ms(l.gaps.last().map(|&g| Duration::from_secs_f64(g))),
+            e2e_ms = self.arrival.elapsed().as_secs_f64() * 1e3,
+            finish = %finish,
+            degraded = %l.degraded.join(","),
+            reuse = l.reuse,
+            "request finished"
+        );
+    }
+
     pub(super) fn record(&mut self, reason: &FinishReason, usage: &Usage, timings: &crate::request::Timings) {
         self.completion_tokens += usage.completion_tokens;
+        self.log.cached_tokens = self.log.cached_tokens.max(usage.cached_tokens);
         if let Some(t) = timings.time_to_first_token.filter(|_| !self.reused) {
             self.state.observed.first_token(self.priority, t);
         }
@@ -209,6 +289,7 @@ pub(super) async fn json_response(
     while let Some(event) = next {
         match event {
             Event::Token { index, text, logprobs, .. } => {
+                admitted.token();
                 acc[index].text += &text;
                 acc[index].lps.extend(logprobs);
             }
@@ -294,6 +375,7 @@ pub(super) fn sse_response(
         };
         let data = match event {
             Some(Event::Token { index, text, logprobs, .. }) => {
+                s.admitted.token();
                 let first = !std::mem::replace(&mut s.started[index], true);
                 let mut c = s.ctx.chunk(index, Some(&text), &logprobs, None, first);
                 if first && !s.degraded.is_empty() {

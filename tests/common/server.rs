@@ -11,6 +11,8 @@ pub struct Server {
     pub addr: String,
     /// Where KV-cache events are published (with `--kv-events-endpoint`).
     pub kv_events: Option<String>,
+    /// Every line the server wrote to stderr after its address.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -43,8 +45,14 @@ impl Server {
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr, kv_events }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Server { child, addr, kv_events, log }
     }
 
     pub fn signal(&self, sig: &str) {
