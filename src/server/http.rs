@@ -467,6 +467,7 @@ async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
     };
     let e = state.engine.metrics();
     let mut text = state.metrics.render(&state.model_name, &e, state.engine.config().block_size, &signals, levels, &state.config().policy);
+    super::metrics::targets(&mut text, &state.model_name, &state.config().policy, state.started_unix);
     let (entries, bytes, evictions) = state.reuse.cache_stats();
     super::metrics::output_cache(&mut text, &state.model_name, entries, bytes, evictions, state.reuse.in_flight());
     if let Some(p) = &state.kv_events {

@@ -306,6 +306,31 @@ impl ServerMetrics {
     }
 }
 
+/// What alert rules compare against: each class's configured targets, and when the process
+/// started (a change is a restart).
+pub fn targets(o: &mut String, model: &str, policy: &Policy, started_unix: u64) {
+    let m = format!("model_name=\"{}\"", model.replace('"', "'"));
+    let rows = |f: &dyn Fn(&crate::admission::ClassTargets) -> Option<Duration>| {
+        Priority::ALL
+            .iter()
+            .filter_map(|&p| f(&policy.classes[p.rank() as usize]).map(|d| (format!("{m},priority=\"{}\"", p.name()), d.as_secs_f64())))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        o,
+        "ballast_ttft_target_seconds",
+        "Each class's configured time-to-first-token target (classes with one).",
+        &rows(&|c| c.ttft_target),
+    );
+    gauge(
+        o,
+        "ballast_max_queue_seconds",
+        "Each class's configured estimated-wait limit (above it, new requests are shed).",
+        &rows(&|c| c.max_queue),
+    );
+    gauge(o, "ballast_start_time_seconds", "When this process started (Unix time).", &[(m, started_unix as f64)]);
+}
+
 /// The completed-output cache and the computations identical requests can attach to.
 pub fn output_cache(o: &mut String, model: &str, entries: usize, bytes: usize, evictions: u64, in_flight: usize) {
     let m = format!("model_name=\"{}\"", model.replace('"', "'"));
