@@ -13,6 +13,7 @@
 //! strict_fields = false        # true: unknown request fields are a 400 (default: ignored,
 //!                              # named in x-ballast-ignored-fields, counted)
 //! output_reuse = true          # false: never coalesce or cache outputs (every request computed)
+//! status_page = true           # false: no /status page (with API keys, its data needs one)
 //! output_cache_mib = 64        # memory for completed outputs kept for reuse (all tenants)
 //! output_cache = false         # the output cache for the open tenant (no [[tenants]])
 //!
@@ -68,6 +69,7 @@ struct RawServer {
     shed_status: Option<u16>,
     strict_fields: Option<bool>,
     output_reuse: Option<bool>,
+    status_page: Option<bool>,
     output_cache_mib: Option<f64>,
     output_cache: Option<bool>,
 }
@@ -112,6 +114,9 @@ pub struct ServerConfig {
     /// Identical deterministic requests are computed once (in flight, and from the output
     /// cache of tenants that have one).
     pub output_reuse: bool,
+    /// `/status` and `/status.json` are served (the data needs an API key where tenants have
+    /// them).
+    pub status_page: bool,
     /// Memory for completed outputs kept for reuse, all tenants together.
     pub output_cache_bytes: usize,
     /// Tenants and class targets (shared with admission and with every request authenticated
@@ -127,6 +132,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(10),
             strict_fields: false,
             output_reuse: true,
+            status_page: true,
             output_cache_bytes: 64 << 20,
             policy: Arc::new(Policy::default()),
         }
@@ -188,6 +194,7 @@ impl ServerConfig {
             Some(s) => errors.push(format!("server.shed_status = {s}: must be 429 or 503")),
         }
         cfg.output_reuse = raw.server.output_reuse.unwrap_or(true);
+        cfg.status_page = raw.server.status_page.unwrap_or(true);
         if let Some(m) = raw.server.output_cache_mib {
             if !(m.is_finite() && (0.0..=65536.0).contains(&m)) {
                 errors.push(format!("server.output_cache_mib = {m}: must be between 0 and 65536"));

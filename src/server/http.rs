@@ -17,6 +17,7 @@ use crate::engine::{Engine, ValidRequest};
 use crate::request::{Event, FinishReason, Priority, Prompt, Request};
 mod fleet;
 mod request_id;
+pub mod status;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -38,6 +39,8 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/status", get(status::page))
+        .route("/status.json", get(status::data))
         // What the field's routers ask a worker (vllm-router, sglang-router, llm-d).
         .route("/get_load", get(fleet::get_load))
         .route("/server_info", get(fleet::server_info))
@@ -48,7 +51,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/completions/render", post(fleet::render_completion))
         .route("/v1/chat/completions/render", post(fleet::render_chat))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(request_id::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request_id::middleware))
         .with_state(state)
 }
 

@@ -107,6 +107,13 @@ impl ServerMetrics {
     }
 
     /// Unknown fields a request carried and the server ignored; each name is logged once.
+    /// (admitted, degraded, shed by the ladder) so far, by class rank.
+    pub fn class_counts(&self) -> [(u64, u64, u64); 4] {
+        let c = self.c.lock();
+        let shed = RejectReason::ALL.iter().position(|r| *r == RejectReason::Overload).expect("listed");
+        std::array::from_fn(|i| (c.admitted[i], c.degraded[i], c.rejected[i][shed]))
+    }
+
     /// A generation request admitted, and how its output was produced.
     pub fn reused(&self, tenant: &str, p: Priority, how: super::reuse::Reuse) {
         *self.c.lock().reuse.entry((tenant.to_string(), p.rank(), how.name())).or_insert(0) += 1;

@@ -40,6 +40,8 @@ pub struct State {
     pub kv_events: Option<kv_events::KvEventPublisher>,
     /// Identical deterministic requests computed once: those in flight, and completed outputs.
     pub reuse: Arc<reuse::Registry>,
+    /// The newest error answers, for the status page.
+    pub recent_errors: Mutex<std::collections::VecDeque<http::status::RecentError>>,
 }
 
 impl State {
@@ -54,6 +56,7 @@ impl State {
         let reuse = reuse::Registry::new(config.output_cache_bytes);
         Arc::new(State {
             reuse,
+            recent_errors: Default::default(),
             engine,
             model_name,
             admission: Mutex::new(Admission::new(config.policy.clone(), Instant::now())),

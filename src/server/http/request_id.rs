@@ -1,9 +1,13 @@
 //! Request ids: every request gets one (the client's `x-request-id`, sanitised, or a new one),
 //! seen by the handlers in the same header, echoed in the response's `x-request-id`, named in
 //! every error body (`error.request_id`) and in every log line about the request (a span with
-//! the id and the W3C `traceparent`'s trace id).
+//! the id and the W3C `traceparent`'s trace id). Error answers other than shed load are kept
+//! for the status page.
 
+use super::status::{RecentError, record_error};
+use crate::server::State;
 use axum::body::Body;
+use axum::extract::State as Extract;
 use axum::http::{HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -42,8 +46,8 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     ok.then_some(parts[1])
 }
 
-/// The middleware (see the module doc).
-pub async fn middleware(mut req: Request<Body>, next: Next) -> Response {
+/// The middleware (see the module doc). Error answers are also kept for the status page.
+pub async fn middleware(Extract(state): Extract<std::sync::Arc<State>>, mut req: Request<Body>, next: Next) -> Response {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(sanitize).filter(|s| !s.is_empty()).unwrap_or_else(new_id);
     let trace = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(trace_id).unwrap_or("").to_string();
     let value = HeaderValue::from_str(&id).expect("sanitised to header-safe characters");
@@ -57,6 +61,17 @@ pub async fn middleware(mut req: Request<Body>, next: Next) -> Response {
         let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
         let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(mut v) if v["error"].is_object() => {
+                let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                let message = v["error"]["message"].as_str().unwrap_or_default().chars().take(300).collect();
+                // Load shed by the ladder is counted per class on the page, not listed: a surge
+                // would push every other error out of the list.
+                let shed = parts.status.as_u16() == 429 && v["error"]["type"] == "overloaded_error";
+                if !shed {
+                    record_error(
+                        &state.recent_errors,
+                        RecentError { unix_time, request_id: id.clone(), status: parts.status.as_u16(), message },
+                    );
+                }
                 v["error"]["request_id"] = id.into();
                 parts.headers.remove("content-length");
                 Body::from(v.to_string())
