@@ -476,3 +476,40 @@ fn a_soak_of_random_requests_leaks_nothing() {
     assert!(fds_after <= fds_before + 2 && threads_after <= threads_before + 2);
     assert!(rss_after < rss_before + 64 * 1024, "memory grew by {} KiB", rss_after.saturating_sub(rss_before));
 }
+
+#[test]
+fn a_burst_within_one_step_is_seen_by_the_ladder_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("burst.toml");
+    std::fs::write(&cfg, "[classes.low]\nmax_queue_ms = 1000\n").unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--max-num-seqs", "1"]);
+    // A measured drain rate first: a few requests one after another.
+    for i in 0..4 {
+        assert_eq!(http(&server.addr, "POST", "/v1/completions", &[], &completion(&format!("Warm {i}"), 16)).0, 200);
+    }
+    let rate = metric(&server.addr, "ballast_drain_rate_requests_per_second");
+    assert!(rate > 0.0);
+    // 40 low requests released together: the ladder allows about rate x 1 s of queue, so most
+    // are shed; without counting requests still on their way to the engine thread, a burst
+    // inside one step would all be admitted.
+    let barrier = std::sync::Barrier::new(40);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let (addr, barrier) = (&server.addr, &barrier);
+                s.spawn(move || {
+                    let body = serde_json::json!({"prompt": format!("Burst {i}"), "max_tokens": 16, "priority": "low"}).to_string();
+                    barrier.wait();
+                    http(addr, "POST", "/v1/completions", &[], &body).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    let shed = statuses.iter().filter(|&&s| s == 429).count();
+    eprintln!("burst of 40 at a drain rate of {rate:.1}/s: {served} served, {shed} shed");
+    assert_eq!(served + shed, 40, "{statuses:?}");
+    assert!(served as f64 <= rate * 1.0 * 2.0 + 4.0, "{served} admitted against a 1 s queue target at {rate:.1}/s");
+    assert!(shed > 0);
+}

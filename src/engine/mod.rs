@@ -30,7 +30,7 @@ use core::CoreParts;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use stream::EventSender;
@@ -119,6 +119,8 @@ pub struct Metrics {
     /// Preemptions by the preempted sequence's class.
     pub preemptions_by_class: [u64; 4],
     pub requests_submitted: u64,
+    /// Requests the engine thread has taken in, by the class they were submitted at.
+    pub accepted_by_class: [u64; 4],
     /// Choices finished, by reason.
     pub finished: FinishCounts,
     /// Tokens run through the model (prompt and decode).
@@ -156,6 +158,8 @@ pub(crate) struct Queued {
 struct Shared {
     metrics: Mutex<Metrics>,
     next_request: AtomicU64,
+    /// Requests handed to the engine thread, by class (see [`Engine::metrics`]).
+    enqueued: [AtomicU64; 4],
 }
 
 /// What submission checks against.
@@ -226,6 +230,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             metrics: Mutex::new(Metrics { kv_blocks_total: num_blocks, ..Metrics::default() }),
             next_request: AtomicU64::new(0),
+            enqueued: Default::default(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let core_parts = CoreParts {
@@ -283,8 +288,15 @@ impl Engine {
     }
 
     /// The latest metrics snapshot.
+    /// The latest snapshot, with the requests already handed over but not yet taken in by
+    /// the engine thread counted as waiting: a burst that arrives within one step is seen at
+    /// once (by the overload ladder too), not a step later.
     pub fn metrics(&self) -> Metrics {
-        self.shared.metrics.lock().clone()
+        let mut m = self.shared.metrics.lock().clone();
+        for (i, sent) in self.shared.enqueued.iter().enumerate() {
+            m.waiting[i] += sent.load(Ordering::Acquire).saturating_sub(m.accepted_by_class[i]) as usize;
+        }
+        m
     }
 }
 

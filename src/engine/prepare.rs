@@ -157,8 +157,13 @@ impl Engine {
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let ValidRequest { request, prompt, max_tokens, stop_ids } = valid;
         let (sender, stream) = stream::channel(id, commands.clone(), prompt.clone());
+        let class = request.priority.rank() as usize;
         let queued = Queued { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender };
-        commands.send(Command::Submit(Box::new(queued))).map_err(|_| SubmitError::EngineStopped)?;
+        self.shared.enqueued[class].fetch_add(1, Ordering::AcqRel);
+        if commands.send(Command::Submit(Box::new(queued))).is_err() {
+            self.shared.enqueued[class].fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::EngineStopped);
+        }
         Ok(stream)
     }
 

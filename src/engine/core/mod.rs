@@ -157,6 +157,7 @@ impl<B: Backend> Core<B> {
     /// its prompt is computed).
     fn accept(&mut self, a: Queued) {
         self.metrics.requests_submitted += 1;
+        self.metrics.accepted_by_class[a.request.priority.rank() as usize] += 1;
         let r = &a.request;
         let seed = r.sampling.seed.unwrap_or_else(random_seed);
         let mut sampling = r.sampling.clone();
