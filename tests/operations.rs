@@ -74,6 +74,11 @@ fn request_ids_follow_a_request_through_headers_bodies_errors_and_logs() {
         .collect();
     assert!(fresh.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())) && fresh[0] != fresh[1], "{fresh:?}");
 
+    // A malformed traceparent is ignored, never a failure.
+    let (status, _, _) = http(addr, "POST", "/v1/completions", &[("traceparent", "garbage"), ("x-request-id", "g-1")], &body);
+    assert_eq!(status, 200);
+    assert_eq!(finished_line(&server, "g-1")["trace_id"], "");
+
     // Every error body names the request.
     let (status, headers, text) =
         http(addr, "POST", "/v1/completions", &[("x-request-id", "bad-1")], r#"{"prompt": "x", "max_tokens": -1}"#);

@@ -43,7 +43,7 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
         && hex(parts[2], 16)
         && parts[2].bytes().any(|b| b != b'0')
         && hex(parts[3], 2);
-    ok.then_some(parts[1])
+    ok.then(|| parts[1])
 }
 
 /// The middleware (see the module doc). Error answers are also kept for the status page.
