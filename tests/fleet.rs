@@ -225,12 +225,23 @@ fn prefix_aware_routing_finds_more_of_each_prompt_cached() {
     let mut rows = Vec::new();
     for policy in ["round_robin", "cache_aware", "kv_aware"] {
         // Fresh replicas for each policy, publishing KV-cache events.
-        let replicas: Vec<Server> =
-            (0..3).map(|_| Server::start(&["--max-num-seqs", "4", "--kv-events-endpoint", "tcp://127.0.0.1:0"])).collect();
+        let replicas: Vec<Server> = (0..3)
+            .map(|_| {
+                Server::start(&[
+                    "--max-num-seqs",
+                    "4",
+                    "--kv-events-endpoint",
+                    "tcp://127.0.0.1:0",
+                    "--kv-events-replay-endpoint",
+                    "tcp://127.0.0.1:0",
+                ])
+            })
+            .collect();
         let mut args = vec!["--policy".to_string(), policy.to_string()];
         if policy == "kv_aware" {
             for r in &replicas {
                 args.extend(["--kv-event-source".into(), format!("http://{}={}", r.addr, r.kv_events.as_ref().unwrap())]);
+                args.extend(["--kv-event-replay-source".into(), format!("http://{}={}", r.addr, r.kv_replay.as_ref().unwrap())]);
             }
             args.extend(["--kv-event-model".into(), MODEL.into(), "--kv-event-block-size".into(), "16".into()]);
         }

@@ -78,6 +78,10 @@ fn kv_events_reach_a_libzmq_subscriber_in_vllms_wire_format() {
         topic,
         "--kv-cache-mib",
         "8",
+        "--kv-events-replay-endpoint",
+        "tcp://127.0.0.1:0",
+        "--kv-events-buffer-steps",
+        "64",
     ]);
     let endpoint = server.kv_events.clone().expect("the server printed its KV event endpoint");
     let (status, _, sources) = http(&server.addr, "GET", "/kv_event_sources", &[], "");
@@ -122,6 +126,26 @@ fn kv_events_reach_a_libzmq_subscriber_in_vllms_wire_format() {
         start.elapsed().as_secs_f64()
     );
     wait_for(&sub, "evictions", |m| events(m).iter().any(|(_, e)| e["type"] == "BlockRemoved"));
+    // A subscriber that lost messages asks the replay socket (a DEALER, as vLLM's
+    // subscribers do) and gets them again, byte for byte, then the end marker.
+    let have = sub.messages.lock().unwrap().clone();
+    let from = have[have.len() / 2]["seq"].as_u64().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kv_events_sub.py");
+    let replay = server.kv_replay.clone().expect("the server printed its replay endpoint");
+    let out = Command::new(python()).arg(&script).args(["--replay", &replay, &from.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (end, replayed) = replayed.split_last().unwrap();
+    assert_eq!((end["topic"].as_str(), end["seq"].as_i64()), (Some(""), Some(-1)), "the end marker");
+    let expected: Vec<&Value> = have.iter().filter(|m| m["seq"].as_u64() >= Some(from)).collect();
+    assert!(!expected.is_empty() && replayed.len() >= expected.len(), "{} replayed, {} expected", replayed.len(), expected.len());
+    for (r, m) in replayed.iter().zip(&expected) {
+        assert_eq!((&r["topic"], &r["seq"], &r["batch"]), (&m["topic"], &m["seq"], &m["batch"]), "a replayed message differs");
+    }
+    // Only the newest 64 are kept: asking from 0 starts at the oldest kept.
+    let out = Command::new(python()).arg(&script).args(["--replay", &replay, "0"]).output().unwrap();
+    let kept = String::from_utf8_lossy(&out.stdout).lines().count() - 1;
+    assert!(kept <= 64, "{kept} kept");
     let (status, _, metrics_text) = http(&server.addr, "GET", "/metrics", &[], "");
     assert_eq!(status, 200);
     server.signal("-TERM");

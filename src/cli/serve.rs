@@ -38,6 +38,13 @@ pub struct ServeArgs {
     /// The topic (first frame) of every KV-event message.
     #[arg(long, default_value = "", requires = "kv_events_endpoint")]
     kv_events_topic: String,
+    /// A ZMQ ROUTER endpoint where subscribers that lost KV-event messages ask for them again
+    /// (vLLM's replay protocol), e.g. `tcp://*:5558`.
+    #[arg(long, value_name = "ENDPOINT", requires = "kv_events_endpoint")]
+    kv_events_replay_endpoint: Option<String>,
+    /// KV-event messages kept for replay.
+    #[arg(long, default_value_t = 10_000, requires = "kv_events_replay_endpoint")]
+    kv_events_buffer_steps: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,12 +73,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let kv_events = match &args.kv_events_endpoint {
         None => None,
         Some(endpoint) => {
-            let (publisher, socket, rx) =
-                runtime.block_on(ballast::server::kv_events::KvEventPublisher::bind(endpoint, &args.kv_events_topic))?;
+            let replay = args.kv_events_replay_endpoint.as_deref();
+            let bind =
+                ballast::server::kv_events::KvEventPublisher::bind(endpoint, &args.kv_events_topic, replay, args.kv_events_buffer_steps);
+            let (publisher, sockets) = runtime.block_on(bind)?;
             tracing::info!("KV-cache events on {} (topic {:?})", publisher.bound, publisher.topic);
+            if let Some((_, bound)) = &publisher.replay {
+                eprintln!("kv events replay on {bound}");
+            }
             eprintln!("kv events on {}", publisher.bound);
             engine_config.kv_events = Some(publisher.sink());
-            runtime.spawn(publisher.run(socket, rx, engine_config.block_size));
+            runtime.spawn(publisher.run(sockets, engine_config.block_size));
             Some(publisher)
         }
     };

@@ -12,15 +12,25 @@
 //! - `BlockRemoved {block_hashes, medium}`;
 //! - `AllBlocksCleared {}`: the first message of a process, and its last.
 //!
+//! With a replay endpoint (`--kv-events-replay-endpoint`), a ZMQ ROUTER socket answers a
+//! subscriber that lost messages (a gap in `seq`, a late start), as vLLM's does: it sends
+//! `[start seq (u64 big-endian)]` and gets every kept message from that seq on as
+//! `["", topic, seq, payload]`, then `["", "", -1 (i64 big-endian), ""]`. The last
+//! `--kv-events-buffer-steps` messages are kept.
+//!
 //! Nothing here slows the engine: the engine only `try_send`s into a bounded queue (drops are
 //! counted and leave a gap in `seq`), and a PUB socket drops messages for a subscriber that
 //! does not keep up. Subscribers may come and go at any time.
 
 use crate::kv::{KvEvent, KvEventBatch, KvEventSink};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use zeromq::{Socket, SocketSend};
+use zeromq::{Socket, SocketRecv, SocketSend};
+
+/// Messages kept for replay: (seq, payload), oldest first.
+type Kept = Arc<parking_lot::Mutex<VecDeque<(u64, bytes::Bytes)>>>;
 
 /// Batches the engine may queue ahead of the publisher before they are dropped.
 pub const QUEUE_BATCHES: usize = 4096;
@@ -33,35 +43,60 @@ pub struct KvEventPublisher {
     /// The address bound (the port resolved when the configured one is 0).
     pub bound: String,
     pub topic: String,
+    /// The replay socket's configured and bound addresses.
+    pub replay: Option<(String, String)>,
     sink: KvEventSink,
     published: Arc<AtomicU64>,
+    kept: Kept,
+    keep: usize,
+}
+
+/// The sockets a publisher runs ([`KvEventPublisher::run`]).
+pub struct Sockets {
+    publish: zeromq::PubSocket,
+    replay: Option<zeromq::RouterSocket>,
+    rx: tokio::sync::mpsc::Receiver<KvEventBatch>,
+}
+
+/// A `tcp://HOST:PORT` endpoint as the socket binds it (`*` is every interface).
+fn bind_address(flag: &str, endpoint: &str) -> anyhow::Result<String> {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        anyhow::bail!("{flag} {endpoint}: only tcp://HOST:PORT endpoints are supported");
+    };
+    Ok(match rest.strip_prefix("*:") {
+        Some(port) => format!("tcp://0.0.0.0:{port}"),
+        None => endpoint.to_string(),
+    })
 }
 
 impl KvEventPublisher {
     /// Binds `endpoint` (`tcp://HOST:PORT`; `*` means every interface). The returned sink goes
     /// into the engine's configuration; [`Self::run`] then sends what it receives.
-    pub async fn bind(
-        endpoint: &str,
-        topic: &str,
-    ) -> anyhow::Result<(KvEventPublisher, zeromq::PubSocket, tokio::sync::mpsc::Receiver<KvEventBatch>)> {
-        let Some(rest) = endpoint.strip_prefix("tcp://") else {
-            anyhow::bail!("--kv-events-endpoint {endpoint}: only tcp://HOST:PORT endpoints are supported");
-        };
-        let local = match rest.strip_prefix("*:") {
-            Some(port) => format!("tcp://0.0.0.0:{port}"),
-            None => endpoint.to_string(),
-        };
+    pub async fn bind(endpoint: &str, topic: &str, replay: Option<&str>, keep: usize) -> anyhow::Result<(KvEventPublisher, Sockets)> {
+        let local = bind_address("--kv-events-endpoint", endpoint)?;
         let mut socket = zeromq::PubSocket::new();
         let bound = socket.bind(&local).await.map_err(|e| anyhow::anyhow!("binding the KV event endpoint {endpoint}: {e}"))?;
+        let (replay_socket, replay) = match replay {
+            None => (None, None),
+            Some(r) => {
+                let local = bind_address("--kv-events-replay-endpoint", r)?;
+                let mut router = zeromq::RouterSocket::new();
+                let bound = router.bind(&local).await.map_err(|e| anyhow::anyhow!("binding the KV event replay endpoint {r}: {e}"))?;
+                (Some(router), Some((r.to_string(), bound.to_string())))
+            }
+        };
         let (sink, rx) = KvEventSink::channel(QUEUE_BATCHES);
         let publisher = KvEventPublisher {
             endpoint: endpoint.to_string(),
             bound: bound.to_string(),
             topic: topic.to_string(),
+            replay,
             sink,
             published: Arc::default(),
+            kept: Arc::default(),
+            keep,
         };
-        Ok((publisher, socket, rx))
+        Ok((publisher, Sockets { publish: socket, replay: replay_socket, rx }))
     }
 
     /// The engine's end of the queue.
@@ -69,18 +104,26 @@ impl KvEventPublisher {
         self.sink.clone()
     }
 
-    /// Sends every batch received until the engine's sinks are all gone.
-    pub fn run(
-        &self,
-        mut socket: zeromq::PubSocket,
-        mut rx: tokio::sync::mpsc::Receiver<KvEventBatch>,
-        block_size: usize,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    /// Sends every batch received until the engine's sinks are all gone (and answers replay
+    /// requests).
+    pub fn run(&self, sockets: Sockets, block_size: usize) -> impl Future<Output = ()> + Send + 'static {
+        let Sockets { publish: mut socket, replay, mut rx } = sockets;
         let (topic, published) = (bytes::Bytes::from(self.topic.clone().into_bytes()), self.published.clone());
+        let (kept, keep) = (self.kept.clone(), self.keep);
         async move {
+            if let Some(router) = replay {
+                tokio::spawn(answer_replays(router, topic.clone(), kept.clone()));
+            }
             while let Some(batch) = rx.recv().await {
-                let payload = encode(&batch, block_size);
-                let frames = vec![topic.clone(), bytes::Bytes::copy_from_slice(&batch.seq.to_be_bytes()), payload.into()];
+                let payload = bytes::Bytes::from(encode(&batch, block_size));
+                {
+                    let mut k = kept.lock();
+                    k.push_back((batch.seq, payload.clone()));
+                    while k.len() > keep {
+                        k.pop_front();
+                    }
+                }
+                let frames = vec![topic.clone(), bytes::Bytes::copy_from_slice(&batch.seq.to_be_bytes()), payload];
                 let message = zeromq::ZmqMessage::try_from(frames).expect("three frames");
                 match socket.send(message).await {
                     Ok(()) => {
@@ -108,11 +151,35 @@ impl KvEventPublisher {
             "enable_kv_cache_events": true,
             "publisher": "zmq",
             "endpoint": self.endpoint,
-            "replay_endpoint": null,
+            "replay_endpoint": self.replay.as_ref().map(|r| &r.0),
+            "buffer_steps": self.keep,
             "topic": self.topic,
             "encoding": "msgpack",
             "schema_version": 1,
         }})
+    }
+}
+
+/// Answers each replay request with the kept messages from its start seq on, then the end
+/// marker. A malformed request gets just the end marker.
+async fn answer_replays(mut router: zeromq::RouterSocket, topic: bytes::Bytes, kept: Kept) {
+    const END: [u8; 8] = (-1i64).to_be_bytes();
+    while let Ok(request) = router.recv().await {
+        let Some(identity) = request.get(0).cloned() else { continue };
+        let start = request.get(request.len() - 1).and_then(|f| <[u8; 8]>::try_from(&f[..]).ok()).map(u64::from_be_bytes);
+        let replies: Vec<(u64, bytes::Bytes)> = match start {
+            Some(start) if request.len() >= 2 => kept.lock().iter().filter(|(seq, _)| *seq >= start).cloned().collect(),
+            _ => Vec::new(),
+        };
+        let empty = bytes::Bytes::new();
+        for (seq, payload) in replies {
+            let frames = vec![identity.clone(), empty.clone(), topic.clone(), bytes::Bytes::copy_from_slice(&seq.to_be_bytes()), payload];
+            if router.send(zeromq::ZmqMessage::try_from(frames).expect("five frames")).await.is_err() {
+                break;
+            }
+        }
+        let end = vec![identity, empty.clone(), empty.clone(), bytes::Bytes::copy_from_slice(&END), empty];
+        let _ = router.send(zeromq::ZmqMessage::try_from(end).expect("five frames")).await;
     }
 }
 

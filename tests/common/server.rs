@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub addr: String,
-    /// Where KV-cache events are published (with `--kv-events-endpoint`).
+    /// Where KV-cache events are published (with `--kv-events-endpoint`), and replayed.
     pub kv_events: Option<String>,
+    pub kv_replay: Option<String>,
     /// Every line the server wrote to stderr after its address.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -34,7 +35,7 @@ impl Server {
             .spawn()
             .expect("start ballast serve");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut kv_events = None;
+        let (mut kv_events, mut kv_replay) = (None, None);
         let addr = loop {
             let line = lines.next().expect("the server printed its address").expect("stderr");
             if let Some(a) = line.strip_prefix("listening on http://") {
@@ -42,6 +43,9 @@ impl Server {
             }
             if let Some(e) = line.strip_prefix("kv events on ") {
                 kv_events = Some(e.trim().to_string());
+            }
+            if let Some(e) = line.strip_prefix("kv events replay on ") {
+                kv_replay = Some(e.trim().to_string());
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
@@ -52,7 +56,7 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        Server { child, addr, kv_events, log }
+        Server { child, addr, kv_events, kv_replay, log }
     }
 
     pub fn signal(&self, sig: &str) {
