@@ -70,3 +70,26 @@ pub fn chat_template(data: &[u8]) {
         serde_json::from_slice(rest).unwrap_or_else(|_| vec![ChatMessage::new("user", &String::from_utf8_lossy(rest))]);
     let _ = template.render(&messages, true, &Default::default());
 }
+
+/// A constraint through the compiler and a few steps of its matcher: the bytes as a JSON
+/// schema (when they parse as JSON) or as a regular expression (first byte odd), against the
+/// default model's vocabulary. Must return an error or a matcher, never panic or hang.
+pub fn json_schema(grammars: &crate::constraint::Grammars, data: &[u8]) {
+    use crate::constraint::Constraint;
+    let constraint = match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(v) if data.first().is_some_and(|b| b & 1 == 0) => Constraint::JsonSchema(v),
+        _ => Constraint::Regex(String::from_utf8_lossy(data).into_owned()),
+    };
+    if let Ok(mut m) = grammars.compile(&constraint) {
+        let mut logits = vec![0.0f32; 64];
+        for _ in 0..4 {
+            if m.is_stopped() || crate::constraint::mask(&mut m, &mut logits).is_err() {
+                break;
+            }
+            let Some(t) = logits.iter().position(|x| x.is_finite()) else { break };
+            if m.consume_token(t as u32).is_err() {
+                break;
+            }
+        }
+    }
+}

@@ -84,6 +84,7 @@
 pub mod admission;
 pub mod backend;
 pub mod chat_template;
+pub mod constraint;
 pub mod detok;
 pub mod engine;
 pub mod fetch;

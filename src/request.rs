@@ -96,6 +96,9 @@ pub struct Request {
     pub cache_salt: Option<String>,
     /// Leave special tokens out of the text.
     pub skip_special_tokens: bool,
+    /// What the output must match (a JSON schema, any JSON object, a regex, a grammar);
+    /// checked when the request is prepared.
+    pub constraint: Option<crate::constraint::Constraint>,
 }
 
 impl Request {
@@ -113,6 +116,7 @@ impl Request {
             deadline: None,
             cache_salt: None,
             skip_special_tokens: true,
+            constraint: None,
         }
     }
 

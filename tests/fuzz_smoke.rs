@@ -106,3 +106,12 @@ fn tokenizer() {
     let tok = ballast::tokenizer::Tokenizer::from_gguf(&file).unwrap();
     run("tokenizer", 20_000, |d| fuzzing::tokenizer(&tok, d));
 }
+
+#[test]
+fn json_schema() {
+    let file = ballast::format::gguf::GgufFile::open(&common::model_path()).unwrap();
+    let tok = ballast::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let eos = [tok.special().eos.as_ref().unwrap().0];
+    let grammars = ballast::constraint::Grammars::new(&tok, tok.vocab_size(), &eos).unwrap();
+    run("json_schema", 3_000, |d| fuzzing::json_schema(&grammars, d));
+}

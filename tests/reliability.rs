@@ -115,7 +115,11 @@ fn malformed_cases() -> Vec<(String, &'static str, Vec<u8>)> {
             ("deeply nested", [b"{\"prompt\": ".to_vec(), vec![b'['; 100_000], vec![b']'; 100_000], b"}".to_vec()].concat()),
             ("unknown field", br#"{"prompt": "x", "temprature": 0.5}"#.to_vec()),
             ("unsupported field", br#"{"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}"#.to_vec()),
-            ("unsupported value", br#"{"prompt": "x", "response_format": {"type": "json_object"}}"#.to_vec()),
+            ("unsupported value", br#"{"prompt": "x", "response_format": {"type": "xml"}}"#.to_vec()),
+            (
+                "invalid schema",
+                br#"{"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 7}}}}"#.to_vec(),
+            ),
             ("duplicate keys", br#"{"prompt": "x", "prompt": "y", "max_tokens": "z"}"#.to_vec()),
         ];
         for (what, body) in raw {

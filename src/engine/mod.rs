@@ -153,6 +153,7 @@ pub(crate) struct Queued {
     stop_ids: Vec<u32>,
     arrival: Instant,
     sender: EventSender,
+    matcher: Option<Box<llguidance::Matcher>>,
 }
 
 struct Shared {
@@ -173,6 +174,8 @@ struct Limits {
 /// A running engine; see the module doc. Dropping it stops the thread after failing whatever
 /// is still in flight.
 pub struct Engine {
+    /// Built on the first constrained request ([`crate::constraint::Grammars`]).
+    grammars: std::sync::OnceLock<Result<crate::constraint::Grammars, crate::constraint::ConstraintError>>,
     commands: Option<Sender<Command>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -245,7 +248,18 @@ impl Engine {
         };
         let thread = std::thread::Builder::new().name("ballast-engine".into()).spawn(move || core_parts.run())?;
         tracing::debug!("engine started: {num_blocks} KV blocks of {} tokens", config.block_size);
-        Ok(Engine { commands: Some(tx), shared, thread: Some(thread), tokenizer, template, limits, info, config, backend: backend_name })
+        Ok(Engine {
+            grammars: Default::default(),
+            commands: Some(tx),
+            shared,
+            thread: Some(thread),
+            tokenizer,
+            template,
+            limits,
+            info,
+            config,
+            backend: backend_name,
+        })
     }
 
     /// The backend the model runs on, in words.

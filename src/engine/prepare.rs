@@ -46,6 +46,24 @@ pub enum SubmitError {
     Tokenizer(#[from] TokenizerError),
     #[error("the engine has stopped")]
     EngineStopped,
+    /// The request's `constraint` cannot be compiled (invalid, unsupported, too large).
+    #[error(transparent)]
+    Constraint(#[from] crate::constraint::ConstraintError),
+}
+
+/// A compiled constraint (cloned per choice).
+pub struct Compiled(pub(super) Box<llguidance::Matcher>);
+
+impl Clone for Compiled {
+    fn clone(&self) -> Self {
+        Compiled(Box::new(self.0.deep_clone()))
+    }
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
 }
 
 /// A request the engine has checked and tokenized ([`Engine::prepare`]); nothing about it can
@@ -60,6 +78,8 @@ pub struct ValidRequest {
     max_tokens: usize,
     /// Token ids that end a choice: the request's and (unless `ignore_eos`) the model's EOS.
     stop_ids: Vec<u32>,
+    /// The request's constraint, compiled for this engine's vocabulary.
+    matcher: Option<Compiled>,
 }
 
 impl ValidRequest {
@@ -148,17 +168,30 @@ impl Engine {
         if !request.ignore_eos {
             stop_ids.extend(&self.limits.eos);
         }
-        Ok(ValidRequest { request, prompt, max_tokens, stop_ids })
+        let matcher = match &request.constraint {
+            None => None,
+            Some(c) => Some(Compiled(Box::new(self.grammars()?.compile(c)?))),
+        };
+        Ok(ValidRequest { request, prompt, max_tokens, stop_ids, matcher })
+    }
+
+    /// The constraint compiler of this engine's vocabulary (built on first use).
+    fn grammars(&self) -> Result<&crate::constraint::Grammars, crate::constraint::ConstraintError> {
+        let built = self.grammars.get_or_init(|| {
+            let tokenizer = self.tokenizer.as_deref().ok_or(crate::constraint::ConstraintError::NoTokenizer)?;
+            crate::constraint::Grammars::new(tokenizer, self.limits.vocab_size, &self.limits.eos)
+        });
+        built.as_ref().map_err(Clone::clone)
     }
 
     /// Queues a prepared request. The only error left is a stopped engine.
     pub fn enqueue(&self, valid: ValidRequest) -> Result<RequestStream, SubmitError> {
         let commands = self.commands.as_ref().ok_or(SubmitError::EngineStopped)?;
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let ValidRequest { request, prompt, max_tokens, stop_ids } = valid;
+        let ValidRequest { request, prompt, max_tokens, stop_ids, matcher } = valid;
         let (sender, stream) = stream::channel(id, commands.clone(), prompt.clone());
         let class = request.priority.rank() as usize;
-        let queued = Queued { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender };
+        let queued = Queued { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender, matcher: matcher.map(|m| m.0) };
         self.shared.enqueued[class].fetch_add(1, Ordering::AcqRel);
         if commands.send(Command::Submit(Box::new(queued))).is_err() {
             self.shared.enqueued[class].fetch_sub(1, Ordering::AcqRel);

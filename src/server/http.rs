@@ -233,6 +233,14 @@ fn admit<'a>(
         Decision::Admit { degrade } => degrade,
         Decision::Reject { reason, retry_after, message } => return Err(refusal(state, caller, class, reason, retry_after, message)),
     };
+    if degrade && valid.request().constraint.is_some() {
+        // Neither degraded treatment keeps a constrained request's contract (a capped output
+        // may not close its JSON; the fallback model has another vocabulary): shed instead.
+        state.admission.lock().finish(&tenant.name, 0);
+        let retry_after = signals.queue_wait(class).max(Duration::from_secs(1));
+        let message = format!("the server is overloaded for {} priority, and a constrained request is not degraded", class.name());
+        return Err(refusal(state, caller, class, RejectReason::Overload, retry_after, message));
+    }
     // From here the guard releases the tenant's admission however the request ends.
     let mut admitted = Admitted::new(state, valid.request().n, &tenant.name, class, arrival, false, &parsed.request_id);
     let mut engine = &state.engine;

@@ -92,6 +92,8 @@ pub struct Common {
     pub ignore_eos: bool,
     pub skip_special_tokens: Option<bool>,
     pub priority: Option<String>,
+    /// Structured output (see `validate::response_format`).
+    pub response_format: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Debug, Clone)]

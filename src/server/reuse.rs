@@ -66,7 +66,7 @@ impl Key {
         // same bits) and name every field, so a new field changes keys rather than being
         // silently left out.
         let fields = format!(
-            "{model:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
+            "{model:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{:?}",
             r.cache_salt,
             r.sampling,
             valid.max_tokens(),
@@ -75,7 +75,8 @@ impl Key {
             r.ignore_eos,
             r.logprobs,
             r.n,
-            r.skip_special_tokens
+            r.skip_special_tokens,
+            r.constraint
         );
         h.update(fields.as_bytes());
         for id in valid.prompt_ids() {

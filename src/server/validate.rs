@@ -2,6 +2,7 @@
 //! ranges, unknown fields), the class a request asks for, and engine refusals as API errors.
 
 use super::openai::{ApiError, ChatRequest, Common, CompletionRequest, PromptField, parse};
+use crate::constraint::Constraint;
 use crate::engine::SubmitError;
 use crate::request::{Priority, Prompt, Request};
 use crate::sampler::SamplingParams;
@@ -79,8 +80,41 @@ fn base_request(c: &Common, prompt: Prompt, max_tokens: Option<i64>) -> Result<R
         ignore_eos: c.ignore_eos,
         n,
         skip_special_tokens: c.skip_special_tokens.unwrap_or(true),
+        constraint: response_format(c.response_format.as_ref())?,
         ..Request::new(prompt)
     })
+}
+
+/// OpenAI's `response_format`: `{"type": "text"}` (or none), `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+fn response_format(v: Option<&serde_json::Value>) -> Result<Option<Constraint>, ApiError> {
+    let bad = |why: &str| Err(ApiError::bad_request("response_format", why.to_string()));
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+    match v["type"].as_str() {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Constraint::JsonObject)),
+        Some("json_schema") => {
+            let spec = &v["json_schema"];
+            if !spec.is_object() {
+                return bad("response_format.json_schema must be an object with a `schema`");
+            }
+            if let Some(name) = spec.get("name")
+                && !name
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            {
+                return bad("response_format.json_schema.name must match ^[a-zA-Z0-9_-]{1,64}$");
+            }
+            match spec.get("schema") {
+                Some(schema) if schema.is_object() => Ok(Some(Constraint::JsonSchema(schema.clone()))),
+                // No schema: any JSON value would do; an object is what clients mean.
+                None => Ok(Some(Constraint::JsonObject)),
+                Some(_) => bad("response_format.json_schema.schema must be a JSON Schema object"),
+            }
+        }
+        Some(other) => bad(&format!("unknown response_format type {other:?} (text, json_object or json_schema)")),
+        None => bad("response_format needs a `type`: text, json_object or json_schema"),
+    }
 }
 
 pub(super) fn submit_error(e: SubmitError) -> ApiError {
@@ -102,6 +136,7 @@ pub(super) fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::NoTokenizer | SubmitError::NoChatTemplate | SubmitError::Template(_) => "messages",
         SubmitError::StopWithoutTokenizer => "stop",
         SubmitError::Tokenizer(_) => "prompt",
+        SubmitError::Constraint(_) => "response_format",
         SubmitError::EngineStopped => return ApiError { retry_after: Some(5), ..ApiError::new(503, "server_error", e.to_string()) },
     };
     ApiError::bad_request(param, e.to_string())
@@ -140,14 +175,13 @@ const NEUTRAL: &[(&str, Neutral)] = &[
     ("echo", Neutral::FalseOrNull),
     // Reasoning output is split only by a reasoning parser; without one these change nothing.
     ("separate_reasoning", Neutral::Any),
-    // Tool calling and structured output are not implemented: accepted only when they ask for
-    // nothing (a client that sends tools expects tool calls, so it gets a 400, not silence).
+    // Tool calling is not implemented: accepted only when it asks for nothing (a client that
+    // sends tools expects tool calls, so it gets a 400, not silence).
     ("tools", Neutral::EmptyOrNull),
     ("functions", Neutral::EmptyOrNull),
     ("tool_choice", Neutral::NoneOrAuto),
     ("function_call", Neutral::NoneOrAuto),
     ("parallel_tool_calls", Neutral::Any),
-    ("response_format", Neutral::PlainText),
     ("stream_reasoning", Neutral::Any),
     ("include_reasoning", Neutral::Any),
 ];
@@ -161,8 +195,6 @@ enum Neutral {
     EmptyOrNull,
     /// `null`, `"none"` or `"auto"` (with no tools, auto is none).
     NoneOrAuto,
-    /// `null` or `{"type": "text"}`.
-    PlainText,
 }
 
 impl Neutral {
@@ -173,7 +205,6 @@ impl Neutral {
             Neutral::TrueOrNull => matches!(v, serde_json::Value::Null | serde_json::Value::Bool(true)),
             Neutral::EmptyOrNull => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
             Neutral::NoneOrAuto => v.is_null() || v.as_str().is_some_and(|s| s == "none" || s == "auto"),
-            Neutral::PlainText => v.is_null() || *v == serde_json::json!({"type": "text"}),
         }
     }
 }
@@ -194,7 +225,10 @@ fn check_fields(body: &[u8], known: &[&str], unknown: Unknown) -> Result<Vec<Str
         return Ok(Vec::new()); // the typed parse reports it
     };
     let mut ignored = Vec::new();
-    for (k, v) in &map {
+    // In name order, whatever order the client wrote them in (the first refused is stable).
+    let mut fields: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+    fields.sort_by_key(|(k, _)| k.as_str());
+    for (k, v) in fields {
         if known.contains(&k.as_str()) {
             continue;
         }
@@ -230,6 +264,7 @@ const COMMON_FIELDS: &[&str] = &[
     "ignore_eos",
     "skip_special_tokens",
     "priority",
+    "response_format",
 ];
 
 /// A request body as the engine request it asks for.

@@ -42,7 +42,7 @@ impl<B: Backend> Core<B> {
     /// A greedy choice's token, picked by the backend.
     fn on_greedy_token(&mut self, id: SeqId, token: u32) {
         self.live.get_mut(id).expect("checked").sampler.observe(token);
-        self.on_token(id, token, None);
+        self.on_token(id, token, None, false);
     }
 
     /// A choice's logits are ready (`self.logits[range]`): fork the request's pending choices
@@ -62,19 +62,40 @@ impl<B: Backend> Core<B> {
             let Some(c) = self.live.get_mut(choice) else { continue };
             let top = c.logprobs;
             let raw = top.map(|_| self.scratch.clone());
+            if let Some(m) = c.matcher.as_mut()
+                && let Err(e) = crate::constraint::mask(m, &mut self.scratch)
+            {
+                let request = c.request;
+                self.end_request(request, FinishReason::Error(format!("constrained decoding failed: {e}")));
+                continue;
+            }
             let token = c.sampler.sample(&mut self.scratch);
             let lp = match (top, raw) {
                 (Some(k), Some(raw)) => Some(logprobs(&raw, token, k)),
                 _ => None,
             };
-            self.on_token(choice, token, lp);
+            // The constraint takes the token (an end-of-sequence token ends the choice anyway);
+            // a complete grammar stops the choice.
+            let mut complete = false;
+            if let Some(m) = c.matcher.as_mut()
+                && !c.stop_ids.contains(&token)
+            {
+                if let Err(e) = m.consume_token(token) {
+                    let request = c.request;
+                    self.end_request(request, FinishReason::Error(format!("constrained decoding failed: {e}")));
+                    continue;
+                }
+                complete = m.is_stopped();
+            }
+            self.on_token(choice, token, lp, complete);
         }
     }
 
     /// A choice's new token: appended (unless it is a stop token, which is reported but adds no
     /// text and is never computed), turned into text, sent; the choice ends on a stop token, a
     /// stop string, its length or the model's context.
-    fn on_token(&mut self, id: SeqId, token: u32, lp: Option<TokenLogprob>) {
+    /// `complete`: the choice's constraint is satisfied and admits nothing more (a stop).
+    fn on_token(&mut self, id: SeqId, token: u32, lp: Option<TokenLogprob>, complete: bool) {
         let max_context = self.model.config().max_position_embeddings;
         let (c, request) = self.live.with_request(id).expect("live choice");
         assert!(!c.inject_panic, "injected fault (fault_injection is set)");
@@ -87,7 +108,7 @@ impl<B: Backend> Core<B> {
         } else {
             self.scheduler.append_token(id, token);
             let length = c.num_generated >= c.max_tokens || self.scheduler.tokens(id).len() >= max_context;
-            length.then_some(FinishReason::Length)
+            if complete { Some(FinishReason::Stop) } else { length.then_some(FinishReason::Length) }
         };
         let mut text = String::new();
         if let Some(tok) = &self.tokenizer {

@@ -29,11 +29,11 @@ impl<B: Backend> Core<B> {
                 .push_seq(tokens, s.start, self.scheduler.block_table(s.id), logits)
                 .map_err(|e| BackendError::Shape { op: "plan", detail: e.to_string() })?;
         }
-        let greedy = out
-            .scheduled
-            .iter()
-            .filter(|s| s.sample)
-            .all(|s| self.live.get(s.id).is_none_or(|c| c.sampler.is_plain_greedy() && c.logprobs.is_none() && c.pending_forks == 0));
+        let greedy = out.scheduled.iter().filter(|s| s.sample).all(|s| {
+            self.live
+                .get(s.id)
+                .is_none_or(|c| c.sampler.is_plain_greedy() && c.logprobs.is_none() && c.pending_forks == 0 && c.matcher.is_none())
+        });
         if greedy && self.model.forward_argmax(&self.backend, &self.plan, &mut self.kv, &mut self.greedy, &mut self.logits)? {
             return Ok(Picked::Tokens);
         }

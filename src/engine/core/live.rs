@@ -44,6 +44,8 @@ pub(super) struct Choice {
     pub(super) inject_panic: bool,
     /// What the scheduler reported when it ended the sequence itself (deadline, memory).
     pub(super) retired: Option<crate::scheduler::Ended>,
+    /// The output's constraint, when the request has one ([`crate::constraint`]).
+    pub(super) matcher: Option<Box<llguidance::Matcher>>,
 }
 
 #[derive(Default)]
@@ -89,6 +91,7 @@ impl Live {
             first_token: None,
             inject_panic: p.inject_panic,
             retired: None,
+            matcher: p.matcher.as_ref().map(|m| Box::new(m.deep_clone())),
         };
         self.requests.get_mut(&state.request).expect("a live choice's request is live").choices.push(child);
         self.choices.insert(child, state);

@@ -180,6 +180,7 @@ impl<B: Backend> Core<B> {
             first_token: None,
             inject_panic: self.fault_injection.is_some_and(|t| a.prompt.contains(&t)),
             retired: None,
+            matcher: a.matcher,
         };
         let request = RequestState {
             sender: a.sender,
