@@ -156,17 +156,7 @@ fn a_real_prometheus_fires_the_shedding_alert_during_a_surge_and_resolves_it() {
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
     let fired = std::thread::scope(|s| {
-        for c in 0..6 {
-            let (addr, stop) = (&server.addr, &stop);
-            s.spawn(move || {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let body = serde_json::json!({"prompt": format!("Client {c}, request {n}"), "max_tokens": 48, "ignore_eos": true, "priority": "low"});
-                    let _ = http(addr, "POST", "/v1/completions", &[], &body.to_string());
-                    n += 1;
-                }
-            });
-        }
+        s.spawn(|| low_class_surge(&server.addr, &stop));
         let start = Instant::now();
         let fired = loop {
             if firing(&prom) {

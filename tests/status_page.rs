@@ -13,23 +13,6 @@ use std::time::Duration;
 
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 
-/// Low-class requests from six clients until `stop`: more than one sequence slot serves.
-fn surge(addr: &str, stop: &AtomicBool) {
-    std::thread::scope(|s| {
-        for c in 0..6 {
-            s.spawn(move || {
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let body =
-                        json!({"prompt": format!("Client {c}, request {n}"), "max_tokens": 48, "ignore_eos": true, "priority": "low"});
-                    let _ = http(addr, "POST", "/v1/completions", &[], &body.to_string());
-                    n += 1;
-                }
-            });
-        }
-    });
-}
-
 fn status(addr: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let (code, _, body) = http(addr, "GET", "/status.json", headers, "");
     (code, serde_json::from_str(&body).unwrap_or(Value::Null))
@@ -50,7 +33,7 @@ fn the_status_data_shows_a_surge_and_keeps_to_its_configuration() {
     );
     let stop = AtomicBool::new(false);
     let seen = std::thread::scope(|s| {
-        s.spawn(|| surge(&server.addr, &stop));
+        s.spawn(|| low_class_surge(&server.addr, &stop));
         let mut seen = None;
         for _ in 0..100 {
             let (_, d) = status(&server.addr, &[]);
@@ -114,7 +97,7 @@ fn the_page_in_a_real_browser_shows_the_shedding_class_and_escapes_what_it_shows
     let stop = AtomicBool::new(false);
     let shot = std::env::var("BALLAST_STATUS_SCREENSHOT").ok();
     let dom = std::thread::scope(|s| {
-        s.spawn(|| surge(&server.addr, &stop));
+        s.spawn(|| low_class_surge(&server.addr, &stop));
         wait_until("the low class sheds", || {
             metric(&server.addr, &format!("ballast_overload_level{{model_name=\"{MODEL}\",priority=\"low\"}}")) == 2.0
         });

@@ -311,11 +311,7 @@ async fn submit(
 ) -> Result<Served, ApiError> {
     let Ready { valid, engine, mut admitted, degraded, fallback } = ready;
     let n = valid.request().n;
-    let model = match &state.fallback {
-        Some((_, name)) if fallback => name,
-        _ => &state.model_name,
-    };
-    let key = Key::of(model, &valid).filter(|_| reuse);
+    let key = Key::of(state.served_model(fallback), &valid).filter(|_| reuse);
     let stream = engine.enqueue(valid).map_err(submit_error)?;
     let mut events = state.reuse.lead(key, stream, class, cache_ttl, arrival);
     let first = StreamExt::next(&mut events).await;
@@ -351,10 +347,7 @@ async fn respond(state: &Arc<State>, parsed: Parsed, served: Served, completion:
         Kind::Chat { .. } => Kind::Chat { logprobs },
     };
     let include_usage = parsed.common.stream_options.is_some_and(|o| o.include_usage);
-    admitted.log.model = match &state.fallback {
-        Some((_, name)) if fallback => name.clone(),
-        _ => state.model_name.clone(),
-    };
+    admitted.log.model = state.served_model(fallback).to_string();
     admitted.log.prompt_tokens = events.prompt_tokens();
     admitted.log.trace_id = parsed.trace_id.clone();
     admitted.log.degraded = degraded.clone();

@@ -69,6 +69,14 @@ impl State {
         })
     }
 
+    /// The id of the model that answers: the fallback's when `fallback`, else the main one's.
+    pub fn served_model(&self, fallback: bool) -> &str {
+        match &self.fallback {
+            Some((_, name)) if fallback => name,
+            _ => &self.model_name,
+        }
+    }
+
     /// The configuration in force now.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.lock().clone()

@@ -175,10 +175,7 @@ impl Ctx {
 
     /// The `model` field of the response: the model that answered.
     fn model(&self) -> &str {
-        match &self.state.fallback {
-            Some((_, name)) if self.fallback => name,
-            _ => &self.state.model_name,
-        }
+        self.state.served_model(self.fallback)
     }
 
     fn token_text(&self, id: u32) -> String {

@@ -182,3 +182,21 @@ fn exchange(
     let headers = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
     (status, headers, body.to_string())
 }
+
+/// Low-class requests of 48 tokens from six clients, one after another each, until `stop`:
+/// more than one sequence slot serves, so the low class sheds.
+pub fn low_class_surge(addr: &str, stop: &std::sync::atomic::AtomicBool) {
+    std::thread::scope(|s| {
+        for c in 0..6 {
+            s.spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let body =
+                        serde_json::json!({"prompt": format!("Client {c}, request {n}"), "max_tokens": 48, "ignore_eos": true, "priority": "low"});
+                    let _ = http(addr, "POST", "/v1/completions", &[], &body.to_string());
+                    n += 1;
+                }
+            });
+        }
+    });
+}
