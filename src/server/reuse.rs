@@ -153,7 +153,7 @@ impl Flight {
 
 /// One request's view of a flight: its events from the start, then live. Rewrites the
 /// timings of a reused request's finish to its own (it did not queue or compute).
-pub struct Replay {
+struct SharedReplay {
     flight: Arc<Flight>,
     registry: Arc<Registry>,
     pos: usize,
@@ -162,13 +162,36 @@ pub struct Replay {
     first_token: Option<Instant>,
 }
 
+/// One request's events: its own engine stream (a request no other can share: no copies, no
+/// task), or its view of a shared [`Flight`].
+pub struct Replay(Source);
+
+enum Source {
+    Own(RequestStream),
+    Shared(SharedReplay),
+}
+
 impl Replay {
     pub fn prompt_tokens(&self) -> usize {
-        self.flight.prompt_tokens
+        match &self.0 {
+            Source::Own(s) => s.prompt_ids().len(),
+            Source::Shared(r) => r.flight.prompt_tokens,
+        }
     }
 }
 
 impl futures_core::Stream for Replay {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        match &mut self.get_mut().0 {
+            Source::Own(s) => Pin::new(s).poll_next(cx),
+            Source::Shared(r) => Pin::new(r).poll_next(cx),
+        }
+    }
+}
+
+impl futures_core::Stream for SharedReplay {
     type Item = Event;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
@@ -205,7 +228,7 @@ impl futures_core::Stream for Replay {
     }
 }
 
-impl Drop for Replay {
+impl Drop for SharedReplay {
     fn drop(&mut self) {
         let mut flights = self.registry.flights.lock();
         if self.flight.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 && !self.flight.log.lock().done {
@@ -307,7 +330,8 @@ impl Registry {
                 c.touch(&key);
                 drop(c);
                 flight.subscribers.fetch_add(1, Ordering::AcqRel);
-                Some((Replay { flight, registry: self.clone(), pos: 0, reused: true, arrival, first_token: None }, Reuse::Cached))
+                let replay = SharedReplay { flight, registry: self.clone(), pos: 0, reused: true, arrival, first_token: None };
+                Some((Replay(Source::Shared(replay)), Reuse::Cached))
             }
             Some(_) => {
                 c.remove(&key);
@@ -319,13 +343,13 @@ impl Registry {
 
     fn attach(self: &Arc<Self>, flight: Arc<Flight>, reused: bool, arrival: Instant) -> Replay {
         flight.subscribers.fetch_add(1, Ordering::AcqRel);
-        Replay { flight, registry: self.clone(), pos: 0, reused, arrival, first_token: None }
+        Replay(Source::Shared(SharedReplay { flight, registry: self.clone(), pos: 0, reused, arrival, first_token: None }))
     }
 
     /// Runs `stream` as the computation for `key` (when deterministic) and returns this
     /// request's view of it. Later identical requests attach to it; its output is cached when
-    /// `cache_ttl` is set and it completes. A request that is not deterministic gets a plain
-    /// view of its own stream.
+    /// `cache_ttl` is set and it completes. A request without a key reads its own stream
+    /// directly.
     pub fn lead(
         self: &Arc<Self>,
         key: Option<Key>,
@@ -334,21 +358,19 @@ impl Registry {
         cache_ttl: Option<Duration>,
         arrival: Instant,
     ) -> Replay {
+        let Some(key) = key else { return Replay(Source::Own(stream)) };
         let flight = Arc::new(Flight {
-            key: key.unwrap_or(Key([0; 32])),
+            key,
             priority,
             prompt_tokens: stream.prompt_ids().len(),
             log: Mutex::default(),
             subscribers: AtomicU64::new(0),
             abandoned: tokio::sync::Notify::new(),
-            cache_ttl: cache_ttl.filter(|_| key.is_some()),
+            cache_ttl,
         });
         let replay = self.attach(flight.clone(), false, arrival);
-        if let Some(k) = key {
-            self.flights.lock().insert(k, flight.clone());
-        }
+        self.flights.lock().insert(key, flight.clone());
         let registry = self.clone();
-        let shared = key.is_some();
         tokio::spawn(async move {
             let mut stream = stream;
             loop {
@@ -363,9 +385,7 @@ impl Registry {
             // Dropping the stream cancels the request if it is still running.
             drop(stream);
             flight.close();
-            if shared {
-                registry.completed(&flight);
-            }
+            registry.completed(&flight);
         });
         replay
     }
