@@ -381,8 +381,10 @@ fn router_endpoints_answer_in_the_shapes_routers_read() {
         let addr = addr.clone();
         move || http(&addr, "POST", "/v1/completions", &[], &completion("Once upon a time", 400))
     });
+    // (A request counts from the moment it is handed to the engine thread; its KV blocks a
+    // step later.)
     wait_until("the load to show", || json("/get_load")["load"].as_u64() == Some(1));
-    assert!(json("/get_load?shape=sglang")[0]["num_tokens"].as_u64().unwrap() > 0);
+    wait_until("its KV tokens to show", || json("/get_load?shape=sglang")[0]["num_tokens"].as_u64().unwrap() > 0);
     assert_eq!(busy.join().unwrap().0, 200);
     for path in ["/server_info", "/get_server_info", "/model_info"] {
         let info = json(path);
