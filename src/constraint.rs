@@ -98,7 +98,7 @@ impl Grammars {
 /// JSON laid out as `json.dumps` does (`", "` and `": "`, no other whitespace) unless the
 /// schema sets its own `x-guidance` options: with free whitespace a sampling model can pad an
 /// object with newlines until it runs out of tokens.
-fn with_layout(mut schema: serde_json::Value) -> serde_json::Value {
+pub(crate) fn with_layout(mut schema: serde_json::Value) -> serde_json::Value {
     if let Some(o) = schema.as_object_mut()
         && !o.contains_key("x-guidance")
     {

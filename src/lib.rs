@@ -103,3 +103,4 @@ pub mod server;
 pub mod teacher;
 pub mod testing;
 pub mod tokenizer;
+pub mod tools;

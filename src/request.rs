@@ -99,6 +99,9 @@ pub struct Request {
     /// What the output must match (a JSON schema, any JSON object, a regex, a grammar);
     /// checked when the request is prepared.
     pub constraint: Option<crate::constraint::Constraint>,
+    /// Functions the model may call (chat prompts of a model whose template knows tools);
+    /// see [`crate::tools`].
+    pub tools: Option<crate::tools::Tools>,
 }
 
 impl Request {
@@ -117,6 +120,7 @@ impl Request {
             cache_salt: None,
             skip_special_tokens: true,
             constraint: None,
+            tools: None,
         }
     }
 

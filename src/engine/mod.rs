@@ -181,6 +181,8 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
     tokenizer: Option<Arc<Tokenizer>>,
     template: Option<Arc<ChatTemplate>>,
+    /// How the chat template has the model write tool calls (`None`: it offers no tools).
+    tool_format: Option<crate::tools::ToolFormat>,
     limits: Limits,
     info: ModelInfo,
     config: EngineConfig,
@@ -217,6 +219,8 @@ impl Engine {
                 None
             }
         });
+        let tool_format =
+            template.as_ref().and(tokenizer.as_ref()).and_then(|t| t.chat_template()).and_then(crate::tools::ToolFormat::detect);
         let tokenizer = tokenizer.map(Arc::new);
         let mut eos = info.eos_token_ids.clone();
         if let Some((id, _)) = tokenizer.as_ref().and_then(|t| t.special().eos.clone())
@@ -255,6 +259,7 @@ impl Engine {
             thread: Some(thread),
             tokenizer,
             template,
+            tool_format,
             limits,
             info,
             config,
@@ -277,6 +282,11 @@ impl Engine {
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.tokenizer.as_deref()
+    }
+
+    /// How this model writes tool calls (from its chat template; `None`: it offers no tools).
+    pub fn tool_format(&self) -> Option<crate::tools::ToolFormat> {
+        self.tool_format
     }
 
     /// Tokens the KV pool holds.

@@ -7,6 +7,7 @@ use crate::chat_template::TemplateError;
 use crate::request::{Prompt, Request};
 use crate::sampler::SamplingError;
 use crate::tokenizer::TokenizerError;
+use crate::tools::{ToolChoice, ToolFormat};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -49,6 +50,13 @@ pub enum SubmitError {
     /// The request's `constraint` cannot be compiled (invalid, unsupported, too large).
     #[error(transparent)]
     Constraint(#[from] crate::constraint::ConstraintError),
+    /// The request's tools cannot be offered (no chat prompt, a template without tools, an
+    /// invalid schema).
+    #[error("{0}")]
+    Tools(String),
+    /// The request's `tool_choice` asks for something its tools cannot give.
+    #[error("{0}")]
+    ToolChoice(String),
 }
 
 /// A compiled constraint (cloned per choice).
@@ -78,8 +86,11 @@ pub struct ValidRequest {
     max_tokens: usize,
     /// Token ids that end a choice: the request's and (unless `ignore_eos`) the model's EOS.
     stop_ids: Vec<u32>,
-    /// The request's constraint, compiled for this engine's vocabulary.
+    /// The request's constraint (or its required tool call), compiled for this engine's
+    /// vocabulary.
     matcher: Option<Compiled>,
+    /// How to read tool calls in the output (tools offered, with a choice other than `none`).
+    tool_format: Option<crate::tools::ToolFormat>,
 }
 
 impl ValidRequest {
@@ -99,6 +110,17 @@ impl ValidRequest {
         self.max_tokens
     }
 
+    /// The format of the tool calls to look for in the output (`None`: no tools offered).
+    pub fn tool_format(&self) -> Option<crate::tools::ToolFormat> {
+        self.tool_format
+    }
+
+    /// The output has a contract that degrading would break: a constraint, or tool calls (a
+    /// capped output may cut a call short; a fallback model may write calls otherwise).
+    pub fn has_contract(&self) -> bool {
+        self.matcher.is_some() || self.tool_format.is_some()
+    }
+
     /// The degraded treatment ([`crate::admission::degrade`]); returns what it changed.
     pub fn degrade(&mut self, max_tokens_cap: usize) -> Vec<&'static str> {
         let changed = crate::admission::degrade(&mut self.request, max_tokens_cap);
@@ -110,13 +132,18 @@ impl ValidRequest {
 impl Engine {
     /// The token ids a prompt becomes (as [`Self::submit`] would tokenize it).
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, SubmitError> {
+        self.tokenize_with_tools(prompt, None)
+    }
+
+    /// [`Self::tokenize`] with the tools a chat template is given.
+    fn tokenize_with_tools(&self, prompt: &Prompt, tools: Option<&[serde_json::Value]>) -> Result<Vec<u32>, SubmitError> {
         let ids = match prompt {
             Prompt::Tokens(ids) => ids.clone(),
             Prompt::Text(text) => self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?.encode(text, true)?,
             Prompt::Chat(messages) => {
                 let tok = self.tokenizer.as_ref().ok_or(SubmitError::NoTokenizer)?;
                 let template = self.template.as_ref().ok_or(SubmitError::NoChatTemplate)?;
-                let text = template.render(messages, true, tok.special())?;
+                let text = template.render_with_tools(messages, tools, true, tok.special())?;
                 tok.encode(&text, true)?
             }
         };
@@ -146,7 +173,9 @@ impl Engine {
         if request.max_tokens == Some(0) {
             return Err(SubmitError::ZeroMaxTokens);
         }
-        let prompt = self.tokenize(&request.prompt)?;
+        let (tool_format, tool_matcher) = self.tools(&request)?;
+        let template_tools = request.tools.as_ref().and_then(|t| t.template_values());
+        let prompt = self.tokenize_with_tools(&request.prompt, template_tools.as_deref())?;
         let tokens = prompt.len();
         if tokens == 0 {
             return Err(SubmitError::EmptyPrompt);
@@ -169,10 +198,52 @@ impl Engine {
             stop_ids.extend(&self.limits.eos);
         }
         let matcher = match &request.constraint {
-            None => None,
+            None => tool_matcher.map(|m| Compiled(Box::new(m))),
             Some(c) => Some(Compiled(Box::new(self.grammars()?.compile(c)?))),
         };
-        Ok(ValidRequest { request, prompt, max_tokens, stop_ids, matcher })
+        Ok(ValidRequest { request, prompt, max_tokens, stop_ids, matcher, tool_format })
+    }
+
+    /// The request's tools checked: the format to read calls in (when a call may come), and
+    /// the matcher of a required or named call. Every function's schema is compiled, also
+    /// when the model may answer without a call, so a bad one is an error now.
+    fn tools(&self, request: &Request) -> Result<(Option<ToolFormat>, Option<llguidance::Matcher>), SubmitError> {
+        let Some(tools) = request.tools.as_ref() else { return Ok((None, None)) };
+        let forced = matches!(tools.choice, ToolChoice::Required | ToolChoice::Function(_));
+        if tools.functions.is_empty() {
+            return match forced {
+                true => Err(SubmitError::ToolChoice("tool_choice asks for a tool call, and no tools are given".into())),
+                false => Ok((None, None)),
+            };
+        }
+        if let ToolChoice::Function(name) = &tools.choice
+            && !tools.functions.iter().any(|f| &f.name == name)
+        {
+            return Err(SubmitError::ToolChoice(format!("tool_choice names the function {name:?}, which is not among the tools")));
+        }
+        if let Some(dup) = tools.functions.iter().enumerate().find(|(i, f)| tools.functions[..*i].iter().any(|g| g.name == f.name)) {
+            return Err(SubmitError::Tools(format!("two tools are named {:?}", dup.1.name)));
+        }
+        if !matches!(request.prompt, Prompt::Chat(_)) {
+            return Err(SubmitError::Tools("tools need a chat prompt (messages)".into()));
+        }
+        let format =
+            self.tool_format.ok_or_else(|| SubmitError::Tools("this model's chat template does not offer tools to the model".into()))?;
+        if forced && request.constraint.is_some() {
+            return Err(SubmitError::ToolChoice("a required tool call cannot also follow response_format".into()));
+        }
+        let grammars = self.grammars()?;
+        // Each function's schema alone first, so an error names it.
+        for f in &tools.functions {
+            let schema = crate::constraint::Constraint::JsonSchema(f.arguments_schema());
+            grammars.compile(&schema).map_err(|e| SubmitError::Tools(format!("the parameters of tool {:?}: {e}", f.name)))?;
+        }
+        let matcher = match forced {
+            true => Some(grammars.compile(&format.constraint(tools)).map_err(|e| SubmitError::Tools(e.to_string()))?),
+            false => None,
+        };
+        let format = (tools.choice != ToolChoice::None).then_some(format);
+        Ok((format, matcher))
     }
 
     /// The constraint compiler of this engine's vocabulary (built on first use).
@@ -188,7 +259,7 @@ impl Engine {
     pub fn enqueue(&self, valid: ValidRequest) -> Result<RequestStream, SubmitError> {
         let commands = self.commands.as_ref().ok_or(SubmitError::EngineStopped)?;
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let ValidRequest { request, prompt, max_tokens, stop_ids, matcher } = valid;
+        let ValidRequest { request, prompt, max_tokens, stop_ids, matcher, .. } = valid;
         let (sender, stream) = stream::channel(id, commands.clone(), prompt.clone());
         let class = request.priority.rank() as usize;
         let queued = Queued { id, prompt, request, max_tokens, stop_ids, arrival: Instant::now(), sender, matcher: matcher.map(|m| m.0) };

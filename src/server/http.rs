@@ -9,7 +9,7 @@
 use super::State;
 use super::config::ServerConfig;
 use super::openai::{ApiError, Common, parse as parse_json};
-use super::response::{Admitted, Ctx, json_response, sse_response};
+use super::response::{Admitted, Ctx, ToolUse, json_response, sse_response};
 use super::reuse::{Key, Replay, Reuse};
 use super::validate::{Kind, Unknown, name_fields, priority, request_from_body, submit_error};
 use crate::admission::{Decision, RejectReason, Tenant};
@@ -233,12 +233,14 @@ fn admit<'a>(
         Decision::Admit { degrade } => degrade,
         Decision::Reject { reason, retry_after, message } => return Err(refusal(state, caller, class, reason, retry_after, message)),
     };
-    if degrade && valid.request().constraint.is_some() {
-        // Neither degraded treatment keeps a constrained request's contract (a capped output
-        // may not close its JSON; the fallback model has another vocabulary): shed instead.
+    if degrade && valid.has_contract() {
+        // Neither degraded treatment keeps a constrained or tool-calling request's contract (a
+        // capped output may not close its JSON or its call; the fallback model has another
+        // vocabulary and may write calls otherwise): shed instead.
         state.admission.lock().finish(&tenant.name, 0);
         let retry_after = signals.queue_wait(class).max(Duration::from_secs(1));
-        let message = format!("the server is overloaded for {} priority, and a constrained request is not degraded", class.name());
+        let message =
+            format!("the server is overloaded for {} priority, and a constrained or tool-calling request is not degraded", class.name());
         return Err(refusal(state, caller, class, RejectReason::Overload, retry_after, message));
     }
     // From here the guard releases the tenant's admission however the request ends.
@@ -360,6 +362,13 @@ async fn respond(state: &Arc<State>, parsed: Parsed, served: Served, completion:
         prompt_tokens: events.prompt_tokens(),
         fallback,
         reuse,
+        tools: parsed.request.tools.as_ref().filter(|t| t.choice != crate::tools::ToolChoice::None).and_then(|t| {
+            Some(ToolUse {
+                format: state.engine.tool_format()?,
+                parallel: t.parallel,
+                names: t.functions.iter().map(|f| f.name.clone()).collect(),
+            })
+        }),
     };
     let mut resp = if parsed.common.stream {
         sse_response(ctx, first, events, admitted, n, include_usage, degraded.clone())

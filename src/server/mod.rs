@@ -7,6 +7,7 @@ mod http;
 pub mod kv_events;
 mod response;
 pub mod reuse;
+mod tool_calls;
 mod validate;
 
 pub use validate::validate_body;

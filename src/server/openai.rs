@@ -139,6 +139,10 @@ pub struct ChatRequest {
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
     pub max_completion_tokens: Option<i64>,
+    /// Checked by [`super::tool_calls::tools`] (with `tool_choice`, `parallel_tool_calls`).
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<serde_json::Value>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -151,8 +155,9 @@ pub struct ChatRequest {
 ///   string `text`) everywhere, `refusal` (with a string `refusal`) in assistant messages;
 ///   images, audio and files are refused as unsupported by this server (a text model);
 /// - `name` matches `^[a-zA-Z0-9_-]{1,64}$` (and is required for `function` messages);
-/// - `tool` messages answer an assistant message's `tool_calls`, which this server does not
-///   produce or accept yet, so `tool_calls`, `function_call` and `tool` messages are refused;
+/// - an assistant message may carry `tool_calls` (`id`, `type` `function`, `function.name`,
+///   `function.arguments` as JSON text); a `tool` message has a `tool_call_id` that names a
+///   call of an earlier assistant message; the legacy `function_call` and audio are refused;
 /// - no other field.
 ///
 /// Parts are concatenated into the message's text.
@@ -160,7 +165,19 @@ pub fn messages(messages: &[serde_json::Value]) -> Result<Vec<ChatMessage>, ApiE
     if messages.is_empty() {
         return Err(ApiError::bad_request("messages", "messages is empty: give at least one message"));
     }
-    messages.iter().enumerate().map(|(i, m)| message(m, &format!("messages[{i}]"))).collect()
+    let parsed: Vec<ChatMessage> =
+        messages.iter().enumerate().map(|(i, m)| message(m, &format!("messages[{i}]"))).collect::<Result<_, _>>()?;
+    for (i, m) in parsed.iter().enumerate() {
+        if let Some(id) = &m.tool_call_id
+            && !parsed[..i].iter().any(|p| p.tool_calls.iter().any(|c| &c.id == id))
+        {
+            return Err(ApiError::bad_request(
+                &format!("messages[{i}].tool_call_id"),
+                format!("messages[{i}]: a tool message must answer a call of an earlier assistant message, and no call has the id {id:?}"),
+            ));
+        }
+    }
+    Ok(parsed)
 }
 
 const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
@@ -187,22 +204,29 @@ fn message(m: &serde_json::Value, at: &str) -> Result<ChatMessage, ApiError> {
     match map.get("name") {
         None if role == "function" => return Err(bad("name", format!("{at}.name is required in a function message"))),
         None => {}
-        Some(Value::String(n)) if valid_name(n) => {}
+        Some(Value::String(n)) if super::tool_calls::valid_name(n) => {}
         Some(other) => return Err(bad("name", format!("{at}.name must match ^[a-zA-Z0-9_-]{{1,64}}$, got {other}"))),
     }
-    for field in ["tool_calls", "function_call", "audio"] {
+    for field in ["function_call", "audio"] {
         if map.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(bad(field, format!("{at}.{field} is not supported by this server (no tool calls or audio yet)")));
+            let why = if field == "audio" {
+                "audio is not supported by this server"
+            } else {
+                "the legacy function_call is not served: use tool_calls"
+            };
+            return Err(bad(field, format!("{at}.{field}: {why}")));
         }
     }
-    if role == "tool" {
-        return Err(ApiError::bad_request(
-            at,
-            format!(
-                "{at}: a tool message must answer a preceding assistant message's tool_calls, and this server does not support tool calls yet"
-            ),
-        ));
-    }
+    let tool_calls = match map.get("tool_calls") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => super::tool_calls::message_calls(v, &format!("{at}.tool_calls"))?,
+    };
+    let tool_call_id = match map.get("tool_call_id") {
+        _ if role != "tool" => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        None => return Err(bad("tool_call_id", format!("{at}.tool_call_id is required in a tool message"))),
+        Some(other) => return Err(bad("tool_call_id", format!("{at}.tool_call_id must be a string, got {other}"))),
+    };
     let content = match map.get("content") {
         None | Some(Value::Null) if role == "assistant" => String::new(),
         None | Some(Value::Null) => return Err(bad("content", format!("{at}.content is required in a {role} message"))),
@@ -222,7 +246,8 @@ fn message(m: &serde_json::Value, at: &str) -> Result<ChatMessage, ApiError> {
     if let Some(r) = map.get("refusal").filter(|r| !r.is_null() && !r.is_string()) {
         return Err(bad("refusal", format!("{at}.refusal must be a string, got {r}")));
     }
-    Ok(ChatMessage::new(role, &content))
+    let name = map.get("name").and_then(Value::as_str).map(str::to_string);
+    Ok(ChatMessage { tool_calls, tool_call_id, name, ..ChatMessage::new(role, &content) })
 }
 
 /// One content part's text.
@@ -260,10 +285,6 @@ fn content_part<'a>(part: &'a serde_json::Value, role: &str, at: &str) -> Result
         None => Err(ApiError::bad_request(&format!("{at}.{field}"), format!("{at}.{field} is missing"))),
         Some(other) => Err(ApiError::bad_request(&format!("{at}.{field}"), format!("{at}.{field} must be a string, got {other}"))),
     }
-}
-
-fn valid_name(n: &str) -> bool {
-    (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Parses a JSON body, naming the offending field on error.

@@ -5,9 +5,11 @@ use super::State;
 use super::metrics::Finished;
 use super::openai::ApiError;
 use super::reuse::{Replay, Reuse};
+use super::tool_calls;
 use super::validate::Kind;
 use crate::request::{Event, FinishReason, Priority, Usage};
 use crate::sampler::TokenLogprob;
+use crate::tools::{CallParser, Piece, ToolCall, ToolFormat};
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -163,6 +165,17 @@ pub(super) struct Ctx {
     /// Served by the fallback model.
     pub(super) fallback: bool,
     pub(super) reuse: Reuse,
+    /// Tool calls are read from the output.
+    pub(super) tools: Option<ToolUse>,
+}
+
+/// How a reply's tool calls are read.
+pub(super) struct ToolUse {
+    pub(super) format: ToolFormat,
+    /// Several calls per reply (otherwise the first is kept).
+    pub(super) parallel: bool,
+    /// The offered functions.
+    pub(super) names: Vec<String>,
 }
 
 impl Ctx {
@@ -226,6 +239,31 @@ impl Ctx {
             usage["reused"] = self.reuse.name().into();
         }
         usage
+    }
+
+    /// A chat reply's `message` and its finish reason: with tools, the calls the text holds go
+    /// to `tool_calls` (the content is the rest, `null` if nothing) and a reply that stopped
+    /// after calling finishes with `tool_calls`.
+    fn message(&self, index: usize, text: &str, finish: Option<&'static str>) -> (serde_json::Value, Option<&'static str>) {
+        let plain = serde_json::json!({"role": "assistant", "content": text});
+        let Some(tools) = &self.tools else { return (plain, finish) };
+        let (content, mut calls) = tools.format.parse(text, &tools.names);
+        if !tools.parallel {
+            calls.truncate(1);
+        }
+        if calls.is_empty() {
+            return (plain, finish);
+        }
+        let calls: Vec<serde_json::Value> =
+            calls.into_iter().enumerate().map(|(k, c)| tool_calls::call_json(&self.call(index, k, c), None)).collect();
+        let content = if content.is_empty() { serde_json::Value::Null } else { content.into() };
+        let finish = if finish == Some("stop") { Some("tool_calls") } else { finish };
+        (serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls}), finish)
+    }
+
+    /// Call `k` of choice `index`, with its id.
+    fn call(&self, index: usize, k: usize, c: ToolCall) -> ToolCall {
+        ToolCall { id: tool_calls::call_id(&self.id, index, k), ..c }
     }
 
     fn is_chat(&self) -> bool {
@@ -309,7 +347,8 @@ pub(super) async fn json_response(
         .enumerate()
         .map(|(i, c)| {
             if ctx.is_chat() {
-                serde_json::json!({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": ctx.logprobs_json(&c.lps), "finish_reason": c.finish})
+                let (message, finish) = ctx.message(i, &c.text, c.finish);
+                serde_json::json!({"index": i, "message": message, "logprobs": ctx.logprobs_json(&c.lps), "finish_reason": finish})
             } else {
                 serde_json::json!({"index": i, "text": c.text, "logprobs": ctx.logprobs_json(&c.lps), "finish_reason": c.finish})
             }
@@ -329,6 +368,111 @@ pub(super) async fn json_response(
     Ok(axum::Json(body).into_response())
 }
 
+/// One streamed response's state.
+struct Sse {
+    ctx: Ctx,
+    pending: Option<Event>,
+    events: Replay,
+    admitted: Admitted,
+    started: Vec<bool>,
+    /// Per choice, with tools: the output's parser, the calls sent, and log-probabilities of
+    /// text it still holds.
+    parsers: Vec<Option<CallParser>>,
+    calls_sent: Vec<usize>,
+    held_lps: Vec<Vec<TokenLogprob>>,
+    completion: usize,
+    cached: usize,
+    include_usage: bool,
+    degraded: Vec<&'static str>,
+    done: bool,
+}
+
+impl Sse {
+    /// A content chunk (`text`: `None` for a chunk that carries only a finish reason).
+    fn chunk(&mut self, index: usize, text: Option<&str>, lps: &[TokenLogprob], finish: Option<&str>) -> serde_json::Value {
+        let first = !std::mem::replace(&mut self.started[index], true);
+        let mut c = self.ctx.chunk(index, text, lps, finish, first);
+        if first && !self.degraded.is_empty() {
+            c["degraded"] = self.degraded.clone().into();
+        }
+        c
+    }
+
+    /// The chunks of what a choice's parser released.
+    fn pieces(&mut self, index: usize, pieces: Vec<Piece>, out: &mut String) {
+        let parallel = self.ctx.tools.as_ref().is_none_or(|t| t.parallel);
+        for piece in pieces {
+            let lps = std::mem::take(&mut self.held_lps[index]);
+            let c = match piece {
+                Piece::Text(t) => self.chunk(index, Some(&t), &lps, None),
+                Piece::Call(call) => {
+                    let k = self.calls_sent[index];
+                    if k > 0 && !parallel {
+                        continue;
+                    }
+                    self.calls_sent[index] += 1;
+                    let call = tool_calls::call_json(&self.ctx.call(index, k, call), Some(k));
+                    let mut c = self.chunk(index, None, &lps, None);
+                    c["choices"][0]["delta"]["tool_calls"] = serde_json::json!([call]);
+                    c
+                }
+            };
+            *out += &format!("data: {c}\n\n");
+        }
+    }
+
+    /// The SSE text of one event (empty: nothing to send yet).
+    fn event(&mut self, event: Option<Event>) -> String {
+        let mut out = String::new();
+        match event {
+            Some(Event::Token { index, text, logprobs, .. }) => {
+                self.admitted.token();
+                match self.parsers[index].as_mut() {
+                    Some(parser) => {
+                        let pieces = parser.push(&text);
+                        self.held_lps[index].extend(logprobs);
+                        self.pieces(index, pieces, &mut out);
+                    }
+                    None => {
+                        let c = self.chunk(index, Some(&text), &logprobs, None);
+                        out += &format!("data: {c}\n\n");
+                    }
+                }
+            }
+            Some(Event::Finish { index, reason, usage, timings }) => {
+                self.admitted.record(&reason, &usage, &timings);
+                self.completion += usage.completion_tokens;
+                self.cached = usage.cached_tokens;
+                if let Some(parser) = self.parsers[index].as_mut() {
+                    let pieces = parser.finish();
+                    self.pieces(index, pieces, &mut out);
+                }
+                let mut finish = finish_name(&reason);
+                if finish == "stop" && self.calls_sent[index] > 0 {
+                    finish = "tool_calls";
+                }
+                let lps = std::mem::take(&mut self.held_lps[index]);
+                let mut c = self.chunk(index, None, &lps, Some(finish));
+                if let FinishReason::Error(e) = &reason {
+                    c["error"] = serde_json::json!({"message": e, "type": "server_error"});
+                }
+                out += &format!("data: {c}\n\n");
+            }
+            None => {
+                self.done = true;
+                if self.include_usage {
+                    let mut c = self.ctx.chunk(0, None, &[], None, false);
+                    c["choices"] = serde_json::json!([]);
+                    c["usage"] = self.ctx.usage_json(self.completion, self.cached);
+                    out += &format!("data: {c}\n\n");
+                }
+                out += "data: [DONE]\n\n";
+            }
+        }
+        out
+    }
+}
+
 pub(super) fn sse_response(
     ctx: Ctx,
     first: Option<Event>,
@@ -338,24 +482,16 @@ pub(super) fn sse_response(
     include_usage: bool,
     degraded: Vec<&'static str>,
 ) -> Response {
-    struct S {
-        ctx: Ctx,
-        pending: Option<Event>,
-        events: Replay,
-        admitted: Admitted,
-        started: Vec<bool>,
-        completion: usize,
-        cached: usize,
-        include_usage: bool,
-        degraded: Vec<&'static str>,
-        done: bool,
-    }
-    let s = S {
+    let parsers = (0..n).map(|_| ctx.tools.as_ref().filter(|_| ctx.is_chat()).map(|t| t.format.parser(&t.names))).collect();
+    let s = Sse {
         ctx,
         pending: first,
         events,
         admitted,
         started: vec![false; n],
+        parsers,
+        calls_sent: vec![0; n],
+        held_lps: vec![Vec::new(); n],
         completion: 0,
         cached: 0,
         include_usage,
@@ -363,48 +499,19 @@ pub(super) fn sse_response(
         done: false,
     };
     let body = futures_util::stream::unfold(s, |mut s| async move {
-        if s.done {
-            return None;
+        loop {
+            if s.done {
+                return None;
+            }
+            let event = match s.pending.take() {
+                Some(e) => Some(e),
+                None => StreamExt::next(&mut s.events).await,
+            };
+            let data = s.event(event);
+            if !data.is_empty() {
+                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(data)), s));
+            }
         }
-        let event = match s.pending.take() {
-            Some(e) => Some(e),
-            None => StreamExt::next(&mut s.events).await,
-        };
-        let data = match event {
-            Some(Event::Token { index, text, logprobs, .. }) => {
-                s.admitted.token();
-                let first = !std::mem::replace(&mut s.started[index], true);
-                let mut c = s.ctx.chunk(index, Some(&text), &logprobs, None, first);
-                if first && !s.degraded.is_empty() {
-                    c["degraded"] = s.degraded.clone().into();
-                }
-                format!("data: {c}\n\n")
-            }
-            Some(Event::Finish { index, reason, usage, timings }) => {
-                s.admitted.record(&reason, &usage, &timings);
-                s.completion += usage.completion_tokens;
-                s.cached = usage.cached_tokens;
-                let first = !std::mem::replace(&mut s.started[index], true);
-                let mut c = s.ctx.chunk(index, None, &[], Some(finish_name(&reason)), first);
-                if let FinishReason::Error(e) = &reason {
-                    c["error"] = serde_json::json!({"message": e, "type": "server_error"});
-                }
-                format!("data: {c}\n\n")
-            }
-            None => {
-                s.done = true;
-                let mut tail = String::new();
-                if s.include_usage {
-                    let mut c = s.ctx.chunk(0, None, &[], None, false);
-                    c["choices"] = serde_json::json!([]);
-                    c["usage"] = s.ctx.usage_json(s.completion, s.cached);
-                    tail += &format!("data: {c}\n\n");
-                }
-                tail += "data: [DONE]\n\n";
-                tail
-            }
-        };
-        Some((Ok::<_, std::convert::Infallible>(Bytes::from(data)), s))
     });
     Response::builder()
         .header("content-type", "text/event-stream")

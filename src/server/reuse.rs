@@ -66,7 +66,7 @@ impl Key {
         // same bits) and name every field, so a new field changes keys rather than being
         // silently left out.
         let fields = format!(
-            "{model:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{:?}",
+            "{model:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{:?}|{:?}",
             r.cache_salt,
             r.sampling,
             valid.max_tokens(),
@@ -76,7 +76,9 @@ impl Key {
             r.logprobs,
             r.n,
             r.skip_special_tokens,
-            r.constraint
+            r.constraint,
+            // The choice decides the constraint and how the output is read.
+            r.tools
         );
         h.update(fields.as_bytes());
         for id in valid.prompt_ids() {

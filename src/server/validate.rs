@@ -137,12 +137,13 @@ pub(super) fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::StopWithoutTokenizer => "stop",
         SubmitError::Tokenizer(_) => "prompt",
         SubmitError::Constraint(_) => "response_format",
+        SubmitError::Tools(_) => "tools",
+        SubmitError::ToolChoice(_) => "tool_choice",
         SubmitError::EngineStopped => return ApiError { retry_after: Some(5), ..ApiError::new(503, "server_error", e.to_string()) },
     };
     ApiError::bad_request(param, e.to_string())
 }
 
-/// An engine refusal of the length limit names the field the client actually sent.
 /// An engine refusal names the field the client actually sent: the length limit's
 /// (`max_tokens` or `max_completion_tokens`), and for chat `top_logprobs` (the engine's
 /// `logprobs` is the number of alternatives).
@@ -175,8 +176,8 @@ const NEUTRAL: &[(&str, Neutral)] = &[
     ("echo", Neutral::FalseOrNull),
     // Reasoning output is split only by a reasoning parser; without one these change nothing.
     ("separate_reasoning", Neutral::Any),
-    // Tool calling is not implemented: accepted only when it asks for nothing (a client that
-    // sends tools expects tool calls, so it gets a 400, not silence).
+    // Tools are a chat feature (known fields there); a completion accepts them only when they
+    // ask for nothing. Legacy `functions` are not served (a 400, not silence).
     ("tools", Neutral::EmptyOrNull),
     ("functions", Neutral::EmptyOrNull),
     ("tool_choice", Neutral::NoneOrAuto),
@@ -287,7 +288,7 @@ pub(super) fn request_from_body(bytes: &[u8], completion: bool, unknown: Unknown
     let own: &[&str] = if completion {
         &["prompt", "logprobs", "echo", "max_completion_tokens"]
     } else {
-        &["messages", "logprobs", "top_logprobs", "max_completion_tokens"]
+        &["messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls"]
     };
     let ignored = check_fields(bytes, &[COMMON_FIELDS, own].concat(), unknown)?;
     let (request, common, kind, length_param) = if completion {
@@ -319,7 +320,8 @@ pub(super) fn request_from_body(bytes: &[u8], completion: bool, unknown: Unknown
         let length_param = if r.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
         let req = base_request(&r.common, Prompt::Chat(messages), r.max_completion_tokens.or(r.common.max_tokens))
             .map_err(|e| name_fields(e, length_param, true))?;
-        (Request { logprobs, ..req }, r.common, Kind::Chat { logprobs }, length_param)
+        let tools = super::tool_calls::tools(r.tools.as_ref(), r.tool_choice.as_ref(), r.parallel_tool_calls.as_ref())?;
+        (Request { logprobs, tools, ..req }, r.common, Kind::Chat { logprobs }, length_param)
     };
     if common.stream_options.is_some() && !common.stream {
         return Err(ApiError::bad_request("stream_options", "stream_options is only allowed when stream is true"));

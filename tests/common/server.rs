@@ -24,7 +24,8 @@ impl Server {
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let model = model_path();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(["serve", "--model", model.to_str().unwrap()])
+            .arg("serve")
+            .args(if extra.contains(&"--model") { vec![] } else { vec!["--model", model.to_str().unwrap()] })
             .args(if extra.contains(&"--port") { &[][..] } else { &["--port", "0"][..] })
             .args(if extra.contains(&"--kv-cache-mib") { &[][..] } else { &["--kv-cache-mib", "64"][..] })
             .args(extra)
