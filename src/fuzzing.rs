@@ -93,3 +93,38 @@ pub fn json_schema(grammars: &crate::constraint::Grammars, data: &[u8]) {
         }
     }
 }
+
+/// A model's reply through the tool-call parser (format by the first byte), whole and streamed
+/// in pieces cut where the bytes say: both must give the same text and calls, and every call
+/// must carry a JSON object as its arguments.
+pub fn tool_calls(data: &[u8]) {
+    use crate::tools::{Piece, ToolFormat};
+    let format = if data.first().is_some_and(|b| b & 1 == 1) { ToolFormat::Llama3Json } else { ToolFormat::Hermes };
+    let text = String::from_utf8_lossy(data.get(1..).unwrap_or_default()).into_owned();
+    let names = ["f".to_string(), "get_weather".to_string()];
+    let whole = format.parse(&text, &names);
+    let mut parser = format.parser(&names);
+    let mut pieces = Vec::new();
+    let mut rest = text.as_str();
+    let mut cuts = data.iter().cycle();
+    while !rest.is_empty() {
+        let mut cut = (*cuts.next().expect("non-empty") as usize % 7 + 1).min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        pieces.extend(parser.push(&rest[..cut]));
+        rest = &rest[cut..];
+    }
+    pieces.extend(parser.finish());
+    let mut streamed = (String::new(), Vec::new());
+    for p in pieces {
+        match p {
+            Piece::Text(t) => streamed.0 += &t,
+            Piece::Call(c) => streamed.1.push(c),
+        }
+    }
+    assert_eq!(whole, streamed, "a streamed reply reads as the whole one");
+    for c in &whole.1 {
+        assert!(serde_json::from_str::<serde_json::Value>(&c.arguments).is_ok_and(|v| v.is_object()), "{c:?}");
+    }
+}

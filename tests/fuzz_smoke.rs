@@ -115,3 +115,8 @@ fn json_schema() {
     let grammars = ballast::constraint::Grammars::new(&tok, tok.vocab_size(), &eos).unwrap();
     run("json_schema", 3_000, |d| fuzzing::json_schema(&grammars, d));
 }
+
+#[test]
+fn tool_calls() {
+    run("tool_calls", 100_000, fuzzing::tool_calls);
+}
