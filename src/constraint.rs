@@ -111,6 +111,12 @@ pub(crate) fn with_layout(mut schema: serde_json::Value) -> serde_json::Value {
 /// failed (a reason to end the choice).
 pub fn mask(matcher: &mut Matcher, logits: &mut [f32]) -> Result<(), String> {
     let allowed = matcher.compute_mask().map_err(|e| e.to_string())?;
+    apply_mask(&allowed, logits);
+    Ok(())
+}
+
+/// Sets the logits of the tokens `allowed` leaves out to −∞.
+pub fn apply_mask(allowed: &llguidance::toktrie::SimpleVob, logits: &mut [f32]) {
     let n = allowed.len().min(logits.len());
     for (i, x) in logits[..n].iter_mut().enumerate() {
         if !allowed.is_allowed(i as u32) {
@@ -120,5 +126,4 @@ pub fn mask(matcher: &mut Matcher, logits: &mut [f32]) -> Result<(), String> {
     for x in &mut logits[n..] {
         *x = f32::NEG_INFINITY;
     }
-    Ok(())
 }

@@ -62,8 +62,12 @@ impl<B: Backend> Core<B> {
             let Some(c) = self.live.get_mut(choice) else { continue };
             let top = c.logprobs;
             let raw = top.map(|_| self.scratch.clone());
+            let premask = c.premask.take();
             if let Some(m) = c.matcher.as_mut()
-                && let Err(e) = crate::constraint::mask(m, &mut self.scratch)
+                && let Err(e) = match premask {
+                    Some(mask) => mask.map(|allowed| crate::constraint::apply_mask(&allowed, &mut self.scratch)),
+                    None => crate::constraint::mask(m, &mut self.scratch),
+                }
             {
                 let request = c.request;
                 self.end_request(request, FinishReason::Error(format!("constrained decoding failed: {e}")));

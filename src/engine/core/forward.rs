@@ -38,7 +38,29 @@ impl<B: Backend> Core<B> {
             return Ok(Picked::Tokens);
         }
         if !greedy {
-            self.model.forward(&self.backend, &self.plan, &mut self.kv, &mut self.logits)?;
+            // The constrained rows' masks depend only on the tokens so far: computed on a
+            // second thread while the model runs (on a GPU the forward pass leaves the CPU
+            // free; on the CPU backend they share its cores).
+            let sampled: Vec<_> = out.scheduled.iter().filter(|s| s.sample).map(|s| s.id).collect();
+            let mut matchers = self.live.matchers_mut(&sampled);
+            let (model, backend, plan, kv, logits) = (&mut self.model, &self.backend, &self.plan, &mut self.kv, &mut self.logits);
+            let (result, masks) = if matchers.is_empty() {
+                (model.forward(backend, plan, kv, logits), Vec::new())
+            } else {
+                std::thread::scope(|scope| {
+                    let masks = scope.spawn(move || {
+                        matchers.iter_mut().map(|(id, m)| (*id, m.compute_mask().map_err(|e| e.to_string()))).collect::<Vec<_>>()
+                    });
+                    let result = model.forward(backend, plan, kv, logits);
+                    (result, masks.join().expect("computing a token mask panicked"))
+                })
+            };
+            for (id, mask) in masks {
+                if let Some(c) = self.live.get_mut(id) {
+                    c.premask = Some(mask);
+                }
+            }
+            result?;
         }
         Ok(Picked::Logits)
     }

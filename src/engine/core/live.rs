@@ -46,6 +46,9 @@ pub(super) struct Choice {
     pub(super) retired: Option<crate::scheduler::Ended>,
     /// The output's constraint, when the request has one ([`crate::constraint`]).
     pub(super) matcher: Option<Box<llguidance::Matcher>>,
+    /// The matcher's mask for this step's token, computed beside the forward pass
+    /// (`Err`: the matcher failed).
+    pub(super) premask: Option<Result<llguidance::toktrie::SimpleVob, String>>,
 }
 
 #[derive(Default)]
@@ -92,6 +95,7 @@ impl Live {
             inject_panic: p.inject_panic,
             retired: None,
             matcher: p.matcher.as_ref().map(|m| Box::new(m.deep_clone())),
+            premask: None,
         };
         self.requests.get_mut(&state.request).expect("a live choice's request is live").choices.push(child);
         self.choices.insert(child, state);
@@ -101,6 +105,11 @@ impl Live {
     fn next_id(&mut self) -> SeqId {
         self.next += 1;
         self.next - 1
+    }
+
+    /// The matchers of the constrained choices among `ids`, to compute their masks together.
+    pub(super) fn matchers_mut(&mut self, ids: &[SeqId]) -> Vec<(SeqId, &mut llguidance::Matcher)> {
+        self.choices.iter_mut().filter(|(id, _)| ids.contains(id)).filter_map(|(id, c)| Some((*id, c.matcher.as_deref_mut()?))).collect()
     }
 
     pub(super) fn get(&self, id: SeqId) -> Option<&Choice> {

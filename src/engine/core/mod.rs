@@ -181,6 +181,7 @@ impl<B: Backend> Core<B> {
             inject_panic: self.fault_injection.is_some_and(|t| a.prompt.contains(&t)),
             retired: None,
             matcher: a.matcher,
+            premask: None,
         };
         let request = RequestState {
             sender: a.sender,
