@@ -116,14 +116,7 @@ pub fn tool_calls(data: &[u8]) {
         rest = &rest[cut..];
     }
     pieces.extend(parser.finish());
-    let mut streamed = (String::new(), Vec::new());
-    for p in pieces {
-        match p {
-            Piece::Text(t) => streamed.0 += &t,
-            Piece::Call(c) => streamed.1.push(c),
-        }
-    }
-    assert_eq!(whole, streamed, "a streamed reply reads as the whole one");
+    assert_eq!(whole, Piece::join(pieces), "a streamed reply reads as the whole one");
     for c in &whole.1 {
         assert!(serde_json::from_str::<serde_json::Value>(&c.arguments).is_ok_and(|v| v.is_object()), "{c:?}");
     }

@@ -164,6 +164,20 @@ impl ToolFormat {
         let mut p = self.parser(names);
         let mut pieces = p.push(text);
         pieces.extend(p.finish());
+        Piece::join(pieces)
+    }
+}
+
+/// What the parser releases: text for the client, or a whole call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Call(ToolCall),
+}
+
+impl Piece {
+    /// Released pieces as a reply's text and its calls.
+    pub fn join(pieces: impl IntoIterator<Item = Piece>) -> (String, Vec<ToolCall>) {
         let mut content = String::new();
         let mut calls = Vec::new();
         for piece in pieces {
@@ -174,13 +188,6 @@ impl ToolFormat {
         }
         (content, calls)
     }
-}
-
-/// What the parser releases: text for the client, or a whole call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Piece {
-    Text(String),
-    Call(ToolCall),
 }
 
 /// How a reply that may be a bare call object starts (held until its end): the object, or

@@ -386,6 +386,9 @@ fn router_endpoints_answer_in_the_shapes_routers_read() {
     wait_until("the load to show", || json("/get_load")["load"].as_u64() == Some(1));
     wait_until("its KV tokens to show", || json("/get_load?shape=sglang")[0]["num_tokens"].as_u64().unwrap() > 0);
     assert_eq!(busy.join().unwrap().0, 200);
+    // The snapshot is published just after the step that answered the client: on a loaded
+    // machine the client can ask before it lands.
+    wait_until("the load to drain", || json("/get_load")["load"].as_u64() == Some(0));
     for path in ["/server_info", "/get_server_info", "/model_info"] {
         let info = json(path);
         assert_eq!(info["served_model_name"], "SmolLM2-135M-Instruct.Q4_1", "{path}");

@@ -168,6 +168,12 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
     let parsed = parse(&state, &caller, &headers, body, completion, arrival).await?;
     let chat = !completion;
     let valid = state.engine.prepare(parsed.request.clone()).map_err(|e| name_fields(submit_error(e), parsed.length_param, chat))?;
+    // How the reply's tool calls are read (decided by `prepare`).
+    let tools = valid.tool_format().zip(parsed.request.tools.as_ref()).map(|(format, t)| ToolUse {
+        format,
+        parallel: t.parallel,
+        names: t.functions.iter().map(|f| f.name.clone()).collect(),
+    });
     let cache_ttl = caller.tenant.output_cache_ttl;
     let reuse = caller.config.output_reuse;
     if let Some(key) = Key::of(&state.model_name, &valid).filter(|_| reuse)
@@ -178,13 +184,13 @@ async fn generate(state: Arc<State>, headers: HeaderMap, body: Body, completion:
         let mut replay = replay;
         let first = StreamExt::next(&mut replay).await;
         let served = Served { events: replay, first, admitted, degraded: Vec::new(), fallback: false, reuse: how };
-        return respond(&state, parsed, served, completion).await;
+        return respond(&state, parsed, served, completion, tools).await;
     }
     let ready = admit(&state, &caller, &parsed, valid, arrival)?;
     state.metrics.reused(&caller.tenant.name, parsed.priority, Reuse::Miss);
     let shed_status = caller.config.policy.shed_status;
     let served = submit(&state, ready, parsed.priority, shed_status, cache_ttl.filter(|_| reuse), reuse, arrival).await?;
-    respond(&state, parsed, served, completion).await
+    respond(&state, parsed, served, completion, tools).await
 }
 
 /// The body, read within the caller's limits, as an engine request at the class it asks for
@@ -340,7 +346,13 @@ async fn submit(
 }
 
 /// The response: an SSE stream or one JSON body, saying how it was served.
-async fn respond(state: &Arc<State>, parsed: Parsed, served: Served, completion: bool) -> Result<Response, ApiError> {
+async fn respond(
+    state: &Arc<State>,
+    parsed: Parsed,
+    served: Served,
+    completion: bool,
+    tools: Option<ToolUse>,
+) -> Result<Response, ApiError> {
     let Served { events, first, mut admitted, degraded, fallback, reuse } = served;
     let n = admitted.n;
     let logprobs = if degraded.contains(&"logprobs") { None } else { parsed.request.logprobs };
@@ -362,13 +374,7 @@ async fn respond(state: &Arc<State>, parsed: Parsed, served: Served, completion:
         prompt_tokens: events.prompt_tokens(),
         fallback,
         reuse,
-        tools: parsed.request.tools.as_ref().filter(|t| t.choice != crate::tools::ToolChoice::None).and_then(|t| {
-            Some(ToolUse {
-                format: state.engine.tool_format()?,
-                parallel: t.parallel,
-                names: t.functions.iter().map(|f| f.name.clone()).collect(),
-            })
-        }),
+        tools,
     };
     let mut resp = if parsed.common.stream {
         sse_response(ctx, first, events, admitted, n, include_usage, degraded.clone())

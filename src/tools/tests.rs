@@ -22,15 +22,7 @@ fn streamed(format: ToolFormat, text: &str, step: usize) -> (String, Vec<ToolCal
         rest = &rest[cut..];
     }
     pieces.extend(p.finish());
-    let mut content = String::new();
-    let mut calls = Vec::new();
-    for piece in pieces {
-        match piece {
-            Piece::Text(t) => content += &t,
-            Piece::Call(c) => calls.push(c),
-        }
-    }
-    (content, calls)
+    Piece::join(pieces)
 }
 
 #[test]
