@@ -100,6 +100,7 @@ pub mod request;
 pub mod sampler;
 pub mod scheduler;
 pub mod server;
+pub mod speculative;
 pub mod teacher;
 pub mod testing;
 pub mod tokenizer;

@@ -57,6 +57,12 @@ struct Seq {
     num_preemptions: u32,
     /// Prompt tokens found in the prefix cache at first admission.
     num_cached_prompt: Option<usize>,
+    /// Tokens proposed to follow `tokens`, verified in the next step if the budgets allow
+    /// (see `draft.rs`).
+    draft: Vec<u32>,
+    /// Positions whose K/V a draft model has in its own pool (the same blocks' ids as this
+    /// sequence's table), see `draft.rs`.
+    draft_computed: usize,
 }
 
 pub struct Scheduler {
@@ -112,6 +118,8 @@ impl Scheduler {
             scheduled: 0,
             num_preemptions: 0,
             num_cached_prompt: None,
+            draft: Vec::new(),
+            draft_computed: 0,
         };
         let old = self.seqs.insert(spec.id, seq);
         assert!(old.is_none(), "sequence id {} reused", spec.id);
@@ -163,6 +171,8 @@ impl Scheduler {
             scheduled: 0,
             num_preemptions: 0,
             num_cached_prompt: p.num_cached_prompt,
+            draft: Vec::new(),
+            draft_computed: p.draft_computed,
         };
         self.seqs.insert(child, seq);
         self.running.push(child);
@@ -213,8 +223,12 @@ impl Scheduler {
         seq.blocks = None;
         seq.num_computed = 0;
         seq.num_preemptions += 1;
+        seq.draft.clear();
+        seq.draft_computed = 0;
         if seq.scheduled > 0 {
-            budget.give_back(seq.scheduled, left, seq.rank);
+            let draft = out.scheduled.iter().find(|s| s.id == id).map_or(0, |s| s.draft);
+            budget.give_back(seq.scheduled - draft, left, seq.rank);
+            budget.give_back_draft(draft);
             seq.scheduled = 0;
             out.scheduled.retain(|s| s.id != id);
         }
@@ -260,6 +274,12 @@ impl Scheduler {
         for s in &out.scheduled {
             self.seqs.get_mut(&s.id).expect("scheduled").scheduled = 0;
         }
+        // A draft lives one step: dropped unless this step verifies it.
+        for id in &self.running {
+            if !out.scheduled.iter().any(|s| s.id == *id && s.draft > 0) {
+                self.seqs.get_mut(id).expect("running").draft.clear();
+            }
+        }
         out
     }
 
@@ -282,16 +302,25 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
+            // A decoding sequence's drafted tokens come with its own, from the prompt share
+            // (they are rows a chunk would otherwise use), with blocks to spare or not at all.
+            let mut draft = if left == 1 { budget.grant_draft(seq.draft.len()) } else { 0 };
             loop {
                 let seq = self.seqs.get_mut(&id).expect("running");
                 let table = seq.blocks.as_mut().expect("running sequences hold blocks");
-                if table.reserve(start, start + n).is_ok() {
-                    seq.scheduled = n;
+                if table.reserve(start, start + n + draft).is_ok() {
+                    seq.scheduled = n + draft;
                     let sample = start + n == seq.tokens.len();
-                    out.scheduled.push(Scheduled { id, start, num_tokens: n, sample });
+                    out.scheduled.push(Scheduled { id, start, num_tokens: n + draft, sample, draft });
                     budget.take(n, left, rank);
+                    budget.take_draft(draft);
                     i += 1;
                     break;
+                }
+                if draft > 0 {
+                    // No blocks for the drafts: decode without them rather than preempt.
+                    draft = 0;
+                    continue;
                 }
                 let last = *self.running.last().expect("non-empty");
                 if last != id {
@@ -340,7 +369,7 @@ impl Scheduler {
                     seq.num_computed = cached;
                     seq.rank = rank;
                     seq.scheduled = n;
-                    out.scheduled.push(Scheduled { id, start: cached, num_tokens: n, sample: cached + n == len });
+                    out.scheduled.push(Scheduled { id, start: cached, num_tokens: n, sample: cached + n == len, draft: 0 });
                     budget.take(n, len - cached, rank);
                     self.waiting.retain(|&w| w != id);
                     self.running.push(id);
@@ -366,7 +395,8 @@ impl Scheduler {
     pub fn complete_step(&mut self, out: &StepOutput) {
         for s in &out.scheduled {
             let Some(seq) = self.seqs.get_mut(&s.id) else { continue };
-            seq.num_computed = s.start + s.num_tokens;
+            // Drafted rows count once verified (`accept_drafted`).
+            seq.num_computed = s.start + s.num_tokens - s.draft;
             if let Some(table) = seq.blocks.as_mut() {
                 table.commit(&seq.tokens, seq.num_computed);
             }
@@ -382,6 +412,13 @@ impl Scheduler {
                 return Err(format!("waiting sequence {id} holds blocks"));
             }
         }
+        for id in &self.running {
+            let seq = &self.seqs[id];
+            let held = seq.blocks.as_ref().map_or(0, |t| t.blocks().len());
+            if held > seq.tokens.len().div_ceil(self.blocks.block_size()) {
+                return Err(format!("sequence {id} holds {held} blocks for {} tokens (a draft not rolled back?)", seq.tokens.len()));
+            }
+        }
         if self.running.len() + self.waiting.len() != self.seqs.len() {
             return Err("a sequence is neither running nor waiting".into());
         }
@@ -390,6 +427,9 @@ impl Scheduler {
 }
 
 mod budget;
+mod draft;
+#[cfg(test)]
+mod draft_tests;
 mod queries;
 #[cfg(test)]
 mod tests;

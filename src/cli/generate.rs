@@ -7,6 +7,7 @@ use ballast::chat_template::ChatMessage;
 use ballast::engine::{Engine, EngineConfig, RequestStream};
 use ballast::request::{Choice, Event, Priority, Prompt, Request};
 use ballast::sampler::SamplingParams;
+use ballast::speculative::SpeculativeConfig;
 use serde::Deserialize;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -91,6 +92,25 @@ pub struct EngineArgs {
     /// Turn the automatic prefix cache off.
     #[arg(long)]
     no_prefix_caching: bool,
+    /// Speculative decoding by prompt lookup: a decoding sequence drafts the tokens that
+    /// followed the last earlier occurrence of its latest n-gram, and one step verifies them
+    /// all. Output is unchanged; editing and summarising run faster.
+    #[arg(long)]
+    ngram_draft: bool,
+    /// Tokens drafted per step at most (with --ngram-draft or --draft-model).
+    #[arg(long, default_value_t = 4)]
+    num_speculative_tokens: usize,
+    /// Longest n-gram looked up (the longest that matches wins).
+    #[arg(long, default_value_t = 4, requires = "ngram_draft")]
+    ngram_max: usize,
+    /// Shortest n-gram looked up.
+    #[arg(long, default_value_t = 2, requires = "ngram_draft")]
+    ngram_min: usize,
+    /// Nobody drafts while more sequences than this decode (the rows would cost compute the
+    /// batch needs). Drafts are also withheld from a sequence while one of its class or above
+    /// waits.
+    #[arg(long, default_value_t = 8)]
+    speculative_disable_by_batch_size: usize,
 }
 
 impl EngineArgs {
@@ -102,6 +122,12 @@ impl EngineArgs {
             kv_cache_bytes: self.kv_cache_mib << 20,
             kv_dtype: model.kv_dtype(),
             prefix_caching: !self.no_prefix_caching,
+            speculative: (self.ngram_draft || model.draft_model.is_some()).then_some(SpeculativeConfig {
+                num_speculative_tokens: self.num_speculative_tokens,
+                ngram_max: self.ngram_max,
+                ngram_min: self.ngram_min,
+                disable_by_batch_size: self.speculative_disable_by_batch_size,
+            }),
             // A test hook (tests/reliability.rs): prompts holding this token id panic in sampling.
             fault_injection: std::env::var("BALLAST_FAULT_INJECTION").ok().and_then(|v| v.parse().ok()),
             ..EngineConfig::default()

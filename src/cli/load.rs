@@ -56,11 +56,19 @@ pub struct ModelArgs {
     /// kernel instead of the tensor-core GEMM (f16 activations) for 16 tokens or more.
     #[arg(long)]
     pub deterministic: bool,
+    /// Speculative decoding with a draft model: a smaller model of the same tokenizer
+    /// (checked at load) proposes --num-speculative-tokens tokens a step, greedily, and the
+    /// model verifies them all in one pass; output is unchanged. A path or a manifest name,
+    /// e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b. Its KV cache takes memory beside
+    /// --kv-cache-mib (as many blocks, of its own size).
+    #[arg(long, conflicts_with = "quantize")]
+    pub draft_model: Option<PathBuf>,
 }
 
 /// Starts an engine on whichever backend `open` picks.
 struct StartEngine {
     loaded: LoadedModel,
+    draft: Option<LoadedModel>,
     config: EngineConfig,
 }
 
@@ -72,8 +80,20 @@ pub fn start_engine_on(
     loaded: LoadedModel,
     config: EngineConfig,
 ) -> anyhow::Result<Engine> {
+    start_engine_with_draft(device, gpu, cpu, loaded, None, config)
+}
+
+/// [`start_engine_on`] with a draft model for speculative decoding.
+pub fn start_engine_with_draft(
+    device: DeviceRequest,
+    gpu: GpuOptions,
+    cpu: impl FnOnce() -> anyhow::Result<CpuBackend>,
+    loaded: LoadedModel,
+    draft: Option<LoadedModel>,
+    config: EngineConfig,
+) -> anyhow::Result<Engine> {
     let cpu = || cpu().map_err(|e| BackendError::Device(format!("{e:#}")));
-    Ok(backend::open(device, gpu, cpu, StartEngine { loaded, config })??)
+    Ok(backend::open(device, gpu, cpu, StartEngine { loaded, draft, config })??)
 }
 
 impl WithBackend for StartEngine {
@@ -81,7 +101,7 @@ impl WithBackend for StartEngine {
 
     fn run<B: Backend + 'static>(self, backend: B) -> Self::Output {
         tracing::info!("backend: {}", backend.name());
-        Engine::start(backend, self.loaded, self.config)
+        Engine::start_with_draft(backend, self.loaded, self.draft, self.config)
     }
 }
 
@@ -93,7 +113,11 @@ impl ModelArgs {
     /// Starts the engine on `--device`.
     pub fn start_engine(&self, loaded: LoadedModel, config: EngineConfig) -> anyhow::Result<Engine> {
         let gpu = GpuOptions { memory_fraction: self.gpu_memory_fraction, deterministic: self.deterministic };
-        start_engine_on(self.device, gpu, || self.cpu_backend(), loaded, config)
+        let draft = match &self.draft_model {
+            Some(path) => Some(ModelArgs { model: Some(path.clone()), ..self.clone() }.load().context("loading the draft model")?),
+            None => None,
+        };
+        start_engine_with_draft(self.device, gpu, || self.cpu_backend(), loaded, draft, config)
     }
 
     pub fn cpu_backend(&self) -> anyhow::Result<CpuBackend> {

@@ -90,13 +90,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let fallback = match &args.fallback_model {
         None => None,
         Some(path) => {
-            let model_args = ModelArgs { model: Some(path.clone()), ..args.model.clone() };
+            // The fallback runs alone: the draft model is the main model's.
+            let model_args = ModelArgs { model: Some(path.clone()), draft_model: None, ..args.model.clone() };
             let loaded = model_args.load()?;
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "fallback".into());
             // The fallback's blocks are another model's: never published.
             let config = ballast::engine::EngineConfig {
                 kv_cache_bytes: engine_config.kv_cache_bytes / 4,
                 kv_events: None,
+                speculative: None,
                 ..engine_config.clone()
             };
             let engine = model_args.start_engine(loaded, config).context("starting the fallback model")?;

@@ -65,6 +65,8 @@ pub struct EngineConfig {
     /// Where the prefix cache reports blocks cached and evicted (KV-cache events for
     /// routers); `None`: not recorded.
     pub kv_events: Option<crate::kv::KvEventSink>,
+    /// Speculative decoding (prompt lookup); `None`: off. See [`crate::speculative`].
+    pub speculative: Option<crate::speculative::SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -82,8 +84,34 @@ impl Default for EngineConfig {
             max_logprobs: 20,
             fault_injection: None,
             kv_events: None,
+            speculative: None,
         }
     }
+}
+
+/// A draft model proposes token ids for the target: both must read ids the same way.
+fn check_same_tokenizer(target: &LoadedModel, draft: &LoadedModel) -> Result<(), String> {
+    let (t, d) = match (&target.tokenizer, &draft.tokenizer) {
+        (Some(t), Some(d)) => (t, d),
+        _ => return Err("a draft model needs both models' tokenizers, to check that they match".into()),
+    };
+    if t.vocab_size() != d.vocab_size() {
+        return Err(format!("the draft model's tokenizer has {} tokens, the model's {}: they must match", d.vocab_size(), t.vocab_size()));
+    }
+    if let Some(id) = (0..t.vocab_size() as u32).find(|&id| t.id_to_token(id) != d.id_to_token(id)) {
+        return Err(format!(
+            "the draft model's tokenizer differs from the model's: token {id} is {:?} there and {:?} here",
+            d.id_to_token(id),
+            t.id_to_token(id)
+        ));
+    }
+    if draft.config.vocab_size > target.config.vocab_size {
+        return Err(format!(
+            "the draft model's vocabulary ({}) is larger than the model's ({})",
+            draft.config.vocab_size, target.config.vocab_size
+        ));
+    }
+    Ok(())
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -123,13 +151,22 @@ pub struct Metrics {
     pub accepted_by_class: [u64; 4],
     /// Choices finished, by reason.
     pub finished: FinishCounts,
-    /// Tokens run through the model (prompt and decode).
+    /// Tokens run through the model (prompt, decode and drafted rows).
     pub tokens_computed: u64,
     pub tokens_generated: u64,
     pub steps: u64,
+    /// Speculative decoding by class ([`crate::request::Priority::rank`]).
+    pub speculative: [crate::speculative::SpecCounts; 4],
 }
 
 impl Metrics {
+    /// Prompt tokens run through the model: every row computed but those that produced a
+    /// generated token or verified a draft the model did not choose.
+    pub fn prompt_tokens_computed(&self) -> u64 {
+        let rejected: u64 = self.speculative.iter().map(|c| c.drafted - c.accepted).sum();
+        self.tokens_computed.saturating_sub(self.tokens_generated + rejected)
+    }
+
     /// Fraction of looked-up prompt tokens found in the prefix cache.
     pub fn prefix_cache_hit_rate(&self) -> f64 {
         let q = self.prefix_cache.queried_tokens;
@@ -192,8 +229,30 @@ pub struct Engine {
 impl Engine {
     /// Builds the model on `backend` and starts the engine thread.
     pub fn start<B: Backend + 'static>(backend: B, model: LoadedModel, config: EngineConfig) -> Result<Engine, EngineError> {
+        Engine::start_with_draft(backend, model, None, config)
+    }
+
+    /// As [`Engine::start`], with a draft model for speculative decoding (`config.speculative`
+    /// must be set; the draft model then drafts instead of prompt lookup). Its tokenizer must
+    /// be the model's own; its KV pool has as many blocks as the model's, in memory of its
+    /// own beside `kv_cache_bytes`.
+    pub fn start_with_draft<B: Backend + 'static>(
+        backend: B,
+        model: LoadedModel,
+        draft: Option<LoadedModel>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        if draft.is_some() && config.speculative.is_none() {
+            return Err(EngineError::Config("a draft model needs speculative decoding on (EngineConfig::speculative)".into()));
+        }
+        if let Some(d) = &draft {
+            check_same_tokenizer(&model, d).map_err(EngineError::Config)?;
+        }
         if config.block_size == 0 || config.max_num_batched_tokens == 0 || config.max_num_seqs == 0 {
             return Err(EngineError::Config("block size, token budget and sequence budget must be positive".into()));
+        }
+        if let Some(spec) = &config.speculative {
+            spec.validate().map_err(EngineError::Config)?;
         }
         let LoadedModel { config: model_config, weights, tokenizer, info } = model;
         let backend_name = backend.name();
@@ -212,6 +271,14 @@ impl Engine {
         }
         let layout = llama.kv_layout(num_blocks, config.block_size, config.kv_dtype);
         let kv = backend.alloc_kv(&layout)?;
+        let draft = match draft {
+            Some(d) => {
+                let model = Llama::new(&backend, d.config, d.weights, config.max_num_batched_tokens)?;
+                let kv = backend.alloc_kv(&model.kv_layout(num_blocks, config.block_size, config.kv_dtype))?;
+                Some((model, kv))
+            }
+            None => None,
+        };
         let template = tokenizer.as_ref().and_then(|t| t.chat_template()).and_then(|src| match ChatTemplate::new(src) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
@@ -242,6 +309,7 @@ impl Engine {
         let (tx, rx) = crossbeam_channel::unbounded();
         let core_parts = CoreParts {
             backend,
+            draft,
             model: llama,
             kv,
             num_blocks,

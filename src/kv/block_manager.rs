@@ -507,6 +507,17 @@ impl SeqBlocks {
         }
     }
 
+    /// Releases the blocks past the first `num_tokens` positions (speculative rows that were
+    /// not kept). Registered blocks are never among them: they hold computed tokens.
+    pub fn truncate(&mut self, num_tokens: usize) {
+        let mut pool = self.pool.borrow_mut();
+        let keep = num_tokens.div_ceil(pool.block_size).max(self.hashes.len());
+        while self.blocks.len() > keep {
+            let b = self.blocks.pop().expect("longer than keep");
+            pool.release(b);
+        }
+    }
+
     /// A second table sharing every block of this one (n > 1 sampling).
     pub fn fork(&self) -> SeqBlocks {
         let mut pool = self.pool.borrow_mut();

@@ -40,4 +40,20 @@ impl Budget {
             self.prefill = self.prefill.saturating_add(n);
         }
     }
+
+    /// Drafted rows a decoding sequence with `drafted` proposed tokens gets now: from the
+    /// prompt share, and never all of the step's tokens.
+    pub(super) fn grant_draft(&self, drafted: usize) -> usize {
+        drafted.min(self.prefill).min(self.tokens.saturating_sub(1))
+    }
+
+    pub(super) fn take_draft(&mut self, n: usize) {
+        self.tokens -= n;
+        self.prefill -= n;
+    }
+
+    pub(super) fn give_back_draft(&mut self, n: usize) {
+        self.tokens += n;
+        self.prefill = self.prefill.saturating_add(n);
+    }
 }

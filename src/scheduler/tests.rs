@@ -1,21 +1,21 @@
 use super::*;
 
-const BS: usize = 4;
+pub(super) const BS: usize = 4;
 
-fn sched(max_tokens: usize, max_seqs: usize, num_blocks: usize, aging: Duration) -> Scheduler {
+pub(super) fn sched(max_tokens: usize, max_seqs: usize, num_blocks: usize, aging: Duration) -> Scheduler {
     let config =
         SchedulerConfig { max_num_batched_tokens: max_tokens, max_num_seqs: max_seqs, max_step_tokens_while_decoding: usize::MAX, aging };
     Scheduler::new(config, BlockManager::new(num_blocks, BS, true))
 }
 
-fn spec(id: SeqId, priority: Priority, arrival: Instant, prompt_len: usize) -> SeqSpec {
+pub(super) fn spec(id: SeqId, priority: Priority, arrival: Instant, prompt_len: usize) -> SeqSpec {
     let prompt = (0..prompt_len as u32).map(|t| t + 1000 * id as u32).collect();
     SeqSpec { id, priority, arrival, prompt, salt: None, deadline: None, extra_slots: 0 }
 }
 
 /// Runs one step as the engine would (every sampled sequence gets token 7) and checks the
 /// invariants.
-fn step(s: &mut Scheduler, now: Instant) -> StepOutput {
+pub(super) fn step(s: &mut Scheduler, now: Instant) -> StepOutput {
     let out = s.schedule(now);
     assert!(out.num_tokens() <= s.config().max_num_batched_tokens, "token budget exceeded: {out:?}");
     assert!(s.slots_used() <= s.config().max_num_seqs, "slot budget exceeded");
@@ -40,13 +40,13 @@ fn chunked_prefill_mixes_with_decode_within_the_budget() {
     let mut s = sched(8, 8, 64, Duration::ZERO);
     s.add(spec(1, Priority::Normal, t0, 3));
     let out = step(&mut s, t0);
-    assert_eq!(out.scheduled, vec![Scheduled { id: 1, start: 0, num_tokens: 3, sample: true }]);
+    assert_eq!(out.scheduled, vec![Scheduled { id: 1, start: 0, num_tokens: 3, sample: true, draft: 0 }]);
     s.add(spec(2, Priority::Normal, t0, 20));
     // Sequence 1 decodes one token per step; 2 is prefilled in chunks of the remaining 7.
     let mut chunks = Vec::new();
     for _ in 0..3 {
         let out = step(&mut s, t0);
-        assert_eq!(out.scheduled[0], Scheduled { id: 1, start: s.tokens(1).len() - 2, num_tokens: 1, sample: true });
+        assert_eq!(out.scheduled[0], Scheduled { id: 1, start: s.tokens(1).len() - 2, num_tokens: 1, sample: true, draft: 0 });
         chunks.push((out.scheduled[1].start, out.scheduled[1].num_tokens, out.scheduled[1].sample));
     }
     assert_eq!(chunks, vec![(0, 7, false), (7, 7, false), (14, 6, true)]);
@@ -69,7 +69,7 @@ fn prompt_chunks_are_capped_while_sequences_decode() {
     assert_eq!(step(&mut s, t0).num_tokens(), 40, "nothing decodes: the whole budget");
     s.add(spec(2, Priority::Low, t0, 40));
     let out = step(&mut s, t0);
-    assert_eq!(out.scheduled[1], Scheduled { id: 2, start: 0, num_tokens: 11, sample: false }, "12 less one decode");
+    assert_eq!(out.scheduled[1], Scheduled { id: 2, start: 0, num_tokens: 11, sample: false, draft: 0 }, "12 less one decode");
     for id in 3..=12 {
         s.add(spec(id, if id == 3 { Priority::Normal } else { Priority::Low }, t0, 2));
     }

@@ -39,6 +39,10 @@ pub struct Scheduled {
     pub num_tokens: usize,
     /// The step reaches the sequence's last known token: sample from its logits.
     pub sample: bool,
+    /// Of `num_tokens`, the last `draft` are the sequence's drafted tokens
+    /// ([`super::Scheduler::draft_mut`]), computed to be verified: every one of the
+    /// `1 + draft` rows is sampled.
+    pub draft: usize,
 }
 
 /// A sequence the scheduler removed on its own, with what it had recorded about it.

@@ -17,6 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Random,
+    Echo,
+    Code,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// The server's base URL, e.g. http://127.0.0.1:8080 (not with --offline).
@@ -66,6 +73,23 @@ pub struct BenchArgs {
     /// With --offline: CPU worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// With --offline: also run the decode phase with speculative decoding by prompt lookup
+    /// (a second engine, same prompts, same threads) and report both rates, the speedup and
+    /// the acceptance rate.
+    #[arg(long, requires = "offline")]
+    ngram_draft: bool,
+    /// With --offline: as --ngram-draft, but a draft model (path or manifest name) drafts.
+    #[arg(long, requires = "offline", conflicts_with = "ngram_draft")]
+    draft_model: Option<String>,
+    /// With --ngram-draft or --draft-model: tokens drafted per step at most.
+    #[arg(long, default_value_t = 4)]
+    num_speculative_tokens: usize,
+    /// With --offline: what the prompts hold. `random`: random token ids; `echo`: a slice of
+    /// Rust source followed by the start of a verbatim copy of it (the editing workload
+    /// prompt lookup is for); `code`: a chat asking for a small program (through the model's
+    /// template; --prompt-tokens is ignored, and a stream may end at its end-of-sequence).
+    #[arg(long, default_value = "random", requires = "offline")]
+    workload: Workload,
     /// With --offline: where the model runs (auto, cpu, cuda, cuda:N), as for `serve`.
     #[arg(long, default_value = "auto")]
     device: ballast::backend::DeviceRequest,

@@ -13,18 +13,40 @@ use crate::scheduler::{SeqId, StepOutput};
 use std::time::{Duration, Instant};
 
 impl<B: Backend> Core<B> {
-    /// Every sampled row of the step, in order. A panic in one request's sampling or
-    /// detokenizing fails that request only.
+    /// Every sampled row of the step, in order; a sequence with a draft keeps the drafted
+    /// tokens its rows chose, in order, up to the first it did not (see
+    /// [`crate::speculative`]). A panic in one request's sampling or detokenizing fails that
+    /// request only.
     pub(super) fn sample_and_emit(&mut self, out: &StepOutput, picked: Picked) {
         let vocab = self.model.config().vocab_size;
-        for (row, s) in out.scheduled.iter().filter(|s| s.sample).enumerate() {
-            if self.live.get(s.id).is_none() {
-                continue;
-            }
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match picked {
-                Picked::Tokens => self.on_greedy_token(s.id, self.greedy[row]),
-                Picked::Logits => self.on_logits(s.id, row * vocab..(row + 1) * vocab),
+        let mut first_row = 0;
+        for s in out.scheduled.iter().filter(|s| s.sample) {
+            let rows = first_row..first_row + 1 + s.draft;
+            first_row = rows.end;
+            let Some(class) = self.live.get(s.id).map(|c| c.class) else { continue };
+            let draft = self.scheduler.draft(s.id)[..s.draft].to_vec();
+            let mut accepted = 0;
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for (i, row) in rows.enumerate() {
+                    let token = match picked {
+                        Picked::Tokens => self.on_greedy_token(s.id, self.greedy[row]),
+                        Picked::Logits => self.on_logits(s.id, row * vocab..(row + 1) * vocab),
+                    };
+                    // Ended (its stop, its length, a failed delivery), or the model chose
+                    // otherwise than the draft: the rest of the rows are void.
+                    if self.live.get(s.id).is_none() || draft.get(i) != token.as_ref() {
+                        break;
+                    }
+                    self.scheduler.accept_drafted(s.id);
+                    accepted += 1;
+                }
             }));
+            self.scheduler.end_draft(s.id);
+            if s.draft > 0 {
+                let counts = &mut self.metrics.speculative[class];
+                counts.drafted += s.draft as u64;
+                counts.accepted += accepted;
+            }
             if let Err(panic) = result {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -40,16 +62,19 @@ impl<B: Backend> Core<B> {
     }
 
     /// A greedy choice's token, picked by the backend.
-    fn on_greedy_token(&mut self, id: SeqId, token: u32) {
+    fn on_greedy_token(&mut self, id: SeqId, token: u32) -> Option<u32> {
         self.live.get_mut(id).expect("checked").sampler.observe(token);
         self.on_token(id, token, None, false);
+        Some(token)
     }
 
     /// A choice's logits are ready (`self.logits[range]`): fork the request's pending choices
-    /// off it, then each samples from its own copy (penalties edit the row in place).
-    fn on_logits(&mut self, id: SeqId, range: std::ops::Range<usize>) {
+    /// off it, then each samples from its own copy (penalties edit the row in place). Returns
+    /// the choice's own token (`None`: it ended before it had one).
+    fn on_logits(&mut self, id: SeqId, range: std::ops::Range<usize>) -> Option<u32> {
         let forks = std::mem::take(&mut self.live.get_mut(id).expect("checked").pending_forks);
         let mut choices = vec![id];
+        let mut own = None;
         for i in 1..=forks {
             let child = self.live.fork(id, i);
             self.scheduler.fork(id, child);
@@ -91,8 +116,12 @@ impl<B: Backend> Core<B> {
                 }
                 complete = m.is_stopped();
             }
+            if choice == id {
+                own = Some(token);
+            }
             self.on_token(choice, token, lp, complete);
         }
+        own
     }
 
     /// A choice's new token: appended (unless it is a stop token, which is reported but adds no

@@ -1,5 +1,5 @@
-//! The step's forward pass: the scheduled tokens into one plan, block copies first, then the
-//! model on the backend. When every sampled sequence is plain greedy the backend picks the
+//! The step's forward pass: the scheduled tokens (and granted drafts) into one plan, then
+//! the model on the backend. When every sampled sequence is plain greedy the backend picks the
 //! tokens on its side (only ids come back); otherwise the logits come back for sampling.
 
 use super::Core;
@@ -9,22 +9,31 @@ use crate::scheduler::StepOutput;
 
 /// What the forward pass produced for the sampled rows.
 pub(super) enum Picked {
-    /// The backend's greedy tokens, one per sampled row (`Core::greedy`).
+    /// The backend's greedy tokens, one per sampled row (`Core::greedy`; a sequence with a
+    /// draft has `1 + draft` rows).
     Tokens,
-    /// Logits, one vocabulary-wide row per sampled row (`Core::logits`).
+    /// Logits, one vocabulary-wide row per sampled row (`Core::logits`), likewise.
     Logits,
 }
 
 impl<B: Backend> Core<B> {
     pub(super) fn forward(&mut self, out: &StepOutput) -> Result<Picked, BackendError> {
-        let copies = self.blocks.take_copies();
-        if !copies.is_empty() {
-            self.backend.copy_blocks(&mut self.kv, &copies)?;
-        }
         self.plan.clear();
+        let mut with_draft = Vec::new();
         for s in &out.scheduled {
-            let tokens = &self.scheduler.tokens(s.id)[s.start..s.start + s.num_tokens];
-            let logits = if s.sample { LogitsFor::Last } else { LogitsFor::None };
+            let mut tokens = &self.scheduler.tokens(s.id)[s.start..s.start + s.num_tokens - s.draft];
+            let logits = if s.draft > 0 {
+                // The sequence's last token, then its drafted ones: every row is sampled.
+                with_draft.clear();
+                with_draft.extend_from_slice(tokens);
+                with_draft.extend_from_slice(&self.scheduler.draft(s.id)[..s.draft]);
+                tokens = &with_draft;
+                LogitsFor::Tail(1 + s.draft)
+            } else if s.sample {
+                LogitsFor::Last
+            } else {
+                LogitsFor::None
+            };
             self.plan
                 .push_seq(tokens, s.start, self.scheduler.block_table(s.id), logits)
                 .map_err(|e| BackendError::Shape { op: "plan", detail: e.to_string() })?;

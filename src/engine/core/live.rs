@@ -26,6 +26,8 @@ pub(super) struct RequestState {
 /// One choice of a request, generating.
 pub(super) struct Choice {
     pub(super) request: RequestId,
+    /// The request's class ([`crate::request::Priority::rank`]), for the counters.
+    pub(super) class: usize,
     pub(super) index: usize,
     pub(super) sampler: Sampler,
     /// Seed the choices forked from this one derive theirs from.
@@ -80,6 +82,7 @@ impl Live {
         let seed = p.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let state = Choice {
             request: p.request,
+            class: p.class,
             index: i,
             sampler: p.sampler.fork(seed),
             seed,

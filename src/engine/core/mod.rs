@@ -1,12 +1,16 @@
 //! The engine thread: owns backend, model, KV pool, block manager, scheduler and the live
 //! requests, takes commands, and runs steps while there is work. A step is four named parts:
-//! schedule → retire (what the scheduler gave up on) → forward (`forward.rs`) → sample and
-//! emit (`emit.rs`, where [`Core::end`] is the one way a choice ends). Per-request and
+//! draft (`speculate.rs`, when speculative decoding is on) → schedule → retire (what the
+//! scheduler gave up on) → block copies → a draft model's tokens (`draft_model.rs`) → forward
+//! (`forward.rs`) → sample, verify drafts and emit (`emit.rs`, where [`Core::end`] is the one
+//! way a choice ends). Per-request and
 //! per-choice state has one owner, [`live::Live`].
 
+mod draft_model;
 mod emit;
 mod forward;
 mod live;
+mod speculate;
 
 use super::{Command, EngineConfig, Metrics, Queued, Shared};
 use crate::backend::{Backend, BackendError};
@@ -26,6 +30,8 @@ use std::time::{Duration, Instant};
 /// What the engine thread is built from (moved into it).
 pub(super) struct CoreParts<B: Backend> {
     pub(super) backend: B,
+    /// A draft model and its KV pool (as many blocks as `kv`).
+    pub(super) draft: Option<(Llama<B>, B::KvPool)>,
     pub(super) model: Llama<B>,
     pub(super) kv: B::KvPool,
     pub(super) num_blocks: usize,
@@ -67,6 +73,10 @@ impl<B: Backend> CoreParts<B> {
             metrics: Metrics { kv_blocks_total: self.num_blocks, ..Metrics::default() },
             fault_injection: self.config.fault_injection,
             kv_events: self.config.kv_events,
+            speculative: self.config.speculative,
+            draft_model: self
+                .draft
+                .map(|(model, kv)| draft_model::DraftModel::new(model, kv, BatchPlan::new(self.config.block_size, self.num_blocks))),
         };
         core.run();
     }
@@ -90,6 +100,8 @@ struct Core<B: Backend> {
     metrics: Metrics,
     fault_injection: Option<u32>,
     kv_events: Option<KvEventSink>,
+    speculative: Option<crate::speculative::SpeculativeConfig>,
+    draft_model: Option<draft_model::DraftModel<B>>,
 }
 
 impl<B: Backend> Core<B> {
@@ -166,6 +178,7 @@ impl<B: Backend> Core<B> {
         sampler.set_prompt(&a.prompt);
         let first = Choice {
             request: a.id,
+            class: r.priority.rank() as usize,
             index: 0,
             sampler,
             seed,
@@ -199,6 +212,7 @@ impl<B: Backend> Core<B> {
     /// One step; false when nothing could run.
     fn step(&mut self) -> bool {
         let now = Instant::now();
+        self.propose_drafts(now);
         let out = self.scheduler.schedule(now);
         self.retire(&out);
         if out.scheduled.is_empty() {
@@ -209,7 +223,7 @@ impl<B: Backend> Core<B> {
                 c.first_scheduled.get_or_insert(now);
             }
         }
-        match self.forward(&out) {
+        match self.copy_blocks().and_then(|()| self.fill_drafts(&out)).and_then(|()| self.forward(&out)) {
             Ok(picked) => {
                 self.account(&out, now);
                 self.sample_and_emit(&out, picked);
@@ -217,6 +231,18 @@ impl<B: Backend> Core<B> {
             Err(e) => self.fail(&out, e),
         }
         true
+    }
+
+    /// Copy-on-write copies the scheduler asked for, in the target's pool and the draft's.
+    fn copy_blocks(&mut self) -> Result<(), BackendError> {
+        let copies = self.blocks.take_copies();
+        if !copies.is_empty() {
+            self.backend.copy_blocks(&mut self.kv, &copies)?;
+            if let Some(d) = self.draft_model.as_mut() {
+                self.backend.copy_blocks(&mut d.kv, &copies)?;
+            }
+        }
+        Ok(())
     }
 
     /// Ends the sequences the scheduler removed on its own: past their deadline before they

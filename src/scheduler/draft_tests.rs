@@ -1,0 +1,89 @@
+//! Drafted rows in the scheduler: scheduled with their sequence's token, from the prompt
+//! share and only with blocks to spare; verified tokens join the sequence, the rest roll back.
+
+use super::tests::{BS, sched, spec, step};
+use super::*;
+
+/// One sequence decoding (its prompt of 3 computed, one token sampled).
+fn decoding(max_tokens: usize, num_blocks: usize) -> Scheduler {
+    let t0 = Instant::now();
+    let mut s = sched(max_tokens, 8, num_blocks, Duration::ZERO);
+    s.add(spec(1, Priority::Normal, t0, 3));
+    step(&mut s, t0);
+    s
+}
+
+#[test]
+fn a_draft_is_computed_with_the_token_and_what_is_not_kept_rolls_back() {
+    let mut s = decoding(64, 64);
+    *s.draft_mut(1) = vec![50, 51, 52];
+    let out = s.schedule(Instant::now());
+    assert_eq!(out.scheduled, vec![Scheduled { id: 1, start: 3, num_tokens: 4, sample: true, draft: 3 }]);
+    assert!(s.block_table(1).len() * BS >= 7, "blocks for every drafted row");
+    s.complete_step(&out);
+    // The model chose 50 (the first draft), then 9 instead of 51.
+    s.append_token(1, 50);
+    s.accept_drafted(1);
+    s.append_token(1, 9);
+    s.end_draft(1);
+    s.check().unwrap();
+    assert_eq!(s.tokens(1)[3..], [7, 50, 9]);
+    assert!(s.draft(1).is_empty());
+    assert_eq!(s.block_table(1).len(), 2, "6 tokens hold 2 blocks of 4");
+    let out = s.schedule(Instant::now());
+    assert_eq!(
+        out.scheduled[0],
+        Scheduled { id: 1, start: 5, num_tokens: 1, sample: true, draft: 0 },
+        "on from the first token not computed"
+    );
+}
+
+#[test]
+fn a_draft_never_preempts_and_lives_one_step() {
+    // Two sequences fill the pool's two blocks: no block for a draft, and no preemption for it.
+    let t0 = Instant::now();
+    let mut s = sched(64, 8, 2, Duration::ZERO);
+    s.add(spec(1, Priority::High, t0, 3));
+    s.add(spec(2, Priority::Low, t0, 3));
+    step(&mut s, t0);
+    *s.draft_mut(1) = vec![50, 51, 52];
+    let out = step(&mut s, t0);
+    assert_eq!(out.scheduled[0], Scheduled { id: 1, start: 3, num_tokens: 1, sample: true, draft: 0 });
+    assert!(out.preempted.is_empty(), "{out:?}");
+    assert!(s.draft(1).is_empty(), "a draft not verified this step is dropped");
+}
+
+#[test]
+fn drafts_come_from_the_prompt_share_and_only_whole() {
+    let t0 = Instant::now();
+    let config = SchedulerConfig { max_num_batched_tokens: 64, max_num_seqs: 8, max_step_tokens_while_decoding: 8, aging: Duration::ZERO };
+    let mut s = Scheduler::new(config, BlockManager::new(64, BS, true));
+    for id in 1..=7 {
+        s.add(spec(id, Priority::Normal, t0, 2));
+    }
+    step(&mut s, t0);
+    // Seven decode: a share of max(8 - 7, 8 / 4) = 2 tokens for prompt chunks and drafts.
+    for id in 1..=7 {
+        *s.draft_mut(id) = vec![50, 51, 52];
+    }
+    let out = s.schedule(t0);
+    let drafted: Vec<usize> = out.scheduled.iter().map(|x| x.draft).collect();
+    assert_eq!(drafted, [2, 0, 0, 0, 0, 0, 0], "the first takes the share; the rest decode alone");
+    assert_eq!(out.num_tokens(), 7 + 2);
+}
+
+#[test]
+fn a_drafted_sequence_preempted_in_its_step_returns_its_budget_and_blocks() {
+    let t0 = Instant::now();
+    let mut s = sched(16, 8, 3, Duration::ZERO);
+    s.add(spec(1, Priority::Low, t0, 3));
+    step(&mut s, t0);
+    *s.draft_mut(1) = vec![50, 51, 52, 53];
+    // A critical prompt of 9 tokens needs all three blocks: the drafted low one gives way.
+    s.add(spec(2, Priority::Critical, t0, 9));
+    let out = step(&mut s, t0);
+    assert_eq!(out.preempted, vec![1]);
+    assert_eq!(out.scheduled, vec![Scheduled { id: 2, start: 0, num_tokens: 9, sample: true, draft: 0 }]);
+    assert!(s.draft(1).is_empty());
+    assert_eq!(s.blocks().num_used(), 3);
+}
