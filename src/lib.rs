@@ -28,6 +28,9 @@
 //!    min-p, top-p, seeded) picks the token, [`detok::Detokenizer`] turns tokens into text that
 //!    never splits a character, [`detok::StopStrings`] holds back text that may become a stop
 //!    string, and the [`request::Event`]s go to the request's [`engine::RequestStream`].
+//!    With [`speculative`] decoding on, a decoding sequence's drafted tokens (prompt lookup
+//!    or a draft model) are computed in the same step and kept while the sampler chooses
+//!    them: more tokens per step, the same output.
 //!
 //! Generation has one path, the engine's. [`teacher::TeacherForced`] runs the same forward
 //! pass teacher-forced (the logits at every position of a given sequence) for the reference

@@ -402,28 +402,6 @@ impl Scheduler {
             }
         }
     }
-
-    /// Checks the block manager's invariants against the live tables (tests).
-    pub fn check(&self) -> Result<(), String> {
-        let tables: Vec<&SeqBlocks> = self.seqs.values().filter_map(|s| s.blocks.as_ref()).collect();
-        self.blocks.check(&tables)?;
-        for id in &self.waiting {
-            if self.seqs[id].blocks.is_some() {
-                return Err(format!("waiting sequence {id} holds blocks"));
-            }
-        }
-        for id in &self.running {
-            let seq = &self.seqs[id];
-            let held = seq.blocks.as_ref().map_or(0, |t| t.blocks().len());
-            if held > seq.tokens.len().div_ceil(self.blocks.block_size()) {
-                return Err(format!("sequence {id} holds {held} blocks for {} tokens (a draft not rolled back?)", seq.tokens.len()));
-            }
-        }
-        if self.running.len() + self.waiting.len() != self.seqs.len() {
-            return Err("a sequence is neither running nor waiting".into());
-        }
-        Ok(())
-    }
 }
 
 mod budget;

@@ -131,6 +131,18 @@ fn bad_models_fail_with_one_clear_line() {
 
     let empty_dir = tempfile::tempdir().unwrap();
     assert_clean_failure(&generate(empty_dir.path().to_str().unwrap()), "not a GGUF file or an HF model directory");
+
+    // A draft model must share the model's tokenizer; a missing one is named.
+    let qwen = real_model_path("qwen2.5-coder-0.5b");
+    let smol = model_path();
+    let with_draft = |draft: &str| {
+        ballast(&["generate", "--model", smol.to_str().unwrap(), "--draft-model", draft, "--prompt", "hi", "--max-tokens", "1"])
+    };
+    assert_clean_failure(
+        &with_draft(qwen.to_str().unwrap()),
+        "the draft model's tokenizer has 151936 tokens, the model's 49152: they must match",
+    );
+    assert_clean_failure(&with_draft("/nonexistent/draft.gguf"), "loading the draft model");
 }
 
 #[test]

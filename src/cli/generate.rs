@@ -95,7 +95,7 @@ pub struct EngineArgs {
     /// Speculative decoding by prompt lookup: a decoding sequence drafts the tokens that
     /// followed the last earlier occurrence of its latest n-gram, and one step verifies them
     /// all. Output is unchanged; editing and summarising run faster.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "draft_model")]
     ngram_draft: bool,
     /// Tokens drafted per step at most (with --ngram-draft or --draft-model).
     #[arg(long, default_value_t = 4)]
@@ -107,10 +107,11 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 2, requires = "ngram_draft")]
     ngram_min: usize,
     /// Nobody drafts while more sequences than this decode (the rows would cost compute the
-    /// batch needs). Drafts are also withheld from a sequence while one of its class or above
-    /// waits.
-    #[arg(long, default_value_t = 8)]
-    speculative_disable_by_batch_size: usize,
+    /// batch needs). Default: 8 with --ngram-draft, 2 with --draft-model (on a 2-core CPU a
+    /// draft model cost more than it gained from 4 streams on; a GPU has room for more).
+    /// Drafts are also withheld from a sequence while one of its class or above waits.
+    #[arg(long)]
+    speculative_disable_by_batch_size: Option<usize>,
 }
 
 impl EngineArgs {
@@ -126,7 +127,7 @@ impl EngineArgs {
                 num_speculative_tokens: self.num_speculative_tokens,
                 ngram_max: self.ngram_max,
                 ngram_min: self.ngram_min,
-                disable_by_batch_size: self.speculative_disable_by_batch_size,
+                disable_by_batch_size: self.speculative_disable_by_batch_size.unwrap_or(if model.draft_model.is_some() { 2 } else { 8 }),
             }),
             // A test hook (tests/reliability.rs): prompts holding this token id panic in sampling.
             fault_injection: std::env::var("BALLAST_FAULT_INJECTION").ok().and_then(|v| v.parse().ok()),

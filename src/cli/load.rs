@@ -59,8 +59,8 @@ pub struct ModelArgs {
     /// Speculative decoding with a draft model: a smaller model of the same tokenizer
     /// (checked at load) proposes --num-speculative-tokens tokens a step, greedily, and the
     /// model verifies them all in one pass; output is unchanged. A path or a manifest name,
-    /// e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b. Its KV cache takes memory beside
-    /// --kv-cache-mib (as many blocks, of its own size).
+    /// e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b. Its KV cache has as many blocks as the
+    /// model's, and the two share --kv-cache-mib (or the GPU's memory).
     #[arg(long, conflicts_with = "quantize")]
     pub draft_model: Option<PathBuf>,
 }

@@ -234,8 +234,8 @@ impl Engine {
 
     /// As [`Engine::start`], with a draft model for speculative decoding (`config.speculative`
     /// must be set; the draft model then drafts instead of prompt lookup). Its tokenizer must
-    /// be the model's own; its KV pool has as many blocks as the model's, in memory of its
-    /// own beside `kv_cache_bytes`.
+    /// be the model's own; its KV pool has as many blocks as the model's, and the two share
+    /// the KV budget (`kv_cache_bytes`, or a GPU's free memory).
     pub fn start_with_draft<B: Backend + 'static>(
         backend: B,
         model: LoadedModel,
@@ -257,23 +257,24 @@ impl Engine {
         let LoadedModel { config: model_config, weights, tokenizer, info } = model;
         let backend_name = backend.name();
         let llama = Llama::new(&backend, model_config, weights, config.max_num_batched_tokens)?;
-        let probe = llama.kv_layout(1, config.block_size, config.kv_dtype);
-        // A GPU sizes the pool from its free memory (--gpu-memory-fraction); the CPU from the
-        // configured budget.
+        let draft = match draft {
+            Some(d) => Some(Llama::new(&backend, d.config, d.weights, config.max_num_batched_tokens)?),
+            None => None,
+        };
+        // A block holds its positions' K/V in the model's pool and in the draft model's.
+        let bytes_per_block = |m: &Llama<B>| m.kv_layout(1, config.block_size, config.kv_dtype).bytes_per_block();
+        let block_bytes = bytes_per_block(&llama) + draft.as_ref().map_or(0, bytes_per_block);
+        // A GPU sizes the pools from its free memory (--gpu-memory-fraction) once every
+        // weight is in; the CPU from the configured budget.
         let kv_bytes = backend.kv_memory_budget()?.unwrap_or(config.kv_cache_bytes);
-        let num_blocks = probe.blocks_for_budget(kv_bytes);
+        let num_blocks = kv_bytes / block_bytes.max(1);
         if num_blocks == 0 {
-            return Err(EngineError::Config(format!(
-                "a KV budget of {} bytes holds no block of {} bytes",
-                kv_bytes,
-                probe.bytes_per_block()
-            )));
+            return Err(EngineError::Config(format!("a KV budget of {kv_bytes} bytes holds no block of {block_bytes} bytes")));
         }
         let layout = llama.kv_layout(num_blocks, config.block_size, config.kv_dtype);
         let kv = backend.alloc_kv(&layout)?;
         let draft = match draft {
-            Some(d) => {
-                let model = Llama::new(&backend, d.config, d.weights, config.max_num_batched_tokens)?;
+            Some(model) => {
                 let kv = backend.alloc_kv(&model.kv_layout(num_blocks, config.block_size, config.kv_dtype))?;
                 Some((model, kv))
             }

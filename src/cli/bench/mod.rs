@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// With --ngram-draft or --draft-model: tokens drafted per step at most.
     #[arg(long, default_value_t = 4)]
     num_speculative_tokens: usize,
+    /// With --ngram-draft or --draft-model: nobody drafts while more sequences than this
+    /// decode (default as for `serve`: 8 with --ngram-draft, 2 with --draft-model).
+    #[arg(long)]
+    speculative_disable_by_batch_size: Option<usize>,
     /// With --offline: what the prompts hold. `random`: random token ids; `echo`: a slice of
     /// Rust source followed by the start of a verbatim copy of it (the editing workload
     /// prompt lookup is for); `code`: a chat asking for a small program (through the model's

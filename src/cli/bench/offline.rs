@@ -73,7 +73,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.concurrency, args.prompt_tokens, args.concurrency, args.max_tokens
     );
     let speculative = if args.ngram_draft || args.draft_model.is_some() {
-        let spec = SpeculativeConfig { num_speculative_tokens: args.num_speculative_tokens, ..SpeculativeConfig::default() };
+        let spec = SpeculativeConfig {
+            num_speculative_tokens: args.num_speculative_tokens,
+            disable_by_batch_size: args.speculative_disable_by_batch_size.unwrap_or(if args.draft_model.is_some() { 2 } else { 8 }),
+            ..SpeculativeConfig::default()
+        };
         let engine = start_speculative(Some(spec))?;
         let (rate, spec_outputs) = decode(&engine, &prompts, args.max_tokens, ignore_eos)?;
         let counts = engine.metrics().speculative.iter().fold(SpecCounts::default(), |a, c| SpecCounts {
