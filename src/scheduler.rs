@@ -226,9 +226,7 @@ impl Scheduler {
         seq.draft.clear();
         seq.draft_computed = 0;
         if seq.scheduled > 0 {
-            let draft = out.scheduled.iter().find(|s| s.id == id).map_or(0, |s| s.draft);
-            budget.give_back(seq.scheduled - draft, left, seq.rank);
-            budget.give_back_draft(draft);
+            budget.give_back(seq.scheduled, left, seq.rank);
             seq.scheduled = 0;
             out.scheduled.retain(|s| s.id != id);
         }
@@ -271,6 +269,7 @@ impl Scheduler {
         }
         self.schedule_running(&mut budget, &mut out);
         self.admit_waiting(now, &mut budget, &mut out);
+        self.grant_drafts(&mut budget, &mut out);
         for s in &out.scheduled {
             self.seqs.get_mut(&s.id).expect("scheduled").scheduled = 0;
         }
@@ -302,25 +301,16 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            // A decoding sequence's drafted tokens come with its own, from the prompt share
-            // (they are rows a chunk would otherwise use), with blocks to spare or not at all.
-            let mut draft = if left == 1 { budget.grant_draft(seq.draft.len()) } else { 0 };
             loop {
                 let seq = self.seqs.get_mut(&id).expect("running");
                 let table = seq.blocks.as_mut().expect("running sequences hold blocks");
-                if table.reserve(start, start + n + draft).is_ok() {
-                    seq.scheduled = n + draft;
+                if table.reserve(start, start + n).is_ok() {
+                    seq.scheduled = n;
                     let sample = start + n == seq.tokens.len();
-                    out.scheduled.push(Scheduled { id, start, num_tokens: n + draft, sample, draft });
+                    out.scheduled.push(Scheduled { id, start, num_tokens: n, sample, draft: 0 });
                     budget.take(n, left, rank);
-                    budget.take_draft(draft);
                     i += 1;
                     break;
-                }
-                if draft > 0 {
-                    // No blocks for the drafts: decode without them rather than preempt.
-                    draft = 0;
-                    continue;
                 }
                 let last = *self.running.last().expect("non-empty");
                 if last != id {

@@ -105,10 +105,14 @@ fn check_same_tokenizer(target: &LoadedModel, draft: &LoadedModel) -> Result<(),
             t.id_to_token(id)
         ));
     }
-    if draft.config.vocab_size > target.config.vocab_size {
+    // (A smaller embedding table than the model's is allowed, as Qwen2.5's 0.5B for its 7B:
+    // sequences holding ids past it are not drafted for.)
+    if draft.config.vocab_size > target.config.vocab_size || draft.config.vocab_size < t.vocab_size() {
         return Err(format!(
-            "the draft model's vocabulary ({}) is larger than the model's ({})",
-            draft.config.vocab_size, target.config.vocab_size
+            "the draft model's vocabulary ({}) must cover the tokenizer's {} tokens and not exceed the model's {}",
+            draft.config.vocab_size,
+            t.vocab_size(),
+            target.config.vocab_size
         ));
     }
     Ok(())

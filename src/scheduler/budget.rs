@@ -41,19 +41,14 @@ impl Budget {
         }
     }
 
-    /// Drafted rows a decoding sequence with `drafted` proposed tokens gets now: from the
-    /// prompt share, and never all of the step's tokens.
+    /// Drafted rows a decoding sequence with `drafted` proposed tokens gets from what the
+    /// step left: from the prompt share.
     pub(super) fn grant_draft(&self, drafted: usize) -> usize {
-        drafted.min(self.prefill).min(self.tokens.saturating_sub(1))
+        drafted.min(self.prefill).min(self.tokens)
     }
 
     pub(super) fn take_draft(&mut self, n: usize) {
         self.tokens -= n;
         self.prefill -= n;
-    }
-
-    pub(super) fn give_back_draft(&mut self, n: usize) {
-        self.tokens += n;
-        self.prefill = self.prefill.saturating_add(n);
     }
 }

@@ -5,11 +5,13 @@
 //! blocks reserved for the rest are released ([`Scheduler::end_draft`]). So preemption,
 //! prefix caching and forks see only verified tokens.
 //!
-//! Drafts are scheduled only for a decoding sequence, only from the step's prompt share (a
-//! chunk's rows) and only whole with their blocks: short of either, the sequence decodes its one
-//! token and nothing is preempted for a draft.
+//! Drafts are granted last ([`Scheduler::grant_drafts`]), once every running sequence has its
+//! token or chunk and the waiting ones are admitted: only from what the step left of the
+//! prompt share (a chunk's rows) and of the free blocks, highest class first. So a draft never
+//! takes a row or a block another sequence would have had, and never causes a preemption.
 
-use super::{Scheduler, SeqId};
+use super::budget::Budget;
+use super::{Scheduler, SeqId, StepOutput};
 use crate::request::Priority;
 use std::time::Instant;
 
@@ -22,6 +24,27 @@ impl Scheduler {
             .map(|id| (*id, &self.seqs[id]))
             .filter(|(_, s)| s.tokens.len() - s.num_computed == 1)
             .map(|(id, s)| (id, s.priority, s.rank))
+    }
+
+    /// Step 3 of [`Scheduler::schedule`]: each decoding sequence with a draft, in the step's
+    /// order, gets as many drafted rows as the leftover budget and free blocks allow (none: it
+    /// just decodes).
+    pub(super) fn grant_drafts(&mut self, budget: &mut Budget, out: &mut StepOutput) {
+        for s in out.scheduled.iter_mut() {
+            let seq = self.seqs.get_mut(&s.id).expect("scheduled");
+            let decoding = s.num_tokens == 1 && s.sample;
+            if seq.draft.is_empty() || !decoding {
+                continue;
+            }
+            let n = budget.grant_draft(seq.draft.len());
+            let end = s.start + 1;
+            let table = seq.blocks.as_mut().expect("scheduled sequences hold blocks");
+            if n > 0 && table.reserve(end, end + n).is_ok() {
+                s.num_tokens += n;
+                s.draft = n;
+                budget.take_draft(n);
+            }
+        }
     }
 
     /// The highest class any waiting sequence competes as now (aging included).

@@ -39,18 +39,41 @@ fn a_draft_is_computed_with_the_token_and_what_is_not_kept_rolls_back() {
 }
 
 #[test]
-fn a_draft_never_preempts_and_lives_one_step() {
-    // Two sequences fill the pool's two blocks: no block for a draft, and no preemption for it.
+fn a_draft_takes_only_blocks_no_other_sequence_needs_and_lives_one_step() {
+    // Three blocks of 4. The high sequence (4 tokens, one block) drafts 3; the low one
+    // (5 tokens) needs its second block for its own token. The low one gets the free block,
+    // the draft gets nothing, and nobody is preempted.
     let t0 = Instant::now();
-    let mut s = sched(64, 8, 2, Duration::ZERO);
+    let mut s = sched(64, 8, 3, Duration::ZERO);
     s.add(spec(1, Priority::High, t0, 3));
-    s.add(spec(2, Priority::Low, t0, 3));
+    s.add(spec(2, Priority::Low, t0, 4));
     step(&mut s, t0);
     *s.draft_mut(1) = vec![50, 51, 52];
     let out = step(&mut s, t0);
-    assert_eq!(out.scheduled[0], Scheduled { id: 1, start: 3, num_tokens: 1, sample: true, draft: 0 });
     assert!(out.preempted.is_empty(), "{out:?}");
+    assert_eq!(out.scheduled[0], Scheduled { id: 1, start: 3, num_tokens: 1, sample: true, draft: 0 });
+    assert_eq!(out.scheduled[1], Scheduled { id: 2, start: 4, num_tokens: 1, sample: true, draft: 0 });
     assert!(s.draft(1).is_empty(), "a draft not verified this step is dropped");
+}
+
+#[test]
+fn drafts_come_after_every_decode_of_the_step() {
+    // A budget of 16 tokens and 8 decoding sequences with drafts of 4: every one decodes,
+    // and the 8 tokens left go to the first two's drafts (drafts first would have starved
+    // the last ones).
+    let t0 = Instant::now();
+    let mut s = sched(16, 8, 64, Duration::ZERO);
+    for id in 1..=8 {
+        s.add(spec(id, Priority::Normal, t0, 2));
+    }
+    step(&mut s, t0);
+    for id in 1..=8 {
+        *s.draft_mut(id) = vec![50, 51, 52, 53];
+    }
+    let out = s.schedule(t0);
+    let drafts: Vec<usize> = out.scheduled.iter().map(|x| x.draft).collect();
+    assert_eq!(drafts, [4, 4, 0, 0, 0, 0, 0, 0], "{out:?}");
+    assert_eq!(out.num_tokens(), 16);
 }
 
 #[test]
@@ -73,7 +96,7 @@ fn drafts_come_from_the_prompt_share_and_only_whole() {
 }
 
 #[test]
-fn a_drafted_sequence_preempted_in_its_step_returns_its_budget_and_blocks() {
+fn a_waiting_higher_class_is_not_kept_out_by_a_draft() {
     let t0 = Instant::now();
     let mut s = sched(16, 8, 3, Duration::ZERO);
     s.add(spec(1, Priority::Low, t0, 3));

@@ -50,6 +50,15 @@ fn argmax(row: &[f32]) -> u32 {
 }
 
 impl<B: Backend> Core<B> {
+    /// Whether the draft model's vocabulary holds every token of the sequence (a smaller
+    /// draft vocabulary than the model's: ids past it, from a prompt of raw ids or a rare
+    /// sample, would fail its pass; such a sequence is not drafted for).
+    pub(super) fn draft_reads(&self, id: SeqId) -> bool {
+        let Some(d) = &self.draft_model else { return false };
+        let vocab = d.model.config().vocab_size;
+        self.scheduler.tokens(id).iter().all(|&t| (t as usize) < vocab)
+    }
+
     /// Computes the draft model's K/V of each listed sequence up to `end` (from where its
     /// draft cache stops), in as few passes as the batch allows; with `pick`, the greedy
     /// token after each sequence's last row, in the list's order.
@@ -101,8 +110,12 @@ impl<B: Backend> Core<B> {
         if self.draft_model.is_none() {
             return Ok(());
         }
-        let chunks: Vec<(SeqId, usize)> =
-            out.scheduled.iter().filter(|s| s.draft == 0 && s.num_tokens > 1).map(|s| (s.id, s.start + s.num_tokens)).collect();
+        let chunks: Vec<(SeqId, usize)> = out
+            .scheduled
+            .iter()
+            .filter(|s| s.draft == 0 && s.num_tokens > 1 && self.draft_reads(s.id))
+            .map(|s| (s.id, s.start + s.num_tokens))
+            .collect();
         self.catch_up(&chunks, false)?;
         let seqs: Vec<(SeqId, usize)> = out.scheduled.iter().filter(|s| s.draft > 0).map(|s| (s.id, s.draft)).collect();
         if seqs.is_empty() {

@@ -9,8 +9,9 @@ use std::time::Instant;
 impl<B: Backend> Core<B> {
     /// Proposes a draft to every decoding sequence that may have one now: none while more
     /// sequences decode than the configuration allows, or while a sequence of its class or
-    /// above waits (counted as withheld); none for a choice that still forks, or that has no
-    /// room left in its length or the model's context.
+    /// above waits (counted as withheld); none for a choice that still forks, that has no
+    /// room left in its length or the model's context, or that holds ids the draft model
+    /// does not have.
     pub(super) fn propose_drafts(&mut self, now: Instant) {
         let Some(spec) = self.speculative else { return };
         let max_context = self.model.config().max_position_embeddings;
@@ -24,7 +25,7 @@ impl<B: Backend> Core<B> {
             // length and the context.
             let room = (c.max_tokens.saturating_sub(c.num_generated + 1)).min(max_context.saturating_sub(len + 1));
             let k = spec.num_speculative_tokens.min(room);
-            if k == 0 || c.pending_forks > 0 {
+            if k == 0 || c.pending_forks > 0 || (self.draft_model.is_some() && !self.draft_reads(id)) {
                 continue;
             }
             if crowded || top_waiting.is_some_and(|w| w >= rank) {
