@@ -273,12 +273,6 @@ impl Scheduler {
         for s in &out.scheduled {
             self.seqs.get_mut(&s.id).expect("scheduled").scheduled = 0;
         }
-        // A draft lives one step: dropped unless this step verifies it.
-        for id in &self.running {
-            if !out.scheduled.iter().any(|s| s.id == *id && s.draft > 0) {
-                self.seqs.get_mut(id).expect("running").draft.clear();
-            }
-        }
         out
     }
 

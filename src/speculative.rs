@@ -20,6 +20,8 @@
 //! rows cost compute the batch needs). Drafted rows come only from the step's prompt share,
 //! never at another sequence's decode, and never preempt anything (see `scheduler/draft.rs`).
 
+use crate::model::LoadedModel;
+
 /// How the engine speculates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpeculativeConfig {
@@ -74,6 +76,35 @@ pub fn ngram_draft(context: &[u32], min_n: usize, max_n: usize, k: usize) -> &[u
     &[]
 }
 
+/// A draft model proposes token ids for the target: both must read ids the same way.
+pub(crate) fn check_draft_model(target: &LoadedModel, draft: &LoadedModel) -> Result<(), String> {
+    let (t, d) = match (&target.tokenizer, &draft.tokenizer) {
+        (Some(t), Some(d)) => (t, d),
+        _ => return Err("a draft model needs both models' tokenizers, to check that they match".into()),
+    };
+    if t.vocab_size() != d.vocab_size() {
+        return Err(format!("the draft model's tokenizer has {} tokens, the model's {}: they must match", d.vocab_size(), t.vocab_size()));
+    }
+    if let Some(id) = (0..t.vocab_size() as u32).find(|&id| t.id_to_token(id) != d.id_to_token(id)) {
+        return Err(format!(
+            "the draft model's tokenizer differs from the model's: token {id} is {:?} there and {:?} here",
+            d.id_to_token(id),
+            t.id_to_token(id)
+        ));
+    }
+    // (A smaller embedding table than the model's is allowed, as Qwen2.5's 0.5B for its 7B:
+    // sequences holding ids past it are not drafted for.)
+    if draft.config.vocab_size > target.config.vocab_size || draft.config.vocab_size < t.vocab_size() {
+        return Err(format!(
+            "the draft model's vocabulary ({}) must cover the tokenizer's {} tokens and not exceed the model's {}",
+            draft.config.vocab_size,
+            t.vocab_size(),
+            target.config.vocab_size
+        ));
+    }
+    Ok(())
+}
+
 /// Drafting counters of one class (see [`crate::engine::Metrics::speculative`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpecCounts {
@@ -83,6 +114,16 @@ pub struct SpecCounts {
     pub accepted: u64,
     /// Steps in which a sequence decoded without a draft it would have had, because of load.
     pub withheld: u64,
+}
+
+impl std::iter::Sum<SpecCounts> for SpecCounts {
+    fn sum<I: Iterator<Item = SpecCounts>>(iter: I) -> SpecCounts {
+        iter.fold(SpecCounts::default(), |a, c| SpecCounts {
+            drafted: a.drafted + c.drafted,
+            accepted: a.accepted + c.accepted,
+            withheld: a.withheld + c.withheld,
+        })
+    }
 }
 
 impl SpecCounts {

@@ -12,7 +12,6 @@ use ballast::request::{Priority, Prompt, Request};
 use ballast::sampler::SamplingParams;
 use ballast::speculative::{SpecCounts, SpeculativeConfig};
 use common::*;
-use std::time::{Duration, Instant};
 
 fn start(target: LoadedModel, draft: Option<LoadedModel>, kv_mib: usize) -> Result<Engine, EngineError> {
     let backend = CpuBackend::new(threads(), Precision::Int16).unwrap();
@@ -26,19 +25,7 @@ fn real(id: &str) -> LoadedModel {
 }
 
 fn total(counts: &[SpecCounts]) -> SpecCounts {
-    counts.iter().fold(SpecCounts::default(), |a, c| SpecCounts {
-        drafted: a.drafted + c.drafted,
-        accepted: a.accepted + c.accepted,
-        withheld: a.withheld + c.withheld,
-    })
-}
-
-fn wait_for(engine: &Engine, what: &str, f: impl Fn(&ballast::engine::Metrics) -> bool) {
-    let start = Instant::now();
-    while !f(&engine.metrics()) {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}: {:?}", engine.metrics());
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    counts.iter().copied().sum()
 }
 
 /// The default model as its own draft, in a KV pool small enough to preempt: every greedy

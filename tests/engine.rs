@@ -32,15 +32,6 @@ fn golden_cases() -> Vec<serde_json::Value> {
     read_json(&data_dir().join("goldens/public/generation.json"))["cases"].as_array().unwrap().clone()
 }
 
-/// Waits (bounded) until the engine's metrics satisfy `f`.
-fn wait_for(engine: &Engine, what: &str, f: impl Fn(&ballast::engine::Metrics) -> bool) {
-    let start = Instant::now();
-    while !f(&engine.metrics()) {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}: {:?}", engine.metrics());
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// The 16 golden prompts, each alone and then all together with 16 other prompts (32 in one
 /// batch, prefill chunks mixed with decodes): greedy and seeded outputs are bit-identical, and
 /// the greedy ones agree with the float32 reference at least as well as llama.cpp does.

@@ -12,7 +12,6 @@ use ballast::request::{Choice, Priority, Request};
 use ballast::sampler::SamplingParams;
 use ballast::speculative::{SpecCounts, SpeculativeConfig};
 use common::*;
-use std::time::{Duration, Instant};
 
 fn start(speculative: Option<SpeculativeConfig>, kv_mib: usize) -> Engine {
     let backend = CpuBackend::new(threads(), Precision::Int16).unwrap();
@@ -25,20 +24,7 @@ fn ngram(k: usize) -> Option<SpeculativeConfig> {
 }
 
 fn total(engine: &Engine) -> SpecCounts {
-    let m = engine.metrics();
-    m.speculative.iter().fold(SpecCounts::default(), |a, c| SpecCounts {
-        drafted: a.drafted + c.drafted,
-        accepted: a.accepted + c.accepted,
-        withheld: a.withheld + c.withheld,
-    })
-}
-
-fn wait_for(engine: &Engine, what: &str, f: impl Fn(&ballast::engine::Metrics) -> bool) {
-    let start = Instant::now();
-    while !f(&engine.metrics()) {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}: {:?}", engine.metrics());
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    engine.metrics().speculative.into_iter().sum()
 }
 
 /// Prompts whose continuations repeat what they hold (drafts get accepted), and the golden

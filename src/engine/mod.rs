@@ -89,35 +89,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// A draft model proposes token ids for the target: both must read ids the same way.
-fn check_same_tokenizer(target: &LoadedModel, draft: &LoadedModel) -> Result<(), String> {
-    let (t, d) = match (&target.tokenizer, &draft.tokenizer) {
-        (Some(t), Some(d)) => (t, d),
-        _ => return Err("a draft model needs both models' tokenizers, to check that they match".into()),
-    };
-    if t.vocab_size() != d.vocab_size() {
-        return Err(format!("the draft model's tokenizer has {} tokens, the model's {}: they must match", d.vocab_size(), t.vocab_size()));
-    }
-    if let Some(id) = (0..t.vocab_size() as u32).find(|&id| t.id_to_token(id) != d.id_to_token(id)) {
-        return Err(format!(
-            "the draft model's tokenizer differs from the model's: token {id} is {:?} there and {:?} here",
-            d.id_to_token(id),
-            t.id_to_token(id)
-        ));
-    }
-    // (A smaller embedding table than the model's is allowed, as Qwen2.5's 0.5B for its 7B:
-    // sequences holding ids past it are not drafted for.)
-    if draft.config.vocab_size > target.config.vocab_size || draft.config.vocab_size < t.vocab_size() {
-        return Err(format!(
-            "the draft model's vocabulary ({}) must cover the tokenizer's {} tokens and not exceed the model's {}",
-            draft.config.vocab_size,
-            t.vocab_size(),
-            target.config.vocab_size
-        ));
-    }
-    Ok(())
-}
-
 #[derive(thiserror::Error, Debug)]
 pub enum EngineError {
     #[error(transparent)]
@@ -250,7 +221,7 @@ impl Engine {
             return Err(EngineError::Config("a draft model needs speculative decoding on (EngineConfig::speculative)".into()));
         }
         if let Some(d) = &draft {
-            check_same_tokenizer(&model, d).map_err(EngineError::Config)?;
+            crate::speculative::check_draft_model(&model, d).map_err(EngineError::Config)?;
         }
         if config.block_size == 0 || config.max_num_batched_tokens == 0 || config.max_num_seqs == 0 {
             return Err(EngineError::Config("block size, token budget and sequence budget must be positive".into()));

@@ -28,7 +28,7 @@ impl Scheduler {
 
     /// Step 3 of [`Scheduler::schedule`]: each decoding sequence with a draft, in the step's
     /// order, gets as many drafted rows as the leftover budget and free blocks allow (none: it
-    /// just decodes).
+    /// just decodes). A draft lives one step: dropped unless this step verifies it.
     pub(super) fn grant_drafts(&mut self, budget: &mut Budget, out: &mut StepOutput) {
         for s in out.scheduled.iter_mut() {
             let seq = self.seqs.get_mut(&s.id).expect("scheduled");
@@ -43,6 +43,12 @@ impl Scheduler {
                 s.num_tokens += n;
                 s.draft = n;
                 budget.take_draft(n);
+            }
+        }
+        for id in &self.running {
+            let seq = self.seqs.get_mut(id).expect("running");
+            if !seq.draft.is_empty() && !out.scheduled.iter().any(|s| s.id == *id && s.draft > 0) {
+                seq.draft.clear();
             }
         }
     }

@@ -4,6 +4,7 @@
 use crate::admission::{Level, Policy, RejectReason, Signals};
 use crate::engine::Metrics as EngineMetrics;
 use crate::request::Priority;
+use crate::speculative::SpecCounts;
 use parking_lot::Mutex;
 use std::fmt::Write;
 use std::time::Duration;
@@ -262,29 +263,18 @@ impl ServerMetrics {
         );
         counter(&mut o, "vllm:prompt_tokens_total", "Prompt tokens computed.", &[(m.clone(), e.prompt_tokens_computed() as f64)]);
         counter(&mut o, "vllm:generation_tokens_total", "Tokens generated.", &[(m.clone(), e.tokens_generated as f64)]);
-        let spec = |f: &dyn Fn(&crate::speculative::SpecCounts) -> u64| per_class(&|p| f(&e.speculative[p.rank() as usize]) as f64);
-        counter(&mut o, "ballast_spec_decode_draft_tokens_total", "Drafted tokens verified, by class.", &spec(&|c| c.drafted));
-        counter(
-            &mut o,
-            "ballast_spec_decode_accepted_tokens_total",
-            "Drafted tokens the model chose (emitted without a step of their own), by class.",
-            &spec(&|c| c.accepted),
-        );
-        counter(
-            &mut o,
-            "ballast_spec_decode_withheld_total",
-            "Decode steps run without the draft a sequence would have had, because of load, by class.",
-            &spec(&|c| c.withheld),
-        );
-        gauge(
-            &mut o,
-            "ballast_spec_decode_acceptance_rate",
-            "Accepted over drafted tokens since start, by class (0 before any draft).",
-            &per_class(&|p| e.speculative[p.rank() as usize].acceptance_rate()),
-        );
-        let all = e.speculative.iter().fold((0, 0), |(d, a), c| (d + c.drafted, a + c.accepted));
-        counter(&mut o, "vllm:spec_decode_num_draft_tokens_total", "Drafted tokens verified.", &[(m.clone(), all.0 as f64)]);
-        counter(&mut o, "vllm:spec_decode_num_accepted_tokens_total", "Drafted tokens accepted.", &[(m.clone(), all.1 as f64)]);
+        for (name, help, f) in [
+            ("ballast_spec_decode_draft_tokens_total", "Drafted tokens verified, by class.", (|c| c.drafted) as fn(&SpecCounts) -> u64),
+            ("ballast_spec_decode_accepted_tokens_total", "Drafted tokens the model chose, by class.", |c| c.accepted),
+            ("ballast_spec_decode_withheld_total", "Decode steps without a draft because of load, by class.", |c| c.withheld),
+        ] {
+            counter(&mut o, name, help, &per_class(&|p| f(&e.speculative[p.rank() as usize]) as f64));
+        }
+        let rate = per_class(&|p| e.speculative[p.rank() as usize].acceptance_rate());
+        gauge(&mut o, "ballast_spec_decode_acceptance_rate", "Accepted over drafted tokens, by class.", &rate);
+        let all: SpecCounts = e.speculative.into_iter().sum();
+        counter(&mut o, "vllm:spec_decode_num_draft_tokens_total", "Drafted tokens verified.", &[(m.clone(), all.drafted as f64)]);
+        counter(&mut o, "vllm:spec_decode_num_accepted_tokens_total", "Drafted tokens accepted.", &[(m.clone(), all.accepted as f64)]);
         counter(&mut o, "ballast_config_reloads_total", "Configuration reloads that took effect.", &[(m.clone(), c.config_reloads as f64)]);
         let rows: Vec<(String, f64)> = c.ignored_fields.iter().map(|(k, n)| (format!("{m},field=\"{k}\""), *n as f64)).collect();
         counter(&mut o, "ballast_ignored_fields_total", "Unknown request fields ignored, by name.", &rows);

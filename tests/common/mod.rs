@@ -159,3 +159,12 @@ pub fn agreement(ours: &[u32], reference: &[u32], eos_index: Option<usize>) -> u
         _ => n,
     }
 }
+
+/// Waits (bounded) until the engine's metrics satisfy `f`.
+pub fn wait_for(engine: &Engine, what: &str, f: impl Fn(&ballast::engine::Metrics) -> bool) {
+    let start = std::time::Instant::now();
+    while !f(&engine.metrics()) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "timed out waiting for {what}: {:?}", engine.metrics());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}

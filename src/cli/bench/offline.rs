@@ -80,11 +80,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         };
         let engine = start_speculative(Some(spec))?;
         let (rate, spec_outputs) = decode(&engine, &prompts, args.max_tokens, ignore_eos)?;
-        let counts = engine.metrics().speculative.iter().fold(SpecCounts::default(), |a, c| SpecCounts {
-            drafted: a.drafted + c.drafted,
-            accepted: a.accepted + c.accepted,
-            withheld: a.withheld + c.withheld,
-        });
+        let counts: SpecCounts = engine.metrics().speculative.into_iter().sum();
         // Greedy output is the same with speculation (checked here too, on this workload).
         let same = spec_outputs == outputs;
         let drafter = match &args.draft_model {
