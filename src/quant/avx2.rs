@@ -114,6 +114,44 @@ pub unsafe fn vec_dot_q16_rows<W: Unpack256>(w: &[W], row_blocks: usize, x: &[Bl
     }
 }
 
+/// `q16::quantize16` in vector instructions: `max|x|` by vector maxima (the same value in any
+/// order for finite inputs), the same `d` and `1/d`, and the rounding of
+/// [`quantize_row_q16`], sixteen elements at a time stored in element order.
+///
+/// # Safety
+/// The CPU must support AVX2; `x.len()` a multiple of 16 and `qs.len() == x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    let mut m = _mm256_setzero_ps();
+    for c in x.chunks_exact(8) {
+        // SAFETY: eight floats; unaligned load.
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(c.as_ptr()) }));
+    }
+    let a = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    let amax = _mm_cvtss_f32(_mm_max_ss(a, _mm_movehdup_ps(a)));
+    let d = amax / super::q16::Q16_MAX;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let round = |v: __m256| {
+        let s = _mm256_mul_ps(v, id);
+        let t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(s, t)), half, _CMP_GE_OQ);
+        let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(s, sign), one));
+        _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+    };
+    for (x, q) in x.chunks_exact(16).zip(qs.chunks_exact_mut(16)) {
+        // SAFETY: sixteen floats read and sixteen i16 written; unaligned.
+        unsafe {
+            let (lo, hi) = (round(_mm256_loadu_ps(x.as_ptr())), round(_mm256_loadu_ps(x.as_ptr().add(8))));
+            // `packs` interleaves 128-bit halves; the permute puts elements back in order.
+            _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8));
+        }
+    }
+    d
+}
+
 /// `q16::quantize_row_q16` with vector rounding: each block's `max|x|` by vector maxima, then
 /// `q = round(x · (1/d))` half away from zero as `trunc` plus a ±1 step where the dropped
 /// fraction is at least ½ (exact: the fraction of an f32 below 2^23 is exact), the sixteen-bit

@@ -256,5 +256,15 @@ fn q16_quantizer_matches_its_portable_twin() {
         quantize_row_q16(&x, &mut fast);
         quantize_row_q16_portable(&x, &mut plain);
         assert_eq!(bytemuck::cast_slice::<_, u8>(&fast), bytemuck::cast_slice::<_, u8>(&plain), "{} elements", x.len());
+        // The block quantizer the packed and k-quant activations use, in blocks of 32 and
+        // of 256 where the row has them, and over the whole row.
+        for len in [QK, QK_K, x.len()] {
+            for x in x.chunks_exact(len) {
+                let (mut fast, mut plain) = (vec![0i16; len], vec![1i16; len]);
+                let d = super::q16::quantize16(x, &mut fast);
+                let d_plain = super::q16::quantize16_portable(x, &mut plain);
+                assert_eq!((d.to_bits(), &fast), (d_plain.to_bits(), &plain), "blocks of {len}");
+            }
+        }
     }
 }
