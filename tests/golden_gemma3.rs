@@ -2,8 +2,8 @@
 //! a real 262k-entry SentencePiece vocabulary (`llama` model with scores, byte fallback, no
 //! space prefix, BOS added), built from the GGUF metadata, against the references made from
 //! the same file (`tests/data/goldens/gemma3-270m/`, provenance in `tests/data/README.md`):
-//! every tricky string's ids and its decoding, and every golden prompt's ids with BOS (chat
-//! prompts with their special tokens parsed).
+//! every tricky string's ids (special tokens written in it parsed) and its decoding, and
+//! every golden prompt's ids with BOS.
 //!
 //! The model itself does not run yet (the `gemma3` architecture is not implemented): its
 //! loading is a clear error naming the architecture.

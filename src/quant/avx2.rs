@@ -133,6 +133,10 @@ pub unsafe fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
     let a = _mm_max_ps(a, _mm_movehl_ps(a, a));
     let amax = _mm_cvtss_f32(_mm_max_ss(a, _mm_movehdup_ps(a)));
     let d = amax / super::q16::Q16_MAX;
+    if d != 0.0 && !(1.0 / d).is_finite() {
+        // As in `quantize_row_q16`: a tiny block's `1/d` overflows; the portable way.
+        return super::q16::quantize16_portable(x, qs);
+    }
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
     let round = |v: __m256| {
         let s = _mm256_mul_ps(v, id);
@@ -177,6 +181,18 @@ pub unsafe fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16x2]) {
             let a = _mm_max_ps(a, _mm_movehl_ps(a, a));
             let amax = _mm_cvtss_f32(_mm_max_ss(a, _mm_movehdup_ps(a)));
             let d = amax / super::q16::Q16_MAX;
+            if d != 0.0 && !(1.0 / d).is_finite() {
+                // `max|x|` below ~1e-34: `1/d` overflows, where the portable cast saturates
+                // and the vector one would not. Such a block goes the portable way.
+                let mut q = [0i16; QK];
+                let d = super::q16::quantize16_portable(x, &mut q);
+                for (j, &q) in q.iter().enumerate() {
+                    pair.qs[super::q16::q16_slot(h, j)] = q;
+                }
+                pair.d[8 * h..8 * h + 8].fill(d);
+                pair.s[8 * h] = d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
+                continue;
+            }
             let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
             let q: [__m256i; 4] = std::array::from_fn(|i| {
                 let s = _mm256_mul_ps(v[i], id);

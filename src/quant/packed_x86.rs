@@ -481,7 +481,7 @@ const PREFETCH_BYTES: usize = 4096;
 
 /// Prefetches into all cache levels, [`PREFETCH_BYTES`] ahead, the bytes of 32-element
 /// block `b` of `unit` (the unit's header with its first block): the whole matrix once, a
-/// few lines at a time (asking for a unit's forty lines at once fills the core's miss
+/// few lines at a time (asking for a k-quant unit's 37 to 53 lines at once fills the core's miss
 /// buffers and measured slower). Past the matrix's end too: a prefetch never faults, and
 /// the address is only computed, never read.
 #[inline(always)]

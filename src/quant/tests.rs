@@ -249,6 +249,13 @@ fn q16_quantizer_matches_its_portable_twin() {
     }
     ties[QK + 3] = -0.5; // a block with one value: d = 0.5/32767, quotient exactly -32767
     rows.push(ties);
+    // Blocks so small that `1/d` overflows f32 (the casts then saturate), beside a normal one.
+    let mut tiny = vec![0.0f32; 2 * QK_K];
+    for (i, v) in tiny[..QK_K + QK].iter_mut().enumerate() {
+        *v = [1e-35, -1e-35, 0.0, 3e-36][i % 4];
+    }
+    tiny[QK_K + QK..].copy_from_slice(&rng.floats(QK_K - QK, 1.0));
+    rows.push(tiny);
     for x in rows {
         let pairs = q16_pairs(x.len() / QK);
         let mut fast = vec![bytemuck::Zeroable::zeroed(); pairs];
