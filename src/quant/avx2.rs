@@ -114,6 +114,19 @@ pub unsafe fn vec_dot_q16_rows<W: Unpack256>(w: &[W], row_blocks: usize, x: &[Bl
     }
 }
 
+/// `round(s)` half away from zero, as i32: `trunc` plus a ±1 step where the dropped fraction
+/// is at least ½ (exact: the fraction of an f32 below 2^23 is exact), so the same integer as
+/// the portable `f32::round` for finite `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_half_away(s: __m256) -> __m256i {
+    let sign = _mm256_set1_ps(-0.0);
+    let t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(s, t)), _mm256_set1_ps(0.5), _CMP_GE_OQ);
+    let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(s, sign), _mm256_set1_ps(1.0)));
+    _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+}
+
 /// `q16::quantize16` in vector instructions: `max|x|` by vector maxima (the same value in any
 /// order for finite inputs), the same `d` and `1/d`, and the rounding of
 /// [`quantize_row_q16`], sixteen elements at a time stored in element order.
@@ -123,7 +136,6 @@ pub unsafe fn vec_dot_q16_rows<W: Unpack256>(w: &[W], row_blocks: usize, x: &[Bl
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
     let sign = _mm256_set1_ps(-0.0);
-    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
     let mut m = _mm256_setzero_ps();
     for c in x.chunks_exact(8) {
         // SAFETY: eight floats; unaligned load.
@@ -138,13 +150,7 @@ pub unsafe fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
         return super::q16::quantize16_portable(x, qs);
     }
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let round = |v: __m256| {
-        let s = _mm256_mul_ps(v, id);
-        let t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(s, t)), half, _CMP_GE_OQ);
-        let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(s, sign), one));
-        _mm256_cvttps_epi32(_mm256_add_ps(t, step))
-    };
+    let round = |v: __m256| round_half_away(_mm256_mul_ps(v, id));
     for (x, q) in x.chunks_exact(16).zip(qs.chunks_exact_mut(16)) {
         // SAFETY: sixteen floats read and sixteen i16 written; unaligned.
         unsafe {
@@ -167,10 +173,9 @@ pub unsafe fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16x2]) {
     let sign = _mm256_set1_ps(-0.0);
-    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
-    for (pair, x) in out.iter_mut().zip(x.chunks(2 * QK)) {
+    'pairs: for (pair, pair_x) in out.iter_mut().zip(x.chunks(2 * QK)) {
         *pair = bytemuck::Zeroable::zeroed();
-        for (h, x) in x.chunks_exact(QK).enumerate() {
+        for (h, x) in pair_x.chunks_exact(QK).enumerate() {
             // SAFETY: `x` is 32 floats; unaligned loads.
             let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
             let a = _mm256_max_ps(
@@ -183,24 +188,13 @@ pub unsafe fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16x2]) {
             let d = amax / super::q16::Q16_MAX;
             if d != 0.0 && !(1.0 / d).is_finite() {
                 // `max|x|` below ~1e-34: `1/d` overflows, where the portable cast saturates
-                // and the vector one would not. Such a block goes the portable way.
-                let mut q = [0i16; QK];
-                let d = super::q16::quantize16_portable(x, &mut q);
-                for (j, &q) in q.iter().enumerate() {
-                    pair.qs[super::q16::q16_slot(h, j)] = q;
-                }
-                pair.d[8 * h..8 * h + 8].fill(d);
-                pair.s[8 * h] = d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
-                continue;
+                // and the vector one would not. Such a pair goes the portable way (whose bits
+                // the vector way gives for its other block).
+                super::q16::quantize_row_q16_portable(pair_x, std::slice::from_mut(pair));
+                continue 'pairs;
             }
             let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-            let q: [__m256i; 4] = std::array::from_fn(|i| {
-                let s = _mm256_mul_ps(v[i], id);
-                let t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-                let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(s, t)), half, _CMP_GE_OQ);
-                let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(s, sign), one));
-                _mm256_cvttps_epi32(_mm256_add_ps(t, step))
-            });
+            let q: [__m256i; 4] = std::array::from_fn(|i| round_half_away(_mm256_mul_ps(v[i], id)));
             // `packs` interleaves 128-bit halves; the permute puts elements back in order.
             let first = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
             let second = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
