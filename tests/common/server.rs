@@ -171,6 +171,10 @@ fn exchange(
     s.write_all(&[head.as_bytes(), first.as_bytes()].concat()).unwrap();
     if let Some(between) = between {
         s.flush().unwrap();
+        // Let the server read the head (and authenticate) before `between` runs: on a loaded
+        // 2-core CI machine a reload right after the write could land first (a 401 where the
+        // test means a request already authenticated).
+        std::thread::sleep(Duration::from_millis(200));
         between();
         s.write_all(rest.as_bytes()).unwrap();
     }
