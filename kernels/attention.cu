@@ -1,5 +1,6 @@
 // Causal paged attention for decode and prefill: each query token attends to its sequence's
-// first `context_len` cached keys, read through the block table.
+// first `context_len` cached keys (the last `window` of them when set), read through the
+// block table.
 //
 // One block (4 warps) per (kv head, token, split). All G query heads that share the KV head
 // are handled together, so each key and value is read once for the group (GQA). Warps take
@@ -52,6 +53,8 @@ template <int G, int DL> __device__ void attention_body(const AttentionParams& p
     unsigned hd = p.head_dim;
     unsigned begin = split * p.split_len;
     unsigned end = begin + p.split_len < info.context_len ? begin + p.split_len : info.context_len;
+    // A sliding window starts the keys later; a split before it sees none (max -inf, sum 0).
+    unsigned lo = p.window && info.context_len > p.window ? info.context_len - p.window : 0;
     bool split_mode = info.context_len > p.split_len;
     if (begin >= info.context_len) return; // uniform across the block
 
@@ -73,7 +76,7 @@ template <int G, int DL> __device__ void attention_body(const AttentionParams& p
     unsigned first = lane * DL;
     unsigned valid = first < hd ? (hd - first < DL ? hd - first : DL) : 0;
     bool vector = hd % DL == 0 && valid == DL;
-    for (unsigned key = begin + warp; key < end; key += ATT_WARPS) {
+    for (unsigned key = (begin > lo ? begin : lo) + warp; key < end; key += ATT_WARPS) {
         size_t block = table[key / p.block_size];
         size_t base = ((block * p.num_kv_heads + kvh) * p.block_size + key % p.block_size) * hd;
         float k[DL], v[DL];
@@ -160,7 +163,8 @@ BALLAST_KERNEL(attention_combine, CombineParams, 128) {
         float sum = 0.0f, out = 0.0f;
         for (unsigned s = 0; s < used; s++) {
             const float* part = parts + s * (p.head_dim + 2);
-            float f = expf(part[0] - mx);
+            // A split wholly before a sliding window saw no key.
+            float f = part[0] == -INFINITY ? 0.0f : expf(part[0] - mx);
             sum += part[1] * f;
             out += part[2 + d] * f;
         }

@@ -1,11 +1,24 @@
-// x += y, x = silu(x) * y, and gathering rows.
+// x += y, x = silu(x) * y, x = gelu_tanh(x) * y, x *= s, soft-capping, and gathering rows.
 #include "common.cuh"
 
 BALLAST_KERNEL(eltwise, EltwiseParams, 256) {
     size_t i = (size_t)blockIdx.x * 256 + threadIdx.x;
-    if (i < p.n) {
-        float x = p.x[i], y = p.y[p.y_cols ? i % p.y_cols : i];
-        p.x[i] = p.op == BALLAST_ADD ? x + y : x / (1.0f + expf(-x)) * y;
+    if (i >= p.n) return;
+    float x = p.x[i];
+    switch (p.op) {
+    case BALLAST_SCALE: p.x[i] = x * p.s; return;
+    case BALLAST_SOFTCAP: p.x[i] = p.s * tanhf(x / p.s); return;
+    default: break;
+    }
+    float y = p.y[p.y_cols ? i % p.y_cols : i];
+    if (p.op == BALLAST_ADD) {
+        p.x[i] = x + y;
+    } else if (p.op == BALLAST_SILU_MUL) {
+        p.x[i] = x / (1.0f + expf(-x)) * y;
+    } else {
+        // x/2 (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+        float z = 1.5957692f * (x + 0.044715f * x * x * x);
+        p.x[i] = x / (1.0f + expf(-z)) * y;
     }
 }
 

@@ -125,7 +125,8 @@ typedef struct {
     uint32_t pad;
 } TokenAttn;
 
-/* Causal paged attention, each token over its sequence's cached keys. One block handles one
+/* Causal paged attention, each token over its sequence's cached keys (the last `window` of
+ * them when set). One block handles one
  * (kv head, token, split): every query head of the group reads each key once. With more than
  * one split, partial results go to `partials` and attention_combine finishes them. A launch
  * covers tokens first_token .. first_token + gridDim.y (the host launches groups of tokens
@@ -147,6 +148,7 @@ typedef struct {
     uint32_t split_len; /* keys per split (a multiple of block_size) */
     uint32_t splits;
     float scale;
+    uint32_t window; /* sliding window: a token sees its last `window` keys; 0: all of them */
 } AttentionParams;
 
 /* out = combination of the splits' partials, for the tokens of one attention launch.
@@ -163,13 +165,15 @@ typedef struct {
 } CombineParams;
 
 /* Elementwise ops over n floats. Grid: (ceil(n / 256)). */
-enum BallastEltOp { BALLAST_ADD = 0, BALLAST_SILU_MUL = 1 };
+enum BallastEltOp { BALLAST_ADD = 0, BALLAST_SILU_MUL = 1, BALLAST_GELU_MUL = 2, BALLAST_SCALE = 3, BALLAST_SOFTCAP = 4 };
 typedef struct {
     float* x;
-    const float* y;
+    const float* y;  /* ADD, SILU_MUL, GELU_MUL only */
     uint64_t n;
-    uint32_t op;     /* ADD: x += y; SILU_MUL: x = silu(x) * y */
+    uint32_t op;     /* ADD: x += y; SILU_MUL: x = silu(x) * y; GELU_MUL: x = gelu_tanh(x) * y;
+                      * SCALE: x *= s; SOFTCAP: x = s * tanh(x / s) */
     uint32_t y_cols; /* 0: y has n elements; else y is one row of y_cols, added to every row */
+    float s;
 } EltwiseParams;
 
 /* dst[i] = src[rows[i]] for i < n, rows of `cols` floats. Grid: (n). */

@@ -3,15 +3,14 @@
 //! space prefix, BOS added), built from the GGUF metadata, against the references made from
 //! the same file (`tests/data/goldens/gemma3-270m/`, provenance in `tests/data/README.md`):
 //! every tricky string's ids (special tokens written in it parsed) and its decoding, and
-//! every golden prompt's ids with BOS.
-//!
-//! The model itself does not run yet (the `gemma3` architecture is not implemented): its
-//! loading is a clear error naming the architecture.
+//! every golden prompt's ids with BOS; then the model (sliding-window layers, q/k norms,
+//! post-norms, GELU) through the engine: greedy agreement with the reference at least
+//! llama.cpp's on the same file (one prompt of 668 tokens, past the 512-key window), step-0
+//! log-probs close to the reference's, and every prompt bit-identical alone and batched.
 
 mod common;
 
 use ballast::format::gguf::GgufFile;
-use ballast::model::{self, LoadOptions};
 use ballast::tokenizer::Tokenizer;
 use common::*;
 
@@ -51,7 +50,14 @@ fn gemma_tokenizer_matches_every_golden_string_and_prompt() {
 }
 
 #[test]
-fn loading_gemma_names_the_unsupported_architecture() {
-    let err = model::load(&real_model_path(ID), LoadOptions::default(), &mut |_, _| {}).err().expect("gemma3 does not run yet");
-    assert!(err.to_string().contains("unsupported architecture `gemma3`"), "{err}");
+fn gemma_matches_its_goldens_and_is_batch_invariant() {
+    let engine = golden::engine(ID);
+    let batched = golden::check_generation(ID, &engine, 0.05);
+    let cases = golden("generation.json")["cases"].as_array().unwrap().clone();
+    assert!(cases.iter().any(|c| ids(&c["prompt_ids"]).len() > 512), "a prompt longer than the window");
+    for (case, together) in cases.iter().zip(&batched) {
+        let alone = engine.submit(golden::greedy(ids(&case["prompt_ids"]), together.ids.len())).unwrap().collect_output().remove(0);
+        assert_eq!(alone.ids, together.ids, "{}: tokens changed in a batch", case["id"]);
+        assert_eq!(alone.logprobs, together.logprobs, "{}: log-probs changed in a batch", case["id"]);
+    }
 }

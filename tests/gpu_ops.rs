@@ -163,6 +163,24 @@ fn norms_elementwise_ops_and_gathers_match_the_cpu() {
         cpu.silu_mul(&mut cx, &cd).unwrap();
         gpu.silu_mul(&mut gx, &gd).unwrap();
         assert_close(&format!("silu_mul {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-5);
+        cpu.scale(&mut cx, 3.5).unwrap();
+        gpu.scale(&mut gx, 3.5).unwrap();
+        assert_close(&format!("scale {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-6);
+        cpu.gelu_tanh_mul(&mut cx, &cd).unwrap();
+        gpu.gelu_tanh_mul(&mut gx, &gd).unwrap();
+        assert_close(&format!("gelu_tanh_mul {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-5);
+        cpu.softcap(&mut cx, 0.7).unwrap();
+        gpu.softcap(&mut gx, 0.7).unwrap();
+        assert_close(&format!("softcap {what}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-5);
+        // Per-head norms: every divisor of the width as the head size.
+        for head_dim in (1..=cols).filter(|h| cols % h == 0) {
+            let hw = rng.floats(head_dim, 1.0);
+            let (chw, ghw) = (cpu.upload_vector(&hw).unwrap(), gpu.upload_vector(&hw).unwrap());
+            cpu.head_rms_norm(&mut cx, &chw, 1e-6, head_dim).unwrap();
+            gpu.head_rms_norm(&mut gx, &ghw, 1e-6, head_dim).unwrap();
+            assert_close(&format!("head_rms_norm {what} heads of {head_dim}"), &read_gpu(&gpu, &gx), cx.as_slice(), 1e-5);
+        }
+        assert!(gpu.head_rms_norm(&mut gx, &gw, 1e-6, cols + 1).is_err() && cpu.head_rms_norm(&mut cx, &cw, 1e-6, cols + 1).is_err());
         // Shape errors are errors, not launches.
         let other = gpu_tensor(&gpu, 1, &w);
         assert!(gpu.add(&mut gx, &other).is_err() || rows == 1);
@@ -228,15 +246,17 @@ fn rope_matches_the_cpu_in_both_styles_and_with_partial_rotation() {
 
 /// Sequences for one attention step: (tokens already cached, new tokens).
 fn attention_case((num_heads, num_kv_heads, head_dim): (usize, usize, usize), seqs: &[(usize, usize)], seed: u64) {
-    attention_case_capped((num_heads, num_kv_heads, head_dim), seqs, seed, None)
+    attention_case_capped((num_heads, num_kv_heads, head_dim), seqs, seed, None, None)
 }
 
-/// As `attention_case`, with split attention's partials capped at `cap` bytes per launch.
+/// As `attention_case`, with split attention's partials capped at `cap` bytes per launch
+/// and a sliding `window`.
 fn attention_case_capped(
     (num_heads, num_kv_heads, head_dim): (usize, usize, usize),
     seqs: &[(usize, usize)],
     seed: u64,
     cap: Option<usize>,
+    window: Option<usize>,
 ) {
     let (cpu, mut gpu) = backends();
     if let Some(cap) = cap {
@@ -280,11 +300,11 @@ fn attention_case_capped(
             continue;
         }
         let q = rng.floats(n * num_heads * head_dim, 1.0);
-        let shape = AttentionShape { num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt() };
+        let shape = AttentionShape { num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), window };
         let (mut co, mut go) = (cpu.alloc(n, num_heads * head_dim).unwrap(), gpu.alloc(n, num_heads * head_dim).unwrap());
         cpu.attention(&cs, layer, &cpu_tensor(&cpu, n, &q), &cpool, shape, &mut co).unwrap();
         gpu.attention(&gs, layer, &gpu_tensor(&gpu, n, &q), &gpool, shape, &mut go).unwrap();
-        let what = format!("attention {num_heads}/{num_kv_heads} heads of {head_dim}, seqs {seqs:?}");
+        let what = format!("attention {num_heads}/{num_kv_heads} heads of {head_dim}, seqs {seqs:?}, window {window:?}");
         assert_close(&what, &read_gpu(&gpu, &go), co.as_slice(), 2e-5);
     }
 }
@@ -308,7 +328,19 @@ fn attention_over_long_contexts_splits_and_combines() {
     attention_case((3, 3, 32), &[(512, 1), (600, 3), (1500, 1), (2, 1)], 8);
     // Partials for two tokens per launch group (3 heads x 3 splits x 34 floats each): six
     // tokens in three groups, split and unsplit tokens mixed.
-    attention_case_capped((3, 3, 32), &[(1100, 3), (4, 2), (700, 1)], 9, Some(2 * 3 * 3 * 34 * 4));
+    attention_case_capped((3, 3, 32), &[(1100, 3), (4, 2), (700, 1)], 9, Some(2 * 3 * 3 * 34 * 4), None);
+}
+
+#[test]
+fn sliding_window_attention_matches_the_cpu() {
+    // Windows inside one block, across blocks, and shorter than a split of a long context
+    // (whole splits before the window see nothing); prefill rows whose windows start at
+    // different keys; a window longer than every context.
+    let seqs = [(0, 20), (40, 3), (700, 1), (1500, 2), (5, 1)];
+    for (window, seed) in [(1, 11), (7, 12), (100, 13), (600, 14), (5000, 15)] {
+        attention_case_capped((4, 1, 256), &seqs, seed, None, Some(window));
+        attention_case_capped((6, 2, 32), &seqs, seed + 10, None, Some(window));
+    }
 }
 
 #[test]
@@ -340,7 +372,7 @@ fn copy_blocks_copies_every_layer_in_order() {
     let mut plan = BatchPlan::new(16, 6);
     plan.push_seq(&[1], 47, &[4, 0, 3], LogitsFor::Last).unwrap();
     let (cs, gs) = (cpu.prepare(&plan).unwrap(), gpu.prepare(&plan).unwrap());
-    let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 32, scale: 0.2 };
+    let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 32, scale: 0.2, window: None };
     for layer in 0..3 {
         let (k, v) = (rng.floats(64, 1.0), rng.floats(64, 1.0));
         cpu.write_kv(&cs, layer, &cpu_tensor(&cpu, 1, &k), &cpu_tensor(&cpu, 1, &v), &mut cpool).unwrap();
@@ -417,7 +449,7 @@ fn fused_rope_and_kv_write_match_the_cpu_ops_one_by_one() {
     assert_close("rotated q", &read_gpu(&gpu, &gq), cq.as_slice(), 1e-5);
     assert_close("rotated k", &read_gpu(&gpu, &gk), ck.as_slice(), 1e-5);
     // The cache holds the rotated k and v: attention reads them back.
-    let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim, scale: 0.125 };
+    let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim, scale: 0.125, window: None };
     let (mut co, mut go) = (cpu.alloc(n, heads * head_dim).unwrap(), gpu.alloc(n, heads * head_dim).unwrap());
     cpu.attention(&cs, 1, &cq, &cpool, shape, &mut co).unwrap();
     gpu.attention(&gs, 1, &gq, &gpool, shape, &mut go).unwrap();

@@ -1,4 +1,4 @@
-//! The backend boundary: exactly the ops a Llama-family forward pass needs.
+//! The backend boundary: exactly the ops the forward pass needs (Llama family and Gemma 3).
 //!
 //! The model (`model::llama`) is written only against [`Backend`]. The CPU backend is the
 //! reference implementation; every other backend is tested op by op against it.
@@ -47,6 +47,9 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Multiplies `q·k` before the softmax (usually `1/sqrt(head_dim)`).
     pub scale: f32,
+    /// Sliding-window attention: a query at position `p` sees only the keys at positions
+    /// `p - window < j <= p` (its own and the `window - 1` before it); `None`: all of `0..=p`.
+    pub window: Option<usize>,
 }
 
 /// Rotary embedding parameters of the model.
@@ -114,6 +117,14 @@ pub trait Backend: Send {
         }
         Ok(())
     }
+    /// Normalises each `head_dim`-wide head of every row of `x` in place:
+    /// `head = head / rms(head) * weight` (`weight`: one row of `head_dim`), the per-head
+    /// query/key norm of Gemma 3.
+    fn head_rms_norm(&self, x: &mut Self::Tensor, weight: &Self::Tensor, eps: f32, head_dim: usize) -> Result<()>;
+    /// `x *= factor`.
+    fn scale(&self, x: &mut Self::Tensor, factor: f32) -> Result<()>;
+    /// `x = cap * tanh(x / cap)`: Gemma's logit soft-capping.
+    fn softcap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()>;
     /// `x[t] += bias`.
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Tensor) -> Result<()>;
     /// `x += y`.
@@ -143,7 +154,7 @@ pub trait Backend: Send {
         self.write_kv(step, layer, k, v, pool)
     }
     /// Causal attention of each token's queries over its sequence's cached K/V up to and
-    /// including its own position. `q`, `out`: `[tokens, num_heads * head_dim]`.
+    /// including its own position (the last `shape.window` of them when set). `q`, `out`: `[tokens, num_heads * head_dim]`.
     fn attention(
         &self,
         step: &Self::Step<'_>,
@@ -158,6 +169,9 @@ pub trait Backend: Send {
     fn copy_blocks(&self, pool: &mut Self::KvPool, pairs: &[(u32, u32)]) -> Result<()>;
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
+    /// `gate = gelu_tanh(gate) * up`, with `gelu_tanh(x) = x/2 · (1 + tanh(√(2/π)(x + 0.044715x³)))`
+    /// (PyTorch's `gelu(approximate="tanh")`).
+    fn gelu_tanh_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
     /// `out` = the rows of `x` named by the plan's `logits_rows`.
     fn gather_logits_rows(&self, step: &Self::Step<'_>, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
     /// Copies `x` to host memory (`rows * cols` floats, row-major) into `out`.

@@ -1,4 +1,5 @@
-//! The Llama-family model configuration, independent of the file format it came from.
+//! The model configuration (Llama family and Gemma 3), independent of the file format it came
+//! from.
 
 use std::f64::consts::PI;
 
@@ -74,7 +75,28 @@ impl Llama3Scaling {
     }
 }
 
-/// Everything the forward pass needs to know about a Llama-family model's shape.
+/// The gate activation of the feed-forward block: `down(act(gate(x)) * up(x))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x · sigmoid(x)` (Llama, Mistral, Qwen2).
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+}
+
+/// Sliding-window attention on some layers (Gemma 3: five local layers to one global).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Keys a local layer's query sees: its own and the `size - 1` before it.
+    pub size: usize,
+    /// Every `pattern`-th layer (layers `pattern - 1`, `2 * pattern - 1`, ...) is global, the
+    /// others local; 1 would make every layer global.
+    pub pattern: usize,
+    /// The rope base of the local layers (unscaled); the global ones use [`ModelConfig::rope`].
+    pub local_rope_theta: f64,
+}
+
+/// Everything the forward pass needs to know about a model's shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     /// Architecture name as the file states it (`llama`, `qwen2`, ...), for display.
@@ -93,6 +115,39 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// The output projection is the token embedding.
     pub tie_word_embeddings: bool,
+    /// What the architecture does beyond a Llama block.
+    pub features: Features,
+}
+
+/// What a model's blocks do beyond Llama's; the default is none of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Features {
+    pub activation: Activation,
+    /// Multiplies the token embeddings (Gemma: `√hidden_size`).
+    pub embed_scale: Option<f32>,
+    /// Each query and key head is RMS-normalised (one weight per head dim) before the rope.
+    pub qk_norm: bool,
+    /// The attention and FFN outputs are RMS-normalised before they join the residual.
+    pub post_norms: bool,
+    /// Multiplies `q·k`; `None`: `1/√head_dim`.
+    pub attention_scale: Option<f32>,
+    /// Logits become `cap · tanh(logits / cap)`.
+    pub final_logit_softcap: Option<f32>,
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+impl Default for Features {
+    fn default() -> Features {
+        Features {
+            activation: Activation::Silu,
+            embed_scale: None,
+            qk_norm: false,
+            post_norms: false,
+            attention_scale: None,
+            final_logit_softcap: None,
+            sliding_window: None,
+        }
+    }
 }
 
 impl ModelConfig {
@@ -104,6 +159,23 @@ impl ModelConfig {
     /// Width of the key (and value) projection output.
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+
+    /// The keys layer `layer`'s queries see: `Some(window)` on a local layer.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let w = self.features.sliding_window.as_ref()?;
+        (!(layer + 1).is_multiple_of(w.pattern)).then_some(w.size)
+    }
+
+    /// The rope of the local layers, where they have their own.
+    pub fn local_rope(&self) -> Option<RopeConfig> {
+        let w = self.features.sliding_window.as_ref()?;
+        Some(RopeConfig { theta: w.local_rope_theta, llama3_scaling: None, freq_factors: None, ..self.rope.clone() })
+    }
+
+    /// `q·k`'s multiplier.
+    pub fn attention_scale(&self) -> f32 {
+        self.features.attention_scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
     }
 
     /// Checks the invariants the forward pass relies on; returns a description of the first
@@ -140,6 +212,22 @@ impl ModelConfig {
         }
         if !(self.rms_eps >= 0.0 && self.rms_eps.is_finite()) {
             return Err(format!("rms eps {} invalid", self.rms_eps));
+        }
+        let f = &self.features;
+        if let Some(w) = &f.sliding_window {
+            if w.size == 0 || w.pattern == 0 {
+                return Err(format!("sliding window of {} keys, every {}th layer global", w.size, w.pattern));
+            }
+            if !(w.local_rope_theta > 0.0 && w.local_rope_theta.is_finite()) {
+                return Err(format!("local rope theta {} is not a positive number", w.local_rope_theta));
+            }
+        }
+        for (name, v) in
+            [("embedding scale", f.embed_scale), ("attention scale", f.attention_scale), ("logit soft-cap", f.final_logit_softcap)]
+        {
+            if v.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+                return Err(format!("{name} {v:?} is not a positive number"));
+            }
         }
         Ok(())
     }

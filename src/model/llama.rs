@@ -1,12 +1,17 @@
-//! The Llama-family forward pass, written only against [`Backend`].
+//! The forward pass of the Llama family and Gemma 3, written only against [`Backend`].
+//!
+//! Gemma 3 is a Llama block with more (see [`crate::model::Features`]): the embedding scaled by
+//! √d, each query and key head RMS-normalised before the rope, the attention and FFN outputs
+//! normalised before they join the residual, a GELU gate, and sliding-window attention with
+//! its own rope base on five layers of six.
 //!
 //! One call computes every token of a [`BatchPlan`]: sequences of different lengths at
 //! different positions (prefill chunks and decode tokens mixed), reading and writing K/V
 //! through their block tables. Activation buffers are allocated once for `max_batch_tokens`
 //! rows and reused every step.
 
-use super::ModelConfig;
 use super::weights::{HostWeights, ModelWeights};
+use super::{Activation, ModelConfig};
 use crate::backend::{AttentionShape, Backend, BackendError, RopeShape};
 use crate::kv::{KvDtype, KvLayout};
 use crate::plan::BatchPlan;
@@ -33,6 +38,8 @@ struct Buffers<T> {
     last: T,
     /// `[logit rows, vocab]`
     logits: T,
+    /// The normalised attention or MLP output `[tokens, hidden]`, for models with post-norms.
+    post: Option<T>,
 }
 
 pub struct Llama<B: Backend> {
@@ -40,6 +47,8 @@ pub struct Llama<B: Backend> {
     weights: ModelWeights<B::Matrix, B::Tensor>,
     /// `[num_rotary_dims / 2]`
     inv_freq: B::Tensor,
+    /// The local (sliding-window) layers' frequencies, where they have their own.
+    inv_freq_local: Option<B::Tensor>,
     buffers: Buffers<B::Tensor>,
     max_batch_tokens: usize,
 }
@@ -50,6 +59,7 @@ impl<B: Backend> Llama<B> {
     pub fn new(backend: &B, config: ModelConfig, weights: HostWeights, max_batch_tokens: usize) -> Result<Llama<B>, BackendError> {
         let max_batch_tokens = max_batch_tokens.max(1);
         let inv_freq = backend.upload_vector(&config.rope.inv_freq())?;
+        let inv_freq_local = config.local_rope().map(|r| backend.upload_vector(&r.inv_freq())).transpose()?;
         let weights = backend.upload_weights(weights)?;
         let (t, h) = (max_batch_tokens, config.hidden_size);
         let buffers = Buffers {
@@ -64,8 +74,9 @@ impl<B: Backend> Llama<B> {
             up: backend.alloc(t, config.intermediate_size)?,
             last: backend.alloc(t, h)?,
             logits: backend.alloc(t, config.vocab_size)?,
+            post: if config.features.post_norms { Some(backend.alloc(t, h)?) } else { None },
         };
-        Ok(Llama { config, weights, inv_freq, buffers, max_batch_tokens })
+        Ok(Llama { config, weights, inv_freq, inv_freq_local, buffers, max_batch_tokens })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -133,21 +144,36 @@ impl<B: Backend> Llama<B> {
         let (c, w, b) = (&self.config, &self.weights, &mut self.buffers);
         let eps = c.rms_eps;
         backend.embedding(&step, &w.embed, &mut b.x)?;
+        if let Some(s) = c.features.embed_scale {
+            backend.scale(&mut b.x, s)?;
+        }
         backend.rms_norm(&b.x, &w.layers[0].attn_norm, eps, &mut b.xn)?;
         for (i, layer) in w.layers.iter().enumerate() {
-            attention_block(backend, &step, c, i, layer, &self.inv_freq, kv, b)?;
-            backend.add_rms_norm(&mut b.x, &b.delta, &layer.ffn_norm, eps, &mut b.xn)?;
+            let inv_freq = match (c.layer_window(i), &self.inv_freq_local) {
+                (Some(_), Some(local)) => local,
+                _ => &self.inv_freq,
+            };
+            attention_block(backend, &step, c, i, layer, inv_freq, kv, b)?;
+            let delta = post_norm(backend, &b.delta, layer.norms.post_attn.as_ref(), eps, &mut b.post)?;
+            backend.add_rms_norm(&mut b.x, delta, &layer.ffn_norm, eps, &mut b.xn)?;
             backend.matmul_multi(&b.xn, &[&layer.w_gate, &layer.w_up], &mut [&mut b.gate, &mut b.up])?;
-            backend.silu_mul(&mut b.gate, &b.up)?;
+            match c.features.activation {
+                Activation::Silu => backend.silu_mul(&mut b.gate, &b.up)?,
+                Activation::GeluTanh => backend.gelu_tanh_mul(&mut b.gate, &b.up)?,
+            }
             backend.matmul(&b.gate, &layer.w_down, &mut b.delta)?;
+            let delta = post_norm(backend, &b.delta, layer.norms.post_ffn.as_ref(), eps, &mut b.post)?;
             let next_norm = w.layers.get(i + 1).map_or(&w.final_norm, |l| &l.attn_norm);
-            backend.add_rms_norm(&mut b.x, &b.delta, next_norm, eps, &mut b.xn)?;
+            backend.add_rms_norm(&mut b.x, delta, next_norm, eps, &mut b.xn)?;
         }
         if plan.logits_rows.is_empty() {
             return Ok(false);
         }
         backend.gather_logits_rows(&step, &b.xn, &mut b.last)?;
         backend.matmul(&b.last, w.output(), &mut b.logits)?;
+        if let Some(cap) = c.features.final_logit_softcap {
+            backend.softcap(&mut b.logits, cap)?;
+        }
         Ok(true)
     }
 }
@@ -170,14 +196,39 @@ fn attention_block<B: Backend>(
             backend.add_bias(x, bias)?;
         }
     }
+    for (x, norm) in [(&mut b.q, &layer.norms.q), (&mut b.k, &layer.norms.k)] {
+        if let Some(norm) = norm {
+            backend.head_rms_norm(x, norm, c.rms_eps, c.head_dim)?;
+        }
+    }
     let rope = |num_heads| RopeShape { num_heads, head_dim: c.head_dim, num_rotary_dims: c.rope.num_rotary_dims, style: c.rope.style };
     backend.rope_write_kv(step, i, &mut b.q, &mut b.k, &b.v, inv_freq, rope(c.num_heads), c.num_kv_heads, kv)?;
     let shape = AttentionShape {
         num_heads: c.num_heads,
         num_kv_heads: c.num_kv_heads,
         head_dim: c.head_dim,
-        scale: 1.0 / (c.head_dim as f32).sqrt(),
+        scale: c.attention_scale(),
+        window: c.layer_window(i),
     };
     backend.attention(step, i, &b.q, kv, shape, &mut b.attn)?;
     backend.matmul(&b.attn, &layer.wo, &mut b.delta)
+}
+
+/// `norm(delta)` into `post` where the block has that norm, else `delta` itself: what joins
+/// the residual.
+fn post_norm<'a, B: Backend>(
+    backend: &B,
+    delta: &'a B::Tensor,
+    norm: Option<&B::Tensor>,
+    eps: f32,
+    post: &'a mut Option<B::Tensor>,
+) -> Result<&'a B::Tensor, BackendError> {
+    match (norm, post) {
+        (Some(w), Some(out)) => {
+            backend.rms_norm(delta, w, eps, out)?;
+            Ok(out)
+        }
+        (Some(_), None) => Err(BackendError::Shape { op: "post_norm", detail: "no buffer for a post-norm".into() }),
+        (None, _) => Ok(delta),
+    }
 }

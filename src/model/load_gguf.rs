@@ -1,7 +1,11 @@
-//! GGUF files (llama.cpp's format): metadata → [`ModelConfig`], tensors → zero-copy
-//! [`HostMatrix`] views of the file's bytes (in memory, or mapped with `map_file`).
+//! GGUF files (llama.cpp's format; architectures llama, mistral, qwen2, gemma3): metadata →
+//! [`ModelConfig`], tensors → zero-copy [`HostMatrix`] views of the file's bytes (in memory,
+//! or mapped with `map_file`).
 
-use super::{HostMatrix, HostWeights, LayerWeights, LoadedModel, ModelConfig, ModelError, ModelInfo, Progress, RopeConfig, RopeStyle};
+use super::{
+    Activation, ExtraNorms, Features, HostMatrix, HostWeights, LayerWeights, LoadedModel, ModelConfig, ModelError, ModelInfo, Progress,
+    RopeConfig, RopeStyle, SlidingWindow,
+};
 use crate::format::gguf::{GgufFile, TensorInfo};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
@@ -11,7 +15,7 @@ pub fn load(path: &Path, map_file: bool, progress: Progress) -> Result<LoadedMod
     let arch = file.get_str("general.architecture")?.ok_or_else(|| missing("general.architecture"))?;
     let style = match arch {
         "llama" | "mistral" => RopeStyle::Interleaved,
-        "qwen2" => RopeStyle::HalfSplit,
+        "qwen2" | "gemma3" => RopeStyle::HalfSplit,
         other => return Err(ModelError::UnsupportedArch(other.to_string())),
     };
     let config = read_config(&file, arch, style)?;
@@ -19,6 +23,14 @@ pub fn load(path: &Path, map_file: bool, progress: Progress) -> Result<LoadedMod
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let mut eos_token_ids: Vec<u32> = file.get_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
     if let Some(eot) = file.get_u32("tokenizer.ggml.eot_token_id")?
+        && !eos_token_ids.contains(&eot)
+    {
+        eos_token_ids.push(eot);
+    }
+    // Gemma files name only `<eos>`, but a Gemma turn ends with `<end_of_turn>` (llama.cpp
+    // and transformers stop there too).
+    if arch == "gemma3"
+        && let Some(eot) = tokenizer.token_to_id("<end_of_turn>")
         && !eos_token_ids.contains(&eot)
     {
         eos_token_ids.push(eot);
@@ -72,6 +84,10 @@ fn read_config(file: &GgufFile, arch: &str, style: RopeStyle) -> Result<ModelCon
         let f = freq_factors.get_or_insert_with(|| vec![1.0; num_rotary_dims / 2]);
         f.iter_mut().for_each(|x| *x *= factor);
     }
+    let features = match arch {
+        "gemma3" => gemma3_features(file, hidden_size, num_heads, head_dim)?,
+        _ => Features::default(),
+    };
     Ok(ModelConfig {
         arch: arch.to_string(),
         vocab_size,
@@ -86,6 +102,49 @@ fn read_config(file: &GgufFile, arch: &str, style: RopeStyle) -> Result<ModelCon
         max_position_embeddings: file.get_u64(&key("context_length"))?.unwrap_or(2048) as usize,
         qkv_bias: file.tensor("blk.0.attn_q.bias").is_some(),
         tie_word_embeddings: file.tensor("output.weight").is_none(),
+        features,
+    })
+}
+
+/// Gemma 3: GELU FFN, √d embedding scale, q/k and post norms (their weights are stored with
+/// Gemma's `1 +` already added, so they are plain RMSNorm weights here), and five local
+/// layers with a sliding window and their own rope base to each global one — what
+/// llama.cpp assumes where the file says nothing (pattern 6, local base 10000).
+fn gemma3_features(file: &GgufFile, hidden: usize, num_heads: usize, head_dim: usize) -> Result<Features, ModelError> {
+    let key = |k: &str| format!("gemma3.{k}");
+    let unsupported = |what: String| Err(ModelError::Invalid(format!("gemma3: {what} is not supported")));
+    if let Some(cap) = file.get_f32(&key("attn_logit_softcapping"))? {
+        return unsupported(format!("attention logit soft-capping ({cap})"));
+    }
+    if let Some(v) = file.get_u64(&key("attention.value_length"))?
+        && v as usize != head_dim
+    {
+        return unsupported(format!("a value head of {v} dims with keys of {head_dim}"));
+    }
+    let size = file.get_u64(&key("attention.sliding_window"))?.ok_or_else(|| missing(&key("attention.sliding_window")))? as usize;
+    let pattern = match file.get(&key("attention.sliding_window_pattern")) {
+        None => 6,
+        Some(_) => match file.get_u64(&key("attention.sliding_window_pattern")) {
+            Ok(Some(p)) if p >= 1 => p as usize,
+            _ => return unsupported("a sliding window pattern other than one global layer every N".into()),
+        },
+    };
+    let local_rope_theta = file.get_f32(&key("rope.freq_base_swa"))?.map_or(10000.0, f64::from);
+    let num_layers = file.get_u64(&key("block_count"))?.unwrap_or(0);
+    // Gemma 3 27B scales queries by 1/√(hidden / heads) (its query_pre_attn_scalar), the
+    // others by 1/√head_dim.
+    let attention_scale = match num_layers {
+        62 if num_heads > 0 => Some(1.0 / ((hidden / num_heads) as f32).sqrt()),
+        _ => None,
+    };
+    Ok(Features {
+        activation: Activation::GeluTanh,
+        embed_scale: Some((hidden as f32).sqrt()),
+        qk_norm: true,
+        post_norms: true,
+        attention_scale,
+        final_logit_softcap: file.get_f32(&key("final_logit_softcapping"))?,
+        sliding_window: Some(SlidingWindow { size, pattern, local_rope_theta }),
     })
 }
 
@@ -131,7 +190,15 @@ fn read_weights(file: &GgufFile, c: &ModelConfig, progress: Progress) -> Result<
         let (attn_norm, ffn_norm) = (vec("attn_norm.weight")?, vec("ffn_norm.weight")?);
         let (bq, bk, bv) =
             if c.qkv_bias { (Some(vec("attn_q.bias")?), Some(vec("attn_k.bias")?), Some(vec("attn_v.bias")?)) } else { (None, None, None) };
-        layers.push(LayerWeights { attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down });
+        let f = &c.features;
+        let mut opt = |n: &str, wanted: bool| if wanted { vec(n).map(Some) } else { Ok(None) };
+        let norms = ExtraNorms {
+            q: opt("attn_q_norm.weight", f.qk_norm)?,
+            k: opt("attn_k_norm.weight", f.qk_norm)?,
+            post_attn: opt("post_attention_norm.weight", f.post_norms)?,
+            post_ffn: opt("post_ffw_norm.weight", f.post_norms)?,
+        };
+        layers.push(LayerWeights { attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down, norms });
     }
     let embed = read_matrix(file, get("token_embd.weight")?)?;
     let final_norm = read_vector(file, get("output_norm.weight")?)?;

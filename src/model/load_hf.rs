@@ -208,6 +208,7 @@ fn read_weights(shards: &Shards, c: &ModelConfig, options: LoadOptions, progress
             w_gate: mat("mlp.gate_proj")?,
             w_up: mat("mlp.up_proj")?,
             w_down: mat("mlp.down_proj")?,
+            norms: Default::default(),
         });
         progress(per_layer * (i as u64 + 1), total);
     }
@@ -263,6 +264,7 @@ impl config::HfConfig {
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             qkv_bias,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(tie_default),
+            features: Default::default(),
         })
     }
 }

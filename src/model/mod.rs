@@ -1,4 +1,4 @@
-//! Llama-family models: configuration, weights, loading from GGUF or HF checkpoints, and the
+//! Llama-family and Gemma 3 models: configuration, weights, loading from GGUF or HF checkpoints, and the
 //! forward pass.
 
 mod config;
@@ -9,9 +9,9 @@ pub(crate) use load_hf::config_from_json;
 pub mod llama;
 pub mod weights;
 
-pub use config::{Llama3Scaling, ModelConfig, RopeConfig, RopeStyle};
+pub use config::{Activation, Features, Llama3Scaling, ModelConfig, RopeConfig, RopeStyle, SlidingWindow};
 pub use llama::Llama;
-pub use weights::{HostMatrix, HostWeights, LayerWeights, ModelWeights};
+pub use weights::{ExtraNorms, HostMatrix, HostWeights, LayerWeights, ModelWeights};
 
 use crate::format::gguf::GgufError;
 use crate::quant::GgmlType;
@@ -30,7 +30,7 @@ pub enum ModelError {
     Safetensors { path: PathBuf, reason: String },
     #[error("{}: invalid JSON: {reason}", path.display())]
     Json { path: PathBuf, reason: String },
-    #[error("unsupported architecture `{0}` (ballast runs llama, mistral and qwen2 models)")]
+    #[error("unsupported architecture `{0}` (ballast runs llama, mistral, qwen2 and gemma3 models)")]
     UnsupportedArch(String),
     #[error("tensor `{tensor}` has type {dtype}, which ballast does not support here")]
     UnsupportedDtype { tensor: String, dtype: String },

@@ -147,6 +147,36 @@ pub struct LayerWeights<M, V> {
     pub w_up: M,
     /// `[hidden, intermediate]`
     pub w_down: M,
+    /// The norms beyond Llama's, where the model has them.
+    pub norms: ExtraNorms<V>,
+}
+
+/// A block's norms beyond its input and pre-FFN ones (Gemma 3 has all four).
+#[derive(Debug)]
+pub struct ExtraNorms<V> {
+    /// `[head_dim]` each: every query and key head's norm.
+    pub q: Option<V>,
+    pub k: Option<V>,
+    /// `[hidden]` each: the attention and FFN outputs' norms.
+    pub post_attn: Option<V>,
+    pub post_ffn: Option<V>,
+}
+
+impl<V> Default for ExtraNorms<V> {
+    fn default() -> Self {
+        ExtraNorms { q: None, k: None, post_attn: None, post_ffn: None }
+    }
+}
+
+impl<V> ExtraNorms<V> {
+    fn try_map<V2, E>(self, f: &mut impl FnMut(V) -> Result<V2, E>) -> Result<ExtraNorms<V2>, E> {
+        Ok(ExtraNorms {
+            q: self.q.map(&mut *f).transpose()?,
+            k: self.k.map(&mut *f).transpose()?,
+            post_attn: self.post_attn.map(&mut *f).transpose()?,
+            post_ffn: self.post_ffn.map(&mut *f).transpose()?,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -198,6 +228,7 @@ impl<M, V> ModelWeights<M, V> {
                 w_gate: matrix(l.w_gate)?,
                 w_up: matrix(l.w_up)?,
                 w_down: matrix(l.w_down)?,
+                norms: l.norms.try_map(&mut vector)?,
             });
         }
         Ok(ModelWeights {
@@ -240,10 +271,22 @@ impl HostWeights {
             mat(&n("gate"), &l.w_gate, ff, h)?;
             mat(&n("up"), &l.w_up, ff, h)?;
             mat(&n("down"), &l.w_down, h, ff)?;
-            for (b, len, s) in [(&l.bq, q, "q bias"), (&l.bk, kv, "k bias"), (&l.bv, kv, "v bias")] {
+            let f = &config.features;
+            let hd = config.head_dim;
+            let optional = [
+                (&l.bq, q, "q bias", config.qkv_bias),
+                (&l.bk, kv, "k bias", config.qkv_bias),
+                (&l.bv, kv, "v bias", config.qkv_bias),
+                (&l.norms.q, hd, "q norm", f.qk_norm),
+                (&l.norms.k, hd, "k norm", f.qk_norm),
+                (&l.norms.post_attn, h, "post-attention norm", f.post_norms),
+                (&l.norms.post_ffn, h, "post-FFN norm", f.post_norms),
+            ];
+            for (b, len, s, wanted) in optional {
                 match b {
-                    Some(b) => vec(&n(s), b, len)?,
-                    None if config.qkv_bias => return Err(format!("{} missing", n(s))),
+                    Some(b) if wanted => vec(&n(s), b, len)?,
+                    Some(_) => return Err(format!("{} present but unused by the model", n(s))),
+                    None if wanted => return Err(format!("{} missing", n(s))),
                     None => {}
                 }
             }

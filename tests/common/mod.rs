@@ -1,6 +1,7 @@
 //! Shared test helpers: the real model (fetched if absent), goldens, fixtures.
 #![allow(dead_code)]
 
+pub mod golden;
 pub mod server;
 
 use ballast::backend::Backend;

@@ -5,8 +5,10 @@
 //! shares the KV head (GQA) and every query row of the block. Every (row, head) accumulator
 //! visits positions `0..=pos` in chunks of `KEY_CHUNK` aligned at position 0, in order, with
 //! the same operations whatever block it sits in, so results do not depend on how the batch
-//! is composed. Within a chunk, scores run one key per lane (K is stored dimension-major per
-//! KV block), and the exponentials and weighted sums run as vector loops.
+//! is composed. With a sliding window a row skips the chunks before its window and takes
+//! only its window's keys of the chunk where the window starts. Within a chunk, scores run
+//! one key per lane (K is stored dimension-major per KV block), and the exponentials and
+//! weighted sums run as vector loops.
 
 use super::par::SharedOut;
 use super::pool::ThreadPool;
@@ -128,12 +130,16 @@ impl Ctx<'_> {
     /// chunk's probabilities and weighted values. Chunk boundaries are absolute positions,
     /// so a row's arithmetic is the same in any batch or query block.
     fn block<E: KvElem>(&self, seq: &SeqPlan, rows: std::ops::Range<usize>, kv_head: usize, k: &[E], v: &[E], out: &SharedOut<f32>) {
-        let AttentionShape { num_heads, num_kv_heads, head_dim: d, scale } = self.shape;
+        let AttentionShape { num_heads, num_kv_heads, head_dim: d, scale, window } = self.shape;
+        // The first position a row at `pos` sees (sliding window), or 0.
+        let first_key = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let group = num_heads / num_kv_heads;
         let (bs, table) = (self.layout.block_size, self.plan.block_table(seq));
         let n_acc = rows.len() * group;
         let first_row = seq.query_start + rows.start;
         let last_pos = self.plan.positions[seq.query_start + rows.end - 1] as usize;
+        // Rows' positions rise through the block, so the first row sees the earliest key.
+        let lo = first_key(self.plan.positions[first_row] as usize);
         // Whole blocks per chunk: a block's keys sit together in K (see `KvLayout`).
         let chunk_keys = (KEY_CHUNK / bs).max(1) * bs;
         SCRATCH.with_borrow_mut(|buf| {
@@ -145,14 +151,14 @@ impl Ctx<'_> {
             for a in acc.chunks_mut(d + 2) {
                 a[0] = f32::NEG_INFINITY;
             }
-            for c0 in (0..=last_pos).step_by(chunk_keys) {
+            for c0 in (lo / chunk_keys * chunk_keys..=last_pos).step_by(chunk_keys) {
                 let c1 = (c0 + chunk_keys).min(last_pos + 1);
                 // K: each block's `d` rows of `bs` keys for this KV head, as they lie.
                 for (&block, dst) in table[c0 / bs..c1.div_ceil(bs)].iter().zip(kf.chunks_exact_mut(d * bs)) {
                     let off = self.layout.k_index(self.layer, block as usize * bs, kv_head * d);
                     E::widen(&k[off..off + d * bs], dst);
                 }
-                for j in c0..c1 {
+                for j in c0.max(lo)..c1 {
                     let slot = table[j / bs] as usize * bs + j % bs;
                     let off = self.layout.slot_offset(self.layer, slot) + kv_head * d;
                     E::widen(&v[off..off + d], &mut vf[(j - c0) * d..(j - c0 + 1) * d]);
@@ -160,22 +166,24 @@ impl Ctx<'_> {
                 for (r, accs) in acc.chunks_mut(group * (d + 2)).enumerate() {
                     let row = first_row + r;
                     let pos = self.plan.positions[row] as usize;
-                    if pos < c0 {
-                        continue; // causal: the whole chunk is after this row
+                    let row_lo = first_key(pos);
+                    if pos < c0 || row_lo >= c1 {
+                        continue; // the whole chunk is after this row, or before its window
                     }
-                    let n = (pos + 1).min(c1) - c0;
+                    // The row's keys in this chunk: `start..n`, relative to `c0`.
+                    let (start, n) = (row_lo.max(c0) - c0, (pos + 1).min(c1) - c0);
                     let q_row = self.q.row(row);
                     for (h, a) in accs.chunks_mut(d + 2).enumerate() {
                         let head = kv_head * group + h;
                         let qh = &q_row[head * d..(head + 1) * d];
                         // Every key of the blocks holding the row's `n` keys (each key's
                         // score is its own lane: the ones past `n` are not used).
-                        for b in 0..n.div_ceil(bs) {
+                        for b in start / bs..n.div_ceil(bs) {
                             let kt = &kf[b * d * bs..(b + 1) * d * bs];
                             softmax::scores_keys_in_lanes(qh, kt, scale, &mut scores[b * bs..(b + 1) * bs]);
                         }
-                        let s = &mut scores[..n];
-                        fold_chunk(a, s, &vf[..n * d]);
+                        let s = &mut scores[start..n];
+                        fold_chunk(a, s, &vf[start * d..n * d]);
                     }
                 }
             }
@@ -227,7 +235,8 @@ mod tests {
 
     /// The chunked online softmax against plain f64 attention, on awkward shapes: GQA ratios
     /// 1, 3 and 8, contexts across chunk and block edges, prefill blocks and single decode
-    /// rows in one batch, scattered (non-contiguous) block tables, f32 and f16 caches.
+    /// rows in one batch, scattered (non-contiguous) block tables, f32 and f16 caches; full
+    /// attention and sliding windows of 1, 20 and 70 keys.
     #[test]
     fn matches_plain_attention_on_awkward_shapes() {
         let pool = ThreadPool::new(2, "test").unwrap();
@@ -274,22 +283,26 @@ mod tests {
                 all_v.push(held(&v));
             }
             let q = CpuTensor::from_rows(&rng.floats(plan.num_tokens() * num_heads * d, 1.0), num_heads * d);
-            let mut out = CpuTensor::zeros(plan.num_tokens(), num_heads * d).unwrap();
-            let shape = AttentionShape { num_heads, num_kv_heads, head_dim: d, scale: 0.3 };
-            attention(&pool, &plan, 1, &q, &kv, shape, &mut out).unwrap();
-            let group = num_heads / num_kv_heads;
-            for (s, seq) in plan.seqs.iter().enumerate() {
-                for r in 0..seq.num_query_tokens {
-                    let row = seq.query_start + r;
-                    let pos = plan.positions[row] as usize;
-                    for h in 0..num_heads {
-                        let kvh = h / group;
-                        let keys: Vec<Vec<f32>> = all_k[s][..=pos].iter().map(|k| k[kvh * d..(kvh + 1) * d].to_vec()).collect();
-                        let vals: Vec<Vec<f32>> = all_v[s][..=pos].iter().map(|v| v[kvh * d..(kvh + 1) * d].to_vec()).collect();
-                        let want = naive(&q.row(row)[h * d..(h + 1) * d], &keys, &vals, 0.3);
-                        let got = &out.row(row)[h * d..(h + 1) * d];
-                        for (g, w) in got.iter().zip(&want) {
-                            assert!((g - w).abs() <= 2e-5 * (1.0 + w.abs()), "seq {s} row {r} head {h}: {g} vs {w}");
+            // Full attention, and windows of one key, shorter and longer than a chunk.
+            for window in [None, Some(1), Some(20), Some(70)] {
+                let mut out = CpuTensor::zeros(plan.num_tokens(), num_heads * d).unwrap();
+                let shape = AttentionShape { num_heads, num_kv_heads, head_dim: d, scale: 0.3, window };
+                attention(&pool, &plan, 1, &q, &kv, shape, &mut out).unwrap();
+                let group = num_heads / num_kv_heads;
+                for (s, seq) in plan.seqs.iter().enumerate() {
+                    for r in 0..seq.num_query_tokens {
+                        let row = seq.query_start + r;
+                        let pos = plan.positions[row] as usize;
+                        let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                        for h in 0..num_heads {
+                            let kvh = h / group;
+                            let keys: Vec<Vec<f32>> = all_k[s][lo..=pos].iter().map(|k| k[kvh * d..(kvh + 1) * d].to_vec()).collect();
+                            let vals: Vec<Vec<f32>> = all_v[s][lo..=pos].iter().map(|v| v[kvh * d..(kvh + 1) * d].to_vec()).collect();
+                            let want = naive(&q.row(row)[h * d..(h + 1) * d], &keys, &vals, 0.3);
+                            let got = &out.row(row)[h * d..(h + 1) * d];
+                            for (g, w) in got.iter().zip(&want) {
+                                assert!((g - w).abs() <= 2e-5 * (1.0 + w.abs()), "window {window:?} seq {s} row {r} head {h}: {g} vs {w}");
+                            }
                         }
                     }
                 }

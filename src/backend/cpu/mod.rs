@@ -165,6 +165,20 @@ impl Backend for CpuBackend {
         matmul::matmul_multi(&self.pool, self.precision, x, ws, outs, &mut scratch)
     }
 
+    fn head_rms_norm(&self, x: &mut CpuTensor, w: &CpuTensor, eps: f32, head_dim: usize) -> Result<()> {
+        ops::head_rms_norm(&self.pool, x, w, eps, head_dim)
+    }
+
+    fn scale(&self, x: &mut CpuTensor, factor: f32) -> Result<()> {
+        x.as_mut_slice().iter_mut().for_each(|v| *v *= factor);
+        Ok(())
+    }
+
+    fn softcap(&self, x: &mut CpuTensor, cap: f32) -> Result<()> {
+        x.as_mut_slice().iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        Ok(())
+    }
+
     fn add_bias(&self, x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
         ops::add_bias(x, bias)
     }
@@ -202,6 +216,12 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate: &mut CpuTensor, up: &CpuTensor) -> Result<()> {
         same_shape("silu_mul", gate, up)?;
         ops::silu_mul(&self.pool, gate, up);
+        Ok(())
+    }
+
+    fn gelu_tanh_mul(&self, gate: &mut CpuTensor, up: &CpuTensor) -> Result<()> {
+        same_shape("gelu_tanh_mul", gate, up)?;
+        ops::gelu_tanh_mul(&self.pool, gate, up);
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! Element-wise and row-wise CPU ops: embedding, rms_norm, rope, silu·mul, adds, row gather.
+//! Element-wise and row-wise CPU ops: embedding, rms_norm (of rows and of heads), rope,
+//! silu·mul and gelu·mul, adds, row gather.
 
 use super::par::SharedOut;
 use super::pool::ThreadPool;
@@ -68,6 +69,26 @@ pub fn rms_norm(pool: &ThreadPool, x: &CpuTensor, weight: &CpuTensor, eps: f32, 
     Ok(())
 }
 
+/// Each `head_dim`-wide head of every row of `x`, normalised in place with one `weight` row
+/// shared by the heads (as [`rms_norm`] does a row).
+pub fn head_rms_norm(pool: &ThreadPool, x: &mut CpuTensor, weight: &CpuTensor, eps: f32, head_dim: usize) -> Result<()> {
+    let cols = x.cols();
+    if weight.cols() != head_dim || head_dim == 0 || !cols.is_multiple_of(head_dim) {
+        return Err(shape_err("head_rms_norm", format!("rows of {cols}, heads of {head_dim}, weight {}", weight.cols())));
+    }
+    let w = weight.row(0);
+    for_each_row(pool, x.as_mut_slice(), cols, |_, row| {
+        for head in row.chunks_mut(head_dim) {
+            let sum_sq = crate::quant::dot_f32_f32(head, head);
+            let inv = 1.0 / (sum_sq / head_dim as f32 + eps).sqrt();
+            for (o, &wi) in head.iter_mut().zip(w) {
+                *o = wi * (*o * inv);
+            }
+        }
+    });
+    Ok(())
+}
+
 pub fn add(x: &mut CpuTensor, y: &CpuTensor) {
     for (a, b) in x.as_mut_slice().iter_mut().zip(y.as_slice()) {
         *a += b;
@@ -91,6 +112,11 @@ pub fn add_bias(x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
 pub fn silu_mul(pool: &ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) {
     let cols = gate.cols();
     for_each_row(pool, gate.as_mut_slice(), cols, |t, row| super::softmax::silu_mul_row(row, up.row(t)));
+}
+
+pub fn gelu_tanh_mul(pool: &ThreadPool, gate: &mut CpuTensor, up: &CpuTensor) {
+    let cols = gate.cols();
+    for_each_row(pool, gate.as_mut_slice(), cols, |t, row| super::softmax::gelu_tanh_mul_row(row, up.row(t)));
 }
 
 /// Rotates each head of each row by `position * inv_freq[i]` per channel pair `i`.

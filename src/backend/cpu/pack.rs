@@ -121,6 +121,7 @@ mod tests {
             w_gate: m[4].clone(),
             w_up: m[5].clone(),
             w_down: m[6].clone(),
+            norms: Default::default(),
         };
         let embed = matrix(&mut rng, GgmlType::Q8_0, 33, 64);
         let w = ModelWeights { embed: embed.clone(), layers: vec![layer], final_norm: vec![3.0; 4], lm_head: None };

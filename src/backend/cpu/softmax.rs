@@ -44,6 +44,22 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// `g = gelu_tanh(g) * u`, elementwise: `x/2 · (1 + tanh(y))` is `x · sigmoid(2y)`, with
+    /// `y = √(2/π)(x + 0.044715x³)`, and the sigmoid is computed as in `silu_mul_row`.
+    pub fn gelu_tanh_mul_row / gelu_tanh_mul_row_portable(g: &mut [f32], u: &[f32]) -> () {
+        // 2·√(2/π)
+        const K: f32 = 1.595_769_2;
+        for (g, &u) in g.iter_mut().zip(u) {
+            let x = *g;
+            let z = K * (x + 0.044715 * x * x * x);
+            let e = exp_nonpositive(-z.abs());
+            let sig = if z >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+            *g = x * sig * u;
+        }
+    }
+}
+
 /// Keys per lane group of [`scores_keys_in_lanes`].
 const KEY_LANES: usize = 16;
 
@@ -148,6 +164,17 @@ mod tests {
             assert_eq!(g1, g2);
             for ((&got, &want), &u) in g1.iter().zip(&want).zip(&up) {
                 assert!((got as f64 - want).abs() <= 1e-6 * (want.abs() + u.abs() as f64 * 1e-3), "silu: {got} vs {want}");
+            }
+            // GELU (tanh form) against the tanh formula in f64, on inputs out to ±8.
+            let (mut g1, up) = (rng.floats(n * 7, 8.0), rng.floats(n * 7, 2.0));
+            let mut g2 = g1.clone();
+            let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            let want: Vec<f64> = g1.iter().zip(&up).map(|(&g, &u)| gelu(g as f64) * u as f64).collect();
+            gelu_tanh_mul_row(&mut g1, &up);
+            gelu_tanh_mul_row_portable(&mut g2, &up);
+            assert_eq!(g1, g2);
+            for ((&got, &want), &u) in g1.iter().zip(&want).zip(&up) {
+                assert!((got as f64 - want).abs() <= 1e-6 * (want.abs() + u.abs() as f64 * 1e-2), "gelu: {got} vs {want}");
             }
             // Keys in lanes: blocks of 16 keys and awkward widths, head size 24.
             let q = rng.floats(24, 1.0);

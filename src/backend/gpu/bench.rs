@@ -122,7 +122,7 @@ pub fn run(device: &str) -> Result<(String, Vec<KernelResult>)> {
     let step = gpu.prepare(&plan)?;
     let q = gpu.upload_tensor(seqs, &vec![0.1; seqs * heads * head_dim])?;
     let mut out = gpu.alloc(seqs, heads * head_dim)?;
-    let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim, scale: 0.088 };
+    let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim, scale: 0.088, window: None };
     let secs = time(dev, reps, || gpu.attention(&step, 0, &q, &pool, shape, &mut out))?;
     let bytes = (seqs * context * kv_heads * head_dim * 2 * 2) as f64;
     let flops = 4.0 * (seqs * context * heads * head_dim) as f64;

@@ -31,12 +31,15 @@ pub(super) fn grid_len(op: &'static str, n: usize) -> Result<u32> {
 }
 
 impl<D: Device> GpuBackend<D> {
-    fn eltwise(&self, x: &mut GpuTensor<D::Buffer>, y: &GpuTensor<D::Buffer>, op: u32, y_cols: usize) -> Result<()> {
+    /// `op` over `x` with `y` (a tensor of x's shape, or one row of `y_cols` for every row;
+    /// `None` for the ops that take the scalar `s` instead).
+    fn eltwise(&self, x: &mut GpuTensor<D::Buffer>, y: Option<&GpuTensor<D::Buffer>>, op: u32, y_cols: usize, s: f32) -> Result<()> {
         let n = x.rows * x.cols;
         if n == 0 {
             return Ok(());
         }
-        let p = EltwiseParams { x: x.ptr(), y: y.ptr(), n: n as u64, op, y_cols: y_cols as u32 };
+        let y = y.map_or(null(), |y| y.ptr() as *const f32);
+        let p = EltwiseParams { x: x.ptr(), y, n: n as u64, op, y_cols: y_cols as u32, s };
         self.launch(&kernels::ELTWISE, Dims::x(grid_len("eltwise", n.div_ceil(256))?), &p)
     }
 
@@ -202,16 +205,45 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.launch(&kernels::MATMUL, grid, &p)
     }
 
+    /// The `rms_norm` kernel over the heads as rows, in place.
+    fn head_rms_norm(&self, x: &mut Self::Tensor, w: &Self::Tensor, eps: f32, head_dim: usize) -> Result<()> {
+        if w.cols != head_dim || head_dim == 0 || x.cols % head_dim != 0 {
+            return Err(shape_err("head_rms_norm", format!("rows of {}, heads of {head_dim}, weight {}", x.cols, w.cols)));
+        }
+        let rows = x.rows * (x.cols / head_dim);
+        if rows == 0 {
+            return Ok(());
+        }
+        let p = RmsNormParams {
+            residual: x.ptr(),
+            delta: null(),
+            weight: w.ptr(),
+            out: x.ptr(),
+            rows: rows as u32,
+            cols: head_dim as u32,
+            eps,
+        };
+        self.launch(&kernels::RMS_NORM, Dims::x(grid_len("head_rms_norm", rows)?), &p)
+    }
+
+    fn scale(&self, x: &mut Self::Tensor, factor: f32) -> Result<()> {
+        self.eltwise(x, None, BALLAST_SCALE, 0, factor)
+    }
+
+    fn softcap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()> {
+        self.eltwise(x, None, BALLAST_SOFTCAP, 0, cap)
+    }
+
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Tensor) -> Result<()> {
         if bias.cols != x.cols {
             return Err(shape_err("add_bias", format!("bias of {} for rows of {}", bias.cols, x.cols)));
         }
-        self.eltwise(x, bias, BALLAST_ADD, bias.cols)
+        self.eltwise(x, Some(bias), BALLAST_ADD, bias.cols, 0.0)
     }
 
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()> {
         same_shape("add", x, y)?;
-        self.eltwise(x, y, BALLAST_ADD, 0)
+        self.eltwise(x, Some(y), BALLAST_ADD, 0, 0.0)
     }
 
     fn rope(&self, step: &GpuStep<'_>, x: &mut Self::Tensor, inv_freq: &Self::Tensor, shape: RopeShape) -> Result<()> {
@@ -259,7 +291,12 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()> {
         same_shape("silu_mul", gate, up)?;
-        self.eltwise(gate, up, BALLAST_SILU_MUL, 0)
+        self.eltwise(gate, Some(up), BALLAST_SILU_MUL, 0, 0.0)
+    }
+
+    fn gelu_tanh_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()> {
+        same_shape("gelu_tanh_mul", gate, up)?;
+        self.eltwise(gate, Some(up), BALLAST_GELU_MUL, 0, 0.0)
     }
 
     fn gather_logits_rows(&self, step: &GpuStep<'_>, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()> {

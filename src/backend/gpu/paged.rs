@@ -84,7 +84,7 @@ impl<D: Device> GpuBackend<D> {
     ) -> Result<()> {
         self.current(step)?;
         let l = pool.layout;
-        let AttentionShape { num_heads, num_kv_heads, head_dim, scale } = shape;
+        let AttentionShape { num_heads, num_kv_heads, head_dim, scale, window } = shape;
         let n = step.plan.num_tokens();
         let fits = q.cols == num_heads * head_dim
             && out.cols == q.cols
@@ -123,6 +123,7 @@ impl<D: Device> GpuBackend<D> {
             split_len: SPLIT_LEN as u32,
             splits: splits as u32,
             scale,
+            window: window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
         };
         if splits == 1 {
             // Every token's context fits one split: one launch writes the outputs.
