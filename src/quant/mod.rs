@@ -25,6 +25,8 @@ mod kquants_low;
 pub(crate) mod multiversion;
 mod packed;
 mod packed_formats;
+#[cfg(target_arch = "x86_64")]
+mod packed_simd;
 #[cfg(test)]
 mod packed_tests;
 #[cfg(target_arch = "x86_64")]

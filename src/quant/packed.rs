@@ -179,9 +179,9 @@ pub fn dot_packed_portable<F: PackedFormat>(group: &[u8], units: usize, x: &[Blo
 
 /// A packed format with every implementation.
 #[cfg(target_arch = "x86_64")]
-pub trait PackedKernel: PackedFormat + super::packed_x86::PackedSimd {}
+pub trait PackedKernel: PackedFormat + super::packed_simd::PackedSimd {}
 #[cfg(target_arch = "x86_64")]
-impl<F: PackedFormat + super::packed_x86::PackedSimd> PackedKernel for F {}
+impl<F: PackedFormat + super::packed_simd::PackedSimd> PackedKernel for F {}
 /// A packed format with every implementation.
 #[cfg(not(target_arch = "x86_64"))]
 pub trait PackedKernel: PackedFormat {}
