@@ -25,26 +25,33 @@ impl<B: Backend> Core<B> {
             first_row = rows.end;
             let Some(class) = self.live.get(s.id).map(|c| c.class) else { continue };
             let draft = self.scheduler.draft(s.id)[..s.draft].to_vec();
-            let mut accepted = 0;
+            // Drafted tokens the model judged (its token at their row), and of those the ones
+            // it chose. Rows after the choice ended are void, not judged: a client that leaves
+            // mid-draft does not count as wrong drafts.
+            let (mut judged, mut accepted) = (0, 0);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 for (i, row) in rows.enumerate() {
                     let token = match picked {
                         Picked::Tokens => self.on_greedy_token(s.id, self.greedy[row]),
                         Picked::Logits => self.on_logits(s.id, row * vocab..(row + 1) * vocab),
                     };
-                    // Ended (its stop, its length, a failed delivery), or the model chose
-                    // otherwise than the draft: the rest of the rows are void.
-                    if self.live.get(s.id).is_none() || draft.get(i) != token.as_ref() {
-                        break;
+                    // The row after the draft, or a choice that ended before it had a token.
+                    let (Some(&drafted), Some(token)) = (draft.get(i), token) else { break };
+                    judged += 1;
+                    if drafted != token {
+                        break; // the model chose otherwise: the rest of the rows are void
+                    }
+                    accepted += 1;
+                    if self.live.get(s.id).is_none() {
+                        break; // ended on this token (its stop, its length, a failed delivery)
                     }
                     self.scheduler.accept_drafted(s.id);
-                    accepted += 1;
                 }
             }));
             self.scheduler.end_draft(s.id);
             if s.draft > 0 {
                 let counts = &mut self.metrics.speculative[class];
-                counts.drafted += s.draft as u64;
+                counts.drafted += judged;
                 counts.accepted += accepted;
             }
             if let Err(panic) = result {
