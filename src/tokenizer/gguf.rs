@@ -79,7 +79,8 @@ pub fn build(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         add_bos: file.get_bool("tokenizer.ggml.add_bos_token").map_err(meta)?.unwrap_or(model == "llama"),
     };
     let chat_template = file.get_str("tokenizer.chat_template").map_err(meta)?.map(str::to_string);
-    Ok(Tokenizer { inner, special, chat_template })
+    let vocab_size = inner.get_vocab_size(true);
+    Ok(Tokenizer { inner, special, chat_template, vocab_size })
 }
 
 fn vocab_map(tokens: &[&str]) -> tokenizers::models::bpe::Vocab {

@@ -42,6 +42,10 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     special: SpecialTokens,
     chat_template: Option<String>,
+    /// `inner`'s vocabulary with its added tokens, counted once: the `tokenizers` crate
+    /// counts it by looking up every added token (Gemma has thousands), and every decode
+    /// checks its ids against it.
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -69,7 +73,8 @@ impl Tokenizer {
         }
         let file_err = |path: &Path, reason: String| TokenizerError::File { path: path.to_path_buf(), reason };
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| file_err(&path, e.to_string()))?;
-        let mut tok = Tokenizer { inner, special: SpecialTokens::default(), chat_template: None };
+        let vocab_size = inner.get_vocab_size(true);
+        let mut tok = Tokenizer { inner, special: SpecialTokens::default(), chat_template: None, vocab_size };
         let config_path = dir.join("tokenizer_config.json");
         if config_path.is_file() {
             let text = std::fs::read_to_string(&config_path).map_err(|e| file_err(&config_path, e.to_string()))?;
@@ -125,7 +130,7 @@ impl Tokenizer {
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
