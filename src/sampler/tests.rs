@@ -10,6 +10,32 @@ fn greedy_takes_the_first_maximum_and_ignores_nan() {
     assert_eq!(s.sample(&mut [0.0, 0.0, 2.0]), 2);
 }
 
+/// The two-pass argmax against the one-compare-per-element reference: lengths around the
+/// lane count, ties, NaN anywhere (also every entry), infinities, empty.
+#[test]
+fn argmax_matches_its_plain_twin() {
+    let mut rng = crate::quant::test_util::Rng::new(91);
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.0];
+    for len in [0, 1, 2, 15, 16, 17, 31, 33, 100, 1000] {
+        for trial in 0..50 {
+            let mut x = rng.floats(len, 4.0);
+            // Coarse values make ties; specials go in at random places.
+            if trial % 2 == 0 {
+                x.iter_mut().for_each(|v| *v = v.round());
+            }
+            for _ in 0..trial % 4 {
+                if len > 0 {
+                    x[rng.below(len)] = specials[rng.below(specials.len())];
+                }
+            }
+            if trial == 49 {
+                x.iter_mut().for_each(|v| *v = f32::NAN);
+            }
+            assert_eq!(argmax(&x), argmax_plain(&x), "{x:?}");
+        }
+    }
+}
+
 #[test]
 fn same_seed_same_tokens_and_top_k_bounds_choices() {
     let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
