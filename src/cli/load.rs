@@ -157,8 +157,13 @@ impl ModelArgs {
         bar.finish_and_clear();
         let loaded = loaded.with_context(|| format!("loading {}", path.display()))?;
         let c = &loaded.config;
+        let local = (0..c.num_layers).filter(|&i| c.layer_window(i).is_some()).count();
+        let window = match c.features.sliding_window.as_ref() {
+            Some(w) if local > 0 => format!(" ({local} with a {}-key sliding window, masked: their KV is kept in full)", w.size),
+            _ => String::new(),
+        };
         tracing::info!(
-            "loaded {} ({}, {} layers, hidden {}, vocab {}) in {:.0} ms",
+            "loaded {} ({}, {} layers{window}, hidden {}, vocab {}) in {:.0} ms",
             loaded.info.name,
             c.arch,
             c.num_layers,
