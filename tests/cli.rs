@@ -128,6 +128,11 @@ fn bad_models_fail_with_one_clear_line() {
     let weights = std::fs::read(fixture.join("model.safetensors")).unwrap();
     std::fs::write(hf.path().join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
     assert_clean_failure(&generate(hf.path().to_str().unwrap()), "safetensors");
+    // An HF Gemma 3 checkpoint (only its GGUF files run) says so.
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
+    config["model_type"] = "gemma3_text".into();
+    std::fs::write(hf.path().join("config.json"), config.to_string()).unwrap();
+    assert_clean_failure(&generate(hf.path().to_str().unwrap()), "`gemma3_text` runs from GGUF files");
 
     let empty_dir = tempfile::tempdir().unwrap();
     assert_clean_failure(&generate(empty_dir.path().to_str().unwrap()), "not a GGUF file or an HF model directory");

@@ -228,6 +228,9 @@ impl config::HfConfig {
         let (qkv_bias, tie_default) = match arch.as_str() {
             "llama" | "mistral" => (self.attention_bias.unwrap_or(false), false),
             "qwen2" => (true, false),
+            gemma if gemma.starts_with("gemma") => {
+                return Err(ModelError::Invalid(format!("`{gemma}` runs from GGUF files; HF checkpoints of it are not supported yet")));
+            }
             other => return Err(ModelError::UnsupportedArch(other.to_string())),
         };
         let num_heads = self.num_attention_heads;
