@@ -103,14 +103,8 @@ fn gemma_greedy_continuations_on_the_gpu_backend_agree_with_the_goldens_as_on_th
     for (case, out) in cases.iter().zip(&outputs) {
         let reference = ids(&case["greedy"]["ids"]);
         let eos = case["greedy"]["eos_index"].as_u64().map(|e| e as usize);
-        let l = &case["llama_cpp"];
-        let peer_n = if l["match_until_ref_eos"].as_bool() == Some(true) {
-            tokens
-        } else {
-            l["first_divergence"].as_u64().map_or(tokens, |d| d as usize)
-        };
         ours += agreement(&out.ids, &reference[..tokens], eos).min(tokens);
-        peer += peer_n.min(tokens);
+        peer += golden::llama_cpp_agreement(case, tokens).min(tokens);
     }
     assert!(ours >= peer, "{id} on {}: {ours} tokens agree, llama.cpp {peer}", engine.backend_name());
 }
