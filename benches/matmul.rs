@@ -1,11 +1,11 @@
 //! One model-sized matmul through the CPU backend with every thread, as a step of the engine
 //! runs it: a packed weight matrix (`--shape ROWSxCOLS`, default 1536x8960, Qwen2.5-1.5B's
-//! ffn_down, in Q4_K) against 1, 16 and 128 tokens. Prints G multiply-adds/s and the weight
+//! ffn_down, in Q4_K) against 1, 16 and 128 tokens (`--tokens 1,5,8`: others). Prints G multiply-adds/s and the weight
 //! bytes read per second (once per call), best of `--repeat` calls. The calls cycle through
 //! copies of the matrix (256 MB in all), so that the weights stream from memory as they do in
 //! a model's step, not from the last-level cache.
 //!
-//! `cargo bench --bench matmul -- [--type q4_k] [--shape 1536x8960] [--repeat 20]`; under
+//! `cargo bench --bench matmul -- [--type q4_k] [--shape 1536x8960] [--tokens 1,16,128] [--repeat 20]`; under
 //! `cargo test` (no `--bench` argument) a two-call smoke run keeps the harness tested.
 
 use ballast::backend::Backend;
@@ -46,7 +46,11 @@ fn main() {
         .map(|_| backend.upload_matrix(HostMatrix::new(dtype, rows, cols, TensorBytes::from_vec(data.clone())).unwrap()).unwrap())
         .collect();
     println!("{dtype} {rows}x{cols} ({:.1} MB), {}", (rows * row_bytes) as f64 / 1e6, backend.name());
-    for tokens in [1, 16, 128] {
+    let tokens_list: Vec<usize> = match arg("--tokens") {
+        Some(list) => list.split(',').map(|t| t.parse().expect("--tokens N,N,...")).collect(),
+        None => vec![1, 16, 128],
+    };
+    for tokens in tokens_list {
         let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 7) % 53) as f32 / 26.0 - 1.0).collect();
         let x = CpuTensor::from_rows(&x, cols);
         let mut out = backend.alloc(tokens, rows).unwrap();

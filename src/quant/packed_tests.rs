@@ -52,7 +52,15 @@ fn packed_rows_dequantize_like_row_major() {
     }
 }
 
-/// Every packed implementation, with 1, 4 and 8 tokens at once, gives each row the portable
+/// The last `N` of `acts` through the `N`-token kernel, so that each size meets other
+/// activations.
+fn last_n<F: PackedKernel, const N: usize>(isa: Isa, group: &[u8], units: usize, acts: &[Vec<BlockQ16>]) -> Vec<[f32; PACK]> {
+    let xs = std::array::from_fn(|k| &acts[acts.len() - N + k][..]);
+    dot_packed_xn_on::<F, N>(isa, group, units, xs, &[[0.0; PACK]; N]).to_vec()
+}
+
+/// Every packed implementation, with 1, 2, 3, 4, 5 and 8 tokens at once (every kernel the
+/// matmul runs), gives each row the portable
 /// twin's result bit for bit; a row's result does not depend on the other rows of its group
 /// (packed alone, it gives the same bits); and the portable twin equals the f64 dot product
 /// of the dequantized weights and activations up to f32 rounding.
@@ -75,7 +83,12 @@ fn packed_kernels_agree_with_the_portable_twin_and_the_reference() {
                 for isa in Isa::available() {
                     let zero = [[0.0; PACK]; 8];
                     let one = dot_packed_xn_on::<F, 1>(isa, group, units, [&acts[0]], &[zero[0]]);
-                    let four = dot_packed_xn_on::<F, 4>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), &[zero[0]; 4]);
+                    let fewer = [
+                        last_n::<F, 2>(isa, group, units, &acts),
+                        last_n::<F, 3>(isa, group, units, &acts),
+                        last_n::<F, 4>(isa, group, units, &acts),
+                        last_n::<F, 5>(isa, group, units, &acts),
+                    ];
                     let eight = dot_packed_xn_on::<F, 8>(isa, group, units, std::array::from_fn(|k| &acts[k][..]), &zero);
                     // The row in two pieces, the second continuing from the first: the same bits.
                     if units > 1 {
@@ -92,8 +105,11 @@ fn packed_kernels_agree_with_the_portable_twin_and_the_reference() {
                     assert_eq!(bits(&one[0]), bits(&want[0]), "{dtype} {isa:?} x1, {units} units, group {g}");
                     for k in 0..8 {
                         assert_eq!(bits(&eight[k]), bits(&want[k]), "{dtype} {isa:?} x8 token {k}, {units} units");
-                        if k < 4 {
-                            assert_eq!(bits(&four[k]), bits(&want[k]), "{dtype} {isa:?} x4 token {k}, {units} units");
+                    }
+                    for got in &fewer {
+                        let (n, first) = (got.len(), 8 - got.len());
+                        for (k, got) in got.iter().enumerate() {
+                            assert_eq!(bits(got), bits(&want[first + k]), "{dtype} {isa:?} x{n} token {k}, {units} units");
                         }
                     }
                 }

@@ -22,6 +22,8 @@
 mod attention;
 mod bandwidth;
 mod matmul;
+#[cfg(test)]
+mod matmul_tests;
 mod ops;
 mod pack;
 mod par;
