@@ -33,20 +33,10 @@ impl<B: Backend> DraftModel<B> {
         if !self.model.forward_argmax(backend, &self.plan, &mut self.kv, &mut self.ids, &mut self.logits)? {
             let vocab = self.model.config().vocab_size;
             self.ids.clear();
-            self.ids.extend(self.logits.chunks_exact(vocab).map(argmax));
+            self.ids.extend(self.logits.chunks_exact(vocab).map(crate::sampler::argmax));
         }
         Ok(std::mem::take(&mut self.ids))
     }
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 impl<B: Backend> Core<B> {
