@@ -4,9 +4,10 @@
 //! Work is split by weight rows: each task owns a contiguous range of one matrix's output
 //! features and computes them for every token, so each weight row is read once per call
 //! however many tokens the step has. With 16-bit activations, Q4_0/Q4_1/Q8_0 weights go
-//! through kernels that take tokens in groups of 8 (then 4, then one by one) and unpack each
-//! weight block once per group: packed matrices (the CPU backend packs these types when it
-//! takes a model, see `quant::packed`) sixteen rows per call, row-major ones a row per call.
+//! through kernels that take tokens in groups and unpack each weight block once per group:
+//! packed matrices (the CPU backend packs every quantized type when it takes a model, see
+//! `quant::packed` and [`packed`]) sixteen rows per call, row-major ones (Q4_0/Q4_1/Q8_0) a
+//! row per call, tokens in groups of 8, then 4, then one by one.
 //! Each output element is still one dot product in a fixed order, bit-identical whatever the
 //! grouping or token count (batch invariance).
 
@@ -16,10 +17,14 @@ use super::pool::ThreadPool;
 use super::tensor::CpuTensor;
 use crate::backend::{BackendError, Result};
 use crate::model::weights::{HostMatrix, Layout};
-use crate::quant::{self, ActBits, ActType, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ16, BlockQ16x2, GgmlType, Isa, PackedKernel, Q16Weight};
+use crate::quant::{self, ActBits, ActType, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ16x2, GgmlType, Isa, Q16Weight};
 use bytemuck::cast_slice;
 use std::cell::RefCell;
 use std::ops::Range;
+
+mod packed;
+
+use packed::packed_kernel;
 
 /// Below this many multiply-adds a matmul runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
@@ -288,81 +293,6 @@ fn q16_rows<W: Q16Weight>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<
         let o = unsafe { out.slice(t * w.rows + rows.start, rows.len()) };
         quant::vec_dot_q16_rows_on(isa, all_rows, w.cols / quant::QK, x(t), o);
     }
-}
-
-/// The packed 16-bit kernel for `dtype`, if it has one.
-fn packed_kernel(dtype: GgmlType) -> Option<Q16Rows> {
-    quant::with_packed_format!(dtype, F => Some(packed_rows::<F> as Q16Rows), _ => None)
-}
-
-/// Tokens per tile of [`packed_rows`]: their activations stay in L2 while the task's weight
-/// groups go by.
-const PACKED_TOKEN_TILE: usize = 64;
-
-/// Rows `rows` (whole groups of 16, but for the matrix's end) of a packed `w` against every
-/// token: per tile of tokens and per group, tokens in eights (AVX2: fours), then what is
-/// left in as few passes as [`token_group`] finds; each group's weights are unpacked once
-/// per pass. (Splitting long rows into chunks
-/// that stay in L1 across token groups, GEMM-style, measured no faster here with a 1 MiB L2
-/// and slowed single-token calls, whose weights then stream in pieces.)
-fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
-    const P: usize = quant::PACK;
-    let isa = Isa::best();
-    let units = w.cols / F::DTYPE.block_size();
-    let group_bytes = units * F::UNIT;
-    let x = |t: usize| cast_slice::<u8, BlockQ16>(acts.row(t));
-    let wide = if isa == Isa::Avx512Vnni { 8 } else { 4 };
-    for tile in (0..n_tok).step_by(PACKED_TOKEN_TILE) {
-        let tile_end = (tile + PACKED_TOKEN_TILE).min(n_tok);
-        for g in rows.start / P..rows.end.div_ceil(P) {
-            let group = &w.data[g * group_bytes..(g + 1) * group_bytes];
-            let (first, n) = (g * P, P.min(w.rows - g * P));
-            let store = |t: usize, v: &[[f32; P]]| {
-                for (k, v) in v.iter().enumerate() {
-                    // SAFETY: this task alone owns columns `rows` of every output row.
-                    let dst = unsafe { out.slice((t + k) * w.rows + first, n) };
-                    // A whole group as one fixed-size copy (vector moves, not a memmove call).
-                    match <&mut [f32; P]>::try_from(&mut *dst) {
-                        Ok(whole) => *whole = *v,
-                        Err(_) => dst.copy_from_slice(&v[..n]),
-                    }
-                }
-            };
-            let mut t = tile;
-            while t < tile_end {
-                let take = token_group(tile_end - t, wide);
-                // A kernel for `$n` tokens on the next `take` (at most `$n`; rows past them
-                // repeat the last, and their results are dropped).
-                macro_rules! run {
-                    ($n:literal) => {{
-                        let xs = std::array::from_fn(|k| x(t + k.min(take - 1)));
-                        store(t, &quant::dot_packed_xn_on::<F, $n>(isa, group, units, xs, &[[0.0; P]; $n])[..take])
-                    }};
-                }
-                match take {
-                    6.. => run!(8),
-                    5 => run!(5),
-                    4 => run!(4),
-                    3 => run!(3),
-                    2 => run!(2),
-                    _ => run!(1),
-                }
-                t += take;
-            }
-        }
-    }
-}
-
-/// How many of the `left` tokens the packed kernel takes in its next pass over a group (at
-/// most `wide`: 8 with AVX-512, 4 with AVX2). Every pass unpacks the group's weights again
-/// and the first streams them from memory; a pass of a few tokens costs about what one
-/// token's does (single-token calls are bound by memory, not arithmetic), so what is left
-/// after the eights goes in one pass: six or seven tokens through the kernel for eight. A
-/// speculative verification of five rows used to be four plus one (Q4_K 1536x8960 on 2
-/// Xeon cores, before → after: 2 tokens 0.58 → 0.41 ms, 3 tokens 0.82 → 0.44 ms, 5 tokens
-/// 0.56 → 0.50 ms, 6 tokens 0.83 → 0.71 ms; Q6_K 5 tokens 1.22 → 0.76 ms).
-fn token_group(left: usize, wide: usize) -> usize {
-    left.min(wide)
 }
 
 /// Dot products of float weight rows with f32 activations (bytes of an f32 row).

@@ -22,8 +22,6 @@
 mod attention;
 mod bandwidth;
 mod matmul;
-#[cfg(test)]
-mod matmul_tests;
 mod ops;
 mod pack;
 mod par;

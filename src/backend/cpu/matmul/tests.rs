@@ -4,14 +4,18 @@ use super::*;
 use crate::format::bytes::TensorBytes;
 use crate::quant::test_util::Rng;
 
-/// The grouped (8 / 4 / 1 tokens) int16 matmul gives every output element bit-identical to
-/// the same row computed alone, for awkward token counts and both grouped weight types.
+/// The grouped int16 matmul gives every output element bit-identical to the same row
+/// computed alone, for awkward token counts (every packed kernel size: 1, 2, 3, 4, 5, 8, and
+/// 6 or 7 through the one for 8) and both layouts of the row-major grouped types; the packed
+/// layout also for 256-element k-quant blocks and Q5_0.
 #[test]
 fn grouped_tokens_match_each_token_alone() {
     let pool = ThreadPool::new(2, "test").unwrap();
     let mut rng = Rng::new(41);
     // 1600 columns: a group of 8 tokens' activations would not fit L1, so fours run.
-    for (dtype, cols) in [(GgmlType::Q4_1, 96), (GgmlType::Q8_0, 96), (GgmlType::Q4_1, 1600), (GgmlType::Q4_0, 1600)] {
+    let types = [(GgmlType::Q4_1, 96), (GgmlType::Q8_0, 96), (GgmlType::Q4_1, 1600), (GgmlType::Q4_0, 1600)];
+    let packed_only = [(GgmlType::Q4K, 512), (GgmlType::Q6K, 256), (GgmlType::Q5_0, 96)];
+    for (dtype, cols) in types.into_iter().chain(packed_only) {
         let rows = 37;
         let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
         let mut data = vec![0u8; rows * row_bytes];
@@ -22,11 +26,12 @@ fn grouped_tokens_match_each_token_alone() {
         let packed = row_major.clone().packed16();
         assert_eq!(packed.layout, Layout::Packed16);
         // 70 tokens cross a packed token tile.
-        for n_tok in [1, 3, 4, 5, 7, 8, 9, 12, 13, 17, 70] {
+        let layouts: &[&HostMatrix] = if q16_kernel(dtype).is_some() { &[&row_major, &packed] } else { &[&packed] };
+        for n_tok in [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 17, 70] {
             let xs = rng.floats(n_tok * cols, 2.0);
             let x = CpuTensor::from_rows(&xs, cols);
             let mut outs = Vec::new();
-            for w in [&row_major, &packed] {
+            for &w in layouts {
                 let mut out = CpuTensor::zeros(n_tok, rows).unwrap();
                 matmul(&pool, Precision::Int16, &x, w, &mut out, &mut Vec::new()).unwrap();
                 for t in 0..n_tok {
@@ -40,7 +45,7 @@ fn grouped_tokens_match_each_token_alone() {
                 outs.push(out);
             }
             // Both layouts compute the same products, rounded in a different order.
-            for (a, b) in outs[0].as_slice().iter().zip(outs[1].as_slice()) {
+            for (a, b) in outs[0].as_slice().iter().zip(outs.last().unwrap().as_slice()) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{dtype}: row-major {a} vs packed {b}");
             }
         }
