@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// With --offline: as --ngram-draft, but a draft model (path or manifest name) drafts.
     #[arg(long, requires = "offline", conflicts_with = "ngram_draft")]
     draft_model: Option<String>,
+    /// With --ngram-draft or --draft-model: decode phases per engine, alternating between
+    /// the two (both stay loaded); the best rate of each counts, so a noisy machine's slow
+    /// moments weigh on neither side alone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    spec_repeat: u64,
     /// With --ngram-draft or --draft-model: tokens drafted per step at most.
     #[arg(long, default_value_t = 4)]
     num_speculative_tokens: usize,
