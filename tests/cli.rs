@@ -305,6 +305,31 @@ fn make_model_and_the_gpu_kernel_bench_run() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert!(v["output_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Speculation compared over alternating phases: both engines up, outputs checked equal.
+    let out = ballast(&[
+        "bench",
+        "--offline",
+        "--device",
+        "cpu",
+        "--model",
+        p,
+        "--concurrency",
+        "1",
+        "--prompt-tokens",
+        "8",
+        "--max-tokens",
+        "6",
+        "--workload",
+        "echo",
+        "--ngram-draft",
+        "--spec-repeat",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("best of 2 alternating decode phases"), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert!(v["speculative_speedup"].as_f64().unwrap() > 0.0, "{v}");
     let bench = ballast(&["bench-gpu", "--device", "emulated", "--json"]);
     #[cfg(feature = "cuda")]
     {
