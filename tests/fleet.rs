@@ -332,10 +332,14 @@ fn a_killed_replica_and_a_rolling_restart_fail_no_request() {
     let start = |i: usize| Server::start(&["--port", &ports[i], "--max-num-seqs", "4"]);
     let mut replicas: Vec<Server> = (0..3).map(start).collect();
     let worker_urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-    // The breaker opens on a dead replica (connection refused is a failure); it half-opens
-    // after 2 s here (60 s by default) to let the replica back in.
-    let router =
-        vllm_router(&worker_urls, &["--policy", "round_robin", "--cb-timeout-duration-secs", "2", "--health-check-interval-secs", "1"]);
+    // The breaker opens on a dead replica at its first failure (connection refused or reset;
+    // by default only at the tenth, and a request's five retries, round robin over three
+    // replicas, could all land on the dead one before that: a failed request once in CI);
+    // it half-opens after 2 s here (60 s by default) to let the replica back in.
+    let router = vllm_router(
+        &worker_urls,
+        &["--policy", "round_robin", "--cb-failure-threshold", "1", "--cb-timeout-duration-secs", "2", "--health-check-interval-secs", "1"],
+    );
     eprintln!("| event | class | requests | 200 | failed |\n|---|---|---|---|---|");
 
     // SIGKILL one replica under load; it returns 3 s later on the same port.
