@@ -341,7 +341,7 @@ impl Scheduler {
                 let hit = self.blocks.lookup(&seq.tokens, seq.salt.as_deref(), (len - 1) / bs);
                 let cached = hit.blocks.len() * bs;
                 let n = budget.grant(len - cached, rank);
-                let new_blocks = (cached + n).div_ceil(bs) - hit.blocks.len() + hit.num_queued;
+                let new_blocks = self.blocks.pages_to_admit(&hit, cached + n);
                 let slots_ok = self.slots_used() + 1 + seq.extra_slots <= self.config.max_num_seqs;
                 if n > 0 && slots_ok && new_blocks <= self.blocks.num_free() {
                     let first = seq.num_cached_prompt.is_none();

@@ -159,7 +159,7 @@ impl ModelArgs {
         let c = &loaded.config;
         let local = (0..c.num_layers).filter(|&i| c.layer_window(i).is_some()).count();
         let window = match c.features.sliding_window.as_ref() {
-            Some(w) if local > 0 => format!(" ({local} with a {}-key sliding window, masked: their KV is kept in full)", w.size),
+            Some(w) if local > 0 => format!(" ({local} with a {}-key sliding window)", w.size),
             _ => String::new(),
         };
         tracing::info!(

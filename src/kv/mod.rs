@@ -22,7 +22,7 @@
 mod block_manager;
 pub mod events;
 
-pub use block_manager::{BlockManager, CacheStats, PrefixHit, SeqBlocks, root_hash};
+pub use block_manager::{BlockManager, CacheStats, NO_BLOCK, PrefixHit, SeqBlocks, WindowGroups, root_hash};
 pub use events::{KvEvent, KvEventBatch, KvEventSink};
 
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]

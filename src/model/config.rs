@@ -167,6 +167,25 @@ impl ModelConfig {
         (!(layer + 1).is_multiple_of(w.pattern)).then_some(w.size)
     }
 
+    /// How the layers share KV pages when the local layers keep only their window
+    /// (`kv::WindowGroups`): `(page_layers, local_pages)`, a page holding one block of
+    /// `page_layers` layers (the global layers' number), the local layers in `local_pages`
+    /// groups of that many (the last may be short). `None` without both kinds of layer.
+    pub fn kv_groups(&self) -> Option<(usize, usize)> {
+        let local = (0..self.num_layers).filter(|&i| self.layer_window(i).is_some()).count();
+        let global = self.num_layers - local;
+        (local > 0 && global > 0).then(|| (global, local.div_ceil(global)))
+    }
+
+    /// Where layer `layer`'s K/V lives when the pages are shared as [`Self::kv_groups`] says:
+    /// `(plan, layer in the page)`, plan 0 the global one and `1 + g` local group `g`'s.
+    pub fn kv_place(&self, layer: usize) -> (usize, usize) {
+        let Some((page_layers, _)) = self.kv_groups() else { return (0, layer) };
+        let local = self.layer_window(layer).is_some();
+        let rank = (0..layer).filter(|&i| self.layer_window(i).is_some() == local).count();
+        if local { (1 + rank / page_layers, rank % page_layers) } else { (0, rank) }
+    }
+
     /// The rope of the local layers, where they have their own.
     pub fn local_rope(&self) -> Option<RopeConfig> {
         let w = self.features.sliding_window.as_ref()?;

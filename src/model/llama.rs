@@ -89,17 +89,22 @@ impl<B: Backend> Llama<B> {
 
     /// The KV pool layout this model needs for `num_blocks` blocks of `block_size` tokens.
     pub fn kv_layout(&self, num_blocks: usize, block_size: usize, dtype: KvDtype) -> KvLayout {
-        KvLayout {
-            num_layers: self.config.num_layers,
-            num_blocks,
-            block_size,
-            num_kv_heads: self.config.num_kv_heads,
-            head_dim: self.config.head_dim,
-            dtype,
-        }
+        self.kv_layout_of(self.config.num_layers, num_blocks, block_size, dtype)
     }
 
-    /// Runs every token of `plan`, writing their K/V into `kv`, and leaves the logits of the
+    /// The pool layout of `num_pages` pages when the local layers keep only their window
+    /// ([`ModelConfig::kv_groups`]); `None` for a model without both kinds of layer.
+    pub fn kv_page_layout(&self, num_pages: usize, block_size: usize, dtype: KvDtype) -> Option<KvLayout> {
+        let (page_layers, _) = self.config.kv_groups()?;
+        Some(self.kv_layout_of(page_layers, num_pages, block_size, dtype))
+    }
+
+    fn kv_layout_of(&self, num_layers: usize, num_blocks: usize, block_size: usize, dtype: KvDtype) -> KvLayout {
+        KvLayout { num_layers, num_blocks, block_size, num_kv_heads: self.config.num_kv_heads, head_dim: self.config.head_dim, dtype }
+    }
+
+    /// Runs every token of `plan`, writing their K/V into `kv` (a pool of
+    /// [`Self::kv_page_layout`] when the plan has local plans, of [`Self::kv_layout`] otherwise), and leaves the logits of the
     /// plan's `logits_rows` in `logits` (`[rows, vocab]`, row-major).
     pub fn forward(&mut self, backend: &B, plan: &BatchPlan, kv: &mut B::KvPool, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         logits.clear();
@@ -141,7 +146,13 @@ impl<B: Backend> Llama<B> {
             });
         }
         let step = backend.prepare(plan)?;
+        let local_steps = plan.local.iter().map(|p| backend.prepare(p)).collect::<Result<Vec<_>, _>>()?;
         let (c, w, b) = (&self.config, &self.weights, &mut self.buffers);
+        let groups = c.kv_groups().map_or(0, |(_, local_pages)| local_pages);
+        if !local_steps.is_empty() && local_steps.len() != groups {
+            let detail = format!("{} local plans for {groups} groups of local layers", local_steps.len());
+            return Err(BackendError::Shape { op: "forward", detail });
+        }
         let eps = c.rms_eps;
         backend.embedding(&step, &w.embed, &mut b.x)?;
         if let Some(s) = c.features.embed_scale {
@@ -153,7 +164,13 @@ impl<B: Backend> Llama<B> {
                 (Some(_), Some(local)) => local,
                 _ => &self.inv_freq,
             };
-            attention_block(backend, &step, c, i, layer, inv_freq, kv, b)?;
+            // Where this layer's K/V lives: the one pool's layer `i`, or its page group's.
+            let (kv_step, kv_layer) = match c.kv_place(i) {
+                _ if local_steps.is_empty() => (&step, i),
+                (0, at) => (&step, at),
+                (g, at) => (&local_steps[g - 1], at),
+            };
+            attention_block(backend, kv_step, c, (i, kv_layer), layer, inv_freq, kv, b)?;
             let delta = post_norm(backend, &b.delta, layer.norms.post_attn.as_ref(), eps, &mut b.post)?;
             backend.add_rms_norm(&mut b.x, delta, &layer.ffn_norm, eps, &mut b.xn)?;
             backend.matmul_multi(&b.xn, &[&layer.w_gate, &layer.w_up], &mut [&mut b.gate, &mut b.up])?;
@@ -178,13 +195,14 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// `b.delta = attention(b.xn)` for layer `i`, writing this step's K/V.
+/// `b.delta = attention(b.xn)` for layer `i`, writing this step's K/V at `kv_layer` of the
+/// pool as `step` addresses it.
 #[allow(clippy::too_many_arguments)]
 fn attention_block<B: Backend>(
     backend: &B,
     step: &B::Step<'_>,
     c: &ModelConfig,
-    i: usize,
+    (i, kv_layer): (usize, usize),
     layer: &super::weights::LayerWeights<B::Matrix, B::Tensor>,
     inv_freq: &B::Tensor,
     kv: &mut B::KvPool,
@@ -202,7 +220,7 @@ fn attention_block<B: Backend>(
         }
     }
     let rope = |num_heads| RopeShape { num_heads, head_dim: c.head_dim, num_rotary_dims: c.rope.num_rotary_dims, style: c.rope.style };
-    backend.rope_write_kv(step, i, &mut b.q, &mut b.k, &b.v, inv_freq, rope(c.num_heads), c.num_kv_heads, kv)?;
+    backend.rope_write_kv(step, kv_layer, &mut b.q, &mut b.k, &b.v, inv_freq, rope(c.num_heads), c.num_kv_heads, kv)?;
     let shape = AttentionShape {
         num_heads: c.num_heads,
         num_kv_heads: c.num_kv_heads,
@@ -210,7 +228,7 @@ fn attention_block<B: Backend>(
         scale: c.attention_scale(),
         window: c.layer_window(i),
     };
-    backend.attention(step, i, &b.q, kv, shape, &mut b.attn)?;
+    backend.attention(step, kv_layer, &b.q, kv, shape, &mut b.attn)?;
     backend.matmul(&b.attn, &layer.wo, &mut b.delta)
 }
 

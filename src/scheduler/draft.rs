@@ -39,7 +39,8 @@ impl Scheduler {
             let n = budget.grant_draft(seq.draft.len());
             let end = s.start + 1;
             let table = seq.blocks.as_mut().expect("scheduled sequences hold blocks");
-            if n > 0 && table.reserve(end, end + n).is_ok() {
+            // From the step's first row (its window decides which local pages stay).
+            if n > 0 && table.reserve(s.start, end + n).is_ok() {
                 s.num_tokens += n;
                 s.draft = n;
                 budget.take_draft(n);

@@ -16,6 +16,11 @@ impl Scheduler {
         self.seqs[&id].blocks.as_ref().map_or(&[], |b| b.blocks())
     }
 
+    /// The sequence's local-layer tables (sliding-window pools; see [`crate::kv::SeqBlocks`]).
+    pub fn local_tables(&self, id: SeqId) -> &[Vec<u32>] {
+        self.seqs[&id].blocks.as_ref().map_or(&[], |b| b.local_tables())
+    }
+
     pub fn num_preemptions_of(&self, id: SeqId) -> u32 {
         self.seqs.get(&id).map_or(0, |s| s.num_preemptions)
     }

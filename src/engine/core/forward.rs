@@ -35,7 +35,7 @@ impl<B: Backend> Core<B> {
                 LogitsFor::None
             };
             self.plan
-                .push_seq(tokens, s.start, self.scheduler.block_table(s.id), logits)
+                .push_seq_with_local(tokens, s.start, self.scheduler.block_table(s.id), self.scheduler.local_tables(s.id), logits)
                 .map_err(|e| BackendError::Shape { op: "plan", detail: e.to_string() })?;
         }
         let greedy = out.scheduled.iter().filter(|s| s.sample).all(|s| {

@@ -15,7 +15,7 @@ mod speculate;
 use super::{Command, EngineConfig, Metrics, Queued, Shared};
 use crate::backend::{Backend, BackendError};
 use crate::detok::{Detokenizer, StopStrings};
-use crate::kv::{BlockManager, KvEvent, KvEventSink};
+use crate::kv::{BlockManager, KvEvent, KvEventSink, WindowGroups};
 use crate::model::Llama;
 use crate::plan::BatchPlan;
 use crate::request::FinishReason;
@@ -35,6 +35,8 @@ pub(super) struct CoreParts<B: Backend> {
     pub(super) model: Llama<B>,
     pub(super) kv: B::KvPool,
     pub(super) num_blocks: usize,
+    /// The local layers keep only their window's pages (`kv` is a pool of pages).
+    pub(super) window: Option<WindowGroups>,
     pub(super) config: EngineConfig,
     pub(super) tokenizer: Option<Arc<Tokenizer>>,
     pub(super) commands: Receiver<Command>,
@@ -44,7 +46,7 @@ pub(super) struct CoreParts<B: Backend> {
 impl<B: Backend> CoreParts<B> {
     /// The engine thread's body.
     pub(super) fn run(self) {
-        let blocks = BlockManager::new(self.num_blocks, self.config.block_size, self.config.prefix_caching);
+        let blocks = BlockManager::with_window(self.num_blocks, self.config.block_size, self.config.prefix_caching, self.window);
         if let Some(sink) = &self.config.kv_events {
             blocks.record_events();
             // Whatever an earlier process on this endpoint announced is gone.
@@ -57,7 +59,7 @@ impl<B: Backend> CoreParts<B> {
             aging: self.config.aging,
         };
         let mut core = Core {
-            plan: BatchPlan::new(self.config.block_size, self.num_blocks),
+            plan: BatchPlan::with_window(self.config.block_size, self.num_blocks, self.window),
             scheduler: Scheduler::new(sched_config, blocks.clone()),
             blocks,
             backend: self.backend,

@@ -92,8 +92,18 @@ fn fork_shares_and_copy_on_write_gives_each_writer_its_own_tail() {
 /// entries pointing at their blocks, every hit verified against the tokens.
 #[test]
 fn randomized_operations_keep_every_invariant() {
+    randomized_operations(None);
+}
+
+/// The same with sliding-window pools: two local groups seeing 6 keys (1½ blocks).
+#[test]
+fn randomized_operations_keep_every_invariant_with_a_sliding_window() {
+    randomized_operations(Some(WindowGroups { window: 6, local_pages: 2 }));
+}
+
+fn randomized_operations(window: Option<WindowGroups>) {
     const BS: usize = 4;
-    let m = BlockManager::new(48, BS, true);
+    let m = BlockManager::with_window(48, BS, true, window);
     m.record_events();
     // What a KV-event subscriber believes is cached: always exactly the cache's keys.
     let mut announced: std::collections::HashMap<u64, (Option<u64>, Vec<u32>)> = Default::default();
@@ -104,11 +114,13 @@ fn randomized_operations_keep_every_invariant() {
         table: SeqBlocks,
         tokens: Vec<u32>,
         computed: usize,
+        /// The start of the last reserve (the window's releases follow it).
+        start: usize,
         salt: Option<&'static str>,
     }
     let mut live: Vec<Live> = Vec::new();
     let mut counts = [0usize; 6];
-    let (mut hits, mut evictions_seen) = (0, 0);
+    let (mut hits, mut evictions_seen, mut windowed_holes) = (0, 0, 0);
     for step in 0..100_000 {
         let op = rng.below(6);
         match op {
@@ -128,13 +140,23 @@ fn randomized_operations_keep_every_invariant() {
                     parent = key.hash;
                 }
                 let cached = hit.blocks.len() * BS;
-                let needed = tokens.len().div_ceil(BS) - hit.blocks.len() + hit.num_queued;
+                if let Some(w) = window {
+                    let first = w.first_block(cached_of(&hit), BS);
+                    for (g, pages) in hit.local.iter().enumerate() {
+                        assert_eq!(pages.len(), hit.blocks.len() - first, "the window's pages of every block");
+                        for (i, &p) in (first..).zip(pages) {
+                            let key = m.pool.borrow().meta[p as usize].key.clone().expect("hit pages are cached");
+                            assert_eq!((key.hash, &*key.tokens), (local_hash(hit.hashes[i], g), &tokens[i * BS..(i + 1) * BS]));
+                        }
+                    }
+                }
+                let needed = m.pages_to_admit(&hit, tokens.len());
                 if needed <= m.num_free() {
                     hits += !hit.blocks.is_empty() as usize;
                     let mut table = m.take_hit(hit, Some(tokens.len()));
                     table.reserve(cached, tokens.len()).expect("counted above");
                     table.commit(&tokens, tokens.len());
-                    live.push(Live { table, computed: tokens.len(), tokens, salt });
+                    live.push(Live { table, computed: tokens.len(), start: cached, tokens, salt });
                 } else {
                     let mut table = m.take_hit(hit, Some(tokens.len()));
                     assert!(table.reserve(cached, tokens.len()).is_err());
@@ -146,6 +168,7 @@ fn randomized_operations_keep_every_invariant() {
                 let l = &mut live[i];
                 let n = 1 + rng.below(5);
                 if l.table.reserve(l.computed, l.computed + n).is_ok() {
+                    l.start = l.computed;
                     l.tokens.extend((0..n).map(|_| rng.below(5) as u32));
                     l.computed += n;
                     l.table.commit(&l.tokens, l.computed);
@@ -155,8 +178,8 @@ fn randomized_operations_keep_every_invariant() {
             3 if !live.is_empty() && live.len() < 12 => {
                 let i = rng.below(live.len());
                 let table = live[i].table.fork();
-                let (tokens, computed, salt) = (live[i].tokens.clone(), live[i].computed, live[i].salt);
-                live.push(Live { table, tokens, computed, salt });
+                let (tokens, computed, start, salt) = (live[i].tokens.clone(), live[i].computed, live[i].start, live[i].salt);
+                live.push(Live { table, tokens, computed, start, salt });
             }
             // Free (finish, cancel or preempt).
             4 if !live.is_empty() => {
@@ -177,6 +200,18 @@ fn randomized_operations_keep_every_invariant() {
             assert_ne!(src, dst);
         }
         let tables: Vec<&SeqBlocks> = live.iter().map(|l| &l.table).collect();
+        if let Some(w) = window {
+            for l in &live {
+                // Below the window of the last reserve's start nothing is held; from it on,
+                // everything.
+                let first = w.first_block(l.start, BS);
+                for t in l.table.local_tables() {
+                    assert!(t[..first.min(t.len())].iter().all(|&b| b == NO_BLOCK), "step {step}: a page below the window");
+                    assert!(t[first.min(t.len())..].iter().all(|&b| b != NO_BLOCK), "step {step}: a hole inside the window");
+                }
+            }
+            windowed_holes += live.iter().any(|l| l.table.local_tables().iter().any(|t| t.first() == Some(&NO_BLOCK))) as usize;
+        }
         if let Err(e) = m.check(&tables) {
             panic!("step {step}: {e}");
         }
@@ -190,11 +225,18 @@ fn randomized_operations_keep_every_invariant() {
             assert_eq!(announced[hash], (parent, key.tokens.to_vec()), "step {step}: block {hash:x} announced otherwise");
         }
     }
+    if window.is_some() {
+        assert!(windowed_holes > 1000, "sequences outgrew the window ({windowed_holes} steps with released pages)");
+    }
     drop(live);
     m.check(&[]).unwrap();
     assert_eq!(m.num_free(), 48, "nothing leaked");
     assert!(hits > 1000 && evictions_seen > 1000, "the test exercised hits ({hits}) and evictions ({evictions_seen})");
     assert!(counts.iter().all(|&c| c > 10_000), "{counts:?}");
+}
+
+fn cached_of(hit: &PrefixHit) -> usize {
+    hit.blocks.len() * 4
 }
 
 /// Applies KV events as a subscriber would: block hash -> (parent, tokens).
@@ -256,4 +298,84 @@ fn events_announce_chains_parent_first_and_name_salted_namespaces() {
     q.reserve(0, 2).unwrap();
     q.commit(&[1, 2], 2);
     assert!(quiet.take_events().is_empty());
+}
+
+/// A sliding-window table holds a constant number of local pages however long the sequence,
+/// a hit needs the window's local pages (and takes the longest prefix that has them), and
+/// nothing leaks.
+#[test]
+fn local_pages_stay_within_the_window_and_hits_need_them() {
+    const BS: usize = 4;
+    let w = WindowGroups { window: 6, local_pages: 2 };
+    let m = BlockManager::with_window(64, BS, true, Some(w));
+    let tokens: Vec<u32> = (0..40).collect();
+    let mut a = m.table(None);
+    let mut peak = 0;
+    for pos in 0..40 {
+        a.reserve(pos, pos + 1).unwrap();
+        a.commit(&tokens, pos + 1);
+        let held: usize = a.local_tables().iter().map(|t| t.iter().filter(|&&b| b != NO_BLOCK).count()).sum();
+        peak = peak.max(held);
+        m.check(&[&a]).unwrap();
+    }
+    // A query at position p sees p-5..=p: at most three blocks of four, in each of two groups.
+    assert_eq!(peak, 6);
+    assert_eq!(m.num_used(), 10 + 4, "ten global pages, two local groups of two");
+    drop(a);
+    assert_eq!(m.num_free(), 64);
+    // Every page is still cached: the whole prompt but its last token hits.
+    let hit = m.lookup(&tokens, None, 39 / BS);
+    assert_eq!(hit.blocks.len(), 9);
+    assert_eq!(hit.local.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2], "blocks 7 and 8 hold the window of position 36");
+    assert_eq!(m.pages_to_admit(&hit, 40), 9 + 4 + 3, "the hit's pages, then block 9 in each table");
+    // Evict block 8's local page of group 1: the longest prefix whose window is cached is
+    // now 8 blocks (its window, blocks 6 and 7, intact).
+    let page = hit.local[1][1];
+    {
+        let mut pool = m.pool.borrow_mut();
+        let key = pool.meta[page as usize].key.take().unwrap();
+        pool.local_cache.remove(&key.hash);
+    }
+    let hit = m.lookup(&tokens, None, 39 / BS);
+    assert_eq!(hit.blocks.len(), 8);
+    let mut b = m.take_hit(hit, Some(40));
+    assert_eq!(b.local_tables()[0][..6], [NO_BLOCK; 6]);
+    b.reserve(32, 40).unwrap();
+    b.commit(&tokens, 40);
+    m.check(&[&b]).unwrap();
+    assert!(b.local_tables().iter().all(|t| t.len() == 10 && t[7..].iter().all(|&p| p != NO_BLOCK)));
+    drop(b);
+    assert_eq!(m.num_free(), 64);
+    m.check(&[]).unwrap();
+}
+
+/// A reserve that would fit only once the pages below the window are released succeeds, and
+/// a fork shares local pages and copies the written one.
+#[test]
+fn released_pages_make_room_and_forks_copy_local_pages_on_write() {
+    const BS: usize = 2;
+    let w = WindowGroups { window: 2, local_pages: 1 };
+    let m = BlockManager::with_window(6, BS, false, Some(w));
+    let mut a = m.table(None);
+    a.reserve(0, 4).unwrap();
+    assert_eq!(m.num_free(), 2);
+    // Position 4's window is 3..=4: block 0's local page is released first, then block 2
+    // takes one global and one local page.
+    assert_eq!(a.blocks_needed(4, 5), 2);
+    a.reserve(4, 5).unwrap();
+    assert_eq!(a.local_tables()[0][0], NO_BLOCK);
+    assert_eq!(m.num_free(), 1);
+    let mut b = a.fork();
+    b.reserve(5, 6).unwrap_err();
+    m.check(&[&a, &b]).unwrap();
+    drop(a);
+    b.reserve(5, 6).unwrap();
+    assert!(m.take_copies().is_empty(), "b is the sole owner after a is dropped");
+    let mut c = b.fork();
+    c.reserve(5, 6).unwrap();
+    let copies = m.take_copies();
+    assert_eq!(copies.len(), 2, "the shared block 2 copied in the global and the local table: {copies:?}");
+    m.check(&[&b, &c]).unwrap();
+    drop((b, c));
+    assert_eq!(m.num_free(), 6);
 }
