@@ -159,3 +159,35 @@ fn the_engine_samples_greedy_rows_on_the_device_and_the_rest_on_the_host() {
     assert_eq!(a.collect_output().remove(0).ids.len(), 16);
     assert_eq!(b.collect_output().remove(0).ids, on_device.ids);
 }
+
+/// Sliding-window pages on the GPU backend: tiny-llama given a 20-key window on its first
+/// layer (one page group), prompts of 40 to 200 tokens prefilled in chunks of 32 and batched:
+/// the same tokens as keeping every block (the local plan's holes, planned as block 0, are
+/// never read by the attention kernel), and every page returned.
+#[test]
+fn window_pages_on_the_gpu_backend_change_no_output() {
+    let dir = data_dir().join("fixtures").join("tiny-llama");
+    let run = |window_pages: bool| {
+        let mut loaded = load_dir(&dir, LoadOptions::default());
+        let theta = loaded.config.rope.theta;
+        loaded.config.features.sliding_window = Some(model::SlidingWindow { size: 20, pattern: 2, local_rope_theta: theta });
+        let config = ballast::engine::EngineConfig {
+            max_num_batched_tokens: 32,
+            max_step_tokens_while_decoding: usize::MAX,
+            kv_cache_bytes: 1 << 20,
+            window_pages,
+            ..ballast::engine::EngineConfig::default()
+        };
+        let engine = Engine::start(gpu_backend(), loaded, config).unwrap();
+        let requests = [40u32, 120, 200, 75]
+            .iter()
+            .map(|&len| greedy_request(&(0..len).map(|i| (i * 7 + len) % 500 + 3).collect::<Vec<_>>(), 24))
+            .collect();
+        let out: Vec<Vec<u32>> = run_together(&engine, requests).into_iter().map(|c| c.ids).collect();
+        wait_for(&engine, "every page returned", |m| m.kv_blocks_used == 0);
+        out
+    };
+    let paged = run(true);
+    assert!(paged.iter().all(|ids| ids.len() == 24));
+    assert_eq!(paged, run(false));
+}

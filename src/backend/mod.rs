@@ -92,7 +92,12 @@ pub trait Backend: Send {
     const KV_MEDIUM: &'static str;
     fn alloc_kv(&self, layout: &KvLayout) -> Result<Self::KvPool>;
 
+    /// The step of `plan`, with those of its local plans (sliding-window pages,
+    /// [`BatchPlan::local`]), which [`Backend::local_step`] gives out; preparing another plan
+    /// may retire them all (a GPU keeps one step's plan on the device).
     fn prepare<'a>(&'a self, plan: &'a BatchPlan) -> Result<Self::Step<'a>>;
+    /// The step of `plan.local[group]`, made by [`Backend::prepare`] with `step`.
+    fn local_step<'a>(&self, step: &Self::Step<'a>, group: usize) -> Result<Self::Step<'a>>;
 
     /// `out[t] = table[token_ids[t]]` for every token of the step.
     fn embedding(&self, step: &Self::Step<'_>, table: &Self::Matrix, out: &mut Self::Tensor) -> Result<()>;

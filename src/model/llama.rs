@@ -146,7 +146,7 @@ impl<B: Backend> Llama<B> {
             });
         }
         let step = backend.prepare(plan)?;
-        let local_steps = plan.local.iter().map(|p| backend.prepare(p)).collect::<Result<Vec<_>, _>>()?;
+        let local_steps = (0..plan.local.len()).map(|g| backend.local_step(&step, g)).collect::<Result<Vec<_>, _>>()?;
         let (c, w, b) = (&self.config, &self.weights, &mut self.buffers);
         let groups = c.kv_groups().map_or(0, |(_, local_pages)| local_pages);
         if !local_steps.is_empty() && local_steps.len() != groups {

@@ -141,6 +141,11 @@ impl Backend for CpuBackend {
         Ok(plan)
     }
 
+    fn local_step<'a>(&self, step: &Self::Step<'a>, group: usize) -> Result<Self::Step<'a>> {
+        let detail = || format!("local plan {group} of {}", step.local.len());
+        step.local.get(group).ok_or_else(|| BackendError::Shape { op: "local_step", detail: detail() })
+    }
+
     fn embedding(&self, plan: &&BatchPlan, table: &HostMatrix, out: &mut CpuTensor) -> Result<()> {
         ops::embedding(&self.pool, plan, table, out)
     }

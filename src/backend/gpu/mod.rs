@@ -57,6 +57,36 @@ struct Staging<B> {
     bytes: Vec<u8>,
 }
 
+/// Appends `plan`'s arrays to `bytes` (each 256-byte aligned): their offsets (token ids,
+/// positions, slots, per-token attention info, block tables, logits rows) and the splits of
+/// its longest context.
+fn put_plan(plan: &BatchPlan, bytes: &mut Vec<u8>) -> ([u64; 6], usize) {
+    let mut tokens = Vec::with_capacity(plan.num_tokens());
+    let mut splits = 1;
+    for seq in &plan.seqs {
+        let first = seq.num_context_tokens - seq.num_query_tokens;
+        for i in 0..seq.num_query_tokens {
+            let context_len = first + i + 1;
+            splits = splits.max(context_len.div_ceil(SPLIT_LEN));
+            tokens.push([seq.query_start as u32, context_len as u32, seq.block_table_start as u32, 0]);
+        }
+    }
+    const _: () = assert!(std::mem::size_of::<TokenAttn>() == 16);
+    let mut offsets = [0u64; 6];
+    let mut put = |i: usize, data: &[u8]| {
+        offsets[i] = bytes.len() as u64;
+        bytes.extend_from_slice(data);
+        bytes.resize(bytes.len().next_multiple_of(256), 0);
+    };
+    put(0, bytemuck::cast_slice(&plan.token_ids));
+    put(1, bytemuck::cast_slice(&plan.positions));
+    put(2, bytemuck::cast_slice(&plan.slot_mapping));
+    put(3, bytemuck::cast_slice(&tokens));
+    put(4, bytemuck::cast_slice(&plan.block_tables));
+    put(5, bytemuck::cast_slice(&plan.logits_rows));
+    (offsets, splits)
+}
+
 /// The scratch buffers of [`Staging`].
 #[derive(Clone, Copy)]
 enum Scratch {
@@ -153,9 +183,12 @@ impl<B> GpuKvPool<B> {
 }
 
 /// The step's plan on the device. The backend keeps one: [`Backend::prepare`] replaces the
-/// previous step's (the model runs one step at a time).
+/// previous step's (the model runs one step at a time). The plan's local plans (sliding-window
+/// pages) go up with it, each a step of its own ([`Backend::local_step`]).
 ///
 /// [`Backend::prepare`]: crate::backend::Backend::prepare
+/// [`Backend::local_step`]: crate::backend::Backend::local_step
+#[derive(Clone)]
 pub struct GpuStep<'a> {
     plan: &'a BatchPlan,
     token_ids: u64,
@@ -167,6 +200,8 @@ pub struct GpuStep<'a> {
     /// Splits of the longest context.
     splits: usize,
     generation: u64,
+    /// The steps of `plan.local`, staged in the same upload.
+    local: Vec<GpuStep<'a>>,
 }
 
 impl<D: Device> GpuBackend<D> {
@@ -204,40 +239,19 @@ impl<D: Device> GpuBackend<D> {
         Ok(GpuTensor { buf, addr, rows: 0, cols, max_rows })
     }
 
-    /// Uploads `plan` for one step.
+    /// Uploads `plan` (and its local plans) for one step.
     fn stage<'a>(&self, plan: &'a BatchPlan) -> Result<GpuStep<'a>> {
         let mut st = self.staging.lock();
         let st = &mut *st;
-        let mut tokens = Vec::with_capacity(plan.num_tokens());
-        let mut splits = 1;
-        for seq in &plan.seqs {
-            let first = seq.num_context_tokens - seq.num_query_tokens;
-            for i in 0..seq.num_query_tokens {
-                let context_len = first + i + 1;
-                splits = splits.max(context_len.div_ceil(SPLIT_LEN));
-                tokens.push([seq.query_start as u32, context_len as u32, seq.block_table_start as u32, 0]);
-            }
-        }
-        const _: () = assert!(std::mem::size_of::<TokenAttn>() == 16);
         let bytes = &mut st.bytes;
         bytes.clear();
-        let mut offsets = [0u64; 6];
-        let mut put = |i: usize, data: &[u8]| {
-            offsets[i] = bytes.len() as u64;
-            bytes.extend_from_slice(data);
-            bytes.resize(bytes.len().next_multiple_of(256), 0);
-        };
-        put(0, bytemuck::cast_slice(&plan.token_ids));
-        put(1, bytemuck::cast_slice(&plan.positions));
-        put(2, bytemuck::cast_slice(&plan.slot_mapping));
-        put(3, bytemuck::cast_slice(&tokens));
-        put(4, bytemuck::cast_slice(&plan.block_tables));
-        put(5, bytemuck::cast_slice(&plan.logits_rows));
+        let placed: Vec<([u64; 6], usize)> = std::iter::once(plan).chain(&plan.local).map(|p| put_plan(p, bytes)).collect();
         let buf = grow(&self.device, &mut st.buffers[Scratch::Plan as usize], bytes.len())?;
         self.device.upload(buf, 0, bytes)?;
         let base = self.device.address(buf);
         st.generation += 1;
-        Ok(GpuStep {
+        let generation = st.generation;
+        let step = |plan: &'a BatchPlan, (offsets, splits): ([u64; 6], usize)| GpuStep {
             plan,
             token_ids: base + offsets[0],
             positions: base + offsets[1],
@@ -246,8 +260,13 @@ impl<D: Device> GpuBackend<D> {
             tables: base + offsets[4],
             logits_rows: base + offsets[5],
             splits,
-            generation: st.generation,
-        })
+            generation,
+            local: Vec::new(),
+        };
+        let mut placed = placed.into_iter();
+        let mut main = step(plan, placed.next().expect("the plan itself"));
+        main.local = plan.local.iter().zip(placed).map(|(p, at)| step(p, at)).collect();
+        Ok(main)
     }
 
     /// Errors if `step` is not the latest prepared one (its plan on the device was replaced).

@@ -119,6 +119,11 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.stage(plan)
     }
 
+    fn local_step<'a>(&self, step: &Self::Step<'a>, group: usize) -> Result<Self::Step<'a>> {
+        let detail = || format!("local plan {group} of {}", step.local.len());
+        step.local.get(group).cloned().ok_or_else(|| BackendError::Shape { op: "local_step", detail: detail() })
+    }
+
     fn embedding(&self, step: &GpuStep<'_>, table: &Self::Matrix, out: &mut Self::Tensor) -> Result<()> {
         self.current(step)?;
         if let Some(&id) = step.plan.token_ids.iter().find(|&&id| id as usize >= table.rows) {
