@@ -17,7 +17,10 @@
 //!
 //! [`BlockManager`] hands out block ids with reference counts, keeps the automatic prefix
 //! cache, and gives each sequence a [`SeqBlocks`] table that releases its blocks when dropped;
-//! its module doc states the contract (invariants and the cost of each operation).
+//! its module doc states the contract (invariants and the cost of each operation). For a
+//! model with sliding-window layers the ids are *pages* ([`WindowGroups`]): the pool's
+//! `num_layers` is the number of global layers, and the local layers' groups address the same
+//! pool through tables of their own that keep only the window.
 
 mod block_manager;
 pub mod events;
