@@ -1,4 +1,6 @@
+use super::pool::local_hash;
 use super::*;
+use crate::kv::KvError;
 use crate::testing::Rng;
 
 #[test]
