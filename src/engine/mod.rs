@@ -13,6 +13,7 @@
 //! whether its prefix came from the cache or was computed.
 
 mod core;
+mod kv_pool;
 mod prepare;
 mod stream;
 
@@ -22,7 +23,7 @@ pub use stream::{RequestId, RequestStream};
 
 use crate::backend::{Backend, BackendError};
 use crate::chat_template::ChatTemplate;
-use crate::kv::{CacheStats, KvDtype, WindowGroups};
+use crate::kv::{CacheStats, KvDtype};
 use crate::model::{Llama, LoadedModel, ModelInfo};
 use crate::request::Request;
 use crate::tokenizer::Tokenizer;
@@ -206,17 +207,6 @@ pub struct Engine {
     backend: String,
 }
 
-/// The longest sequence a pool of `num_blocks` blocks holds alone; with window pages, its
-/// local layers keep at most the window before a prompt chunk and the chunk (a partial block
-/// at each end) in each page group.
-fn kv_capacity(num_blocks: usize, window: Option<WindowGroups>, config: &EngineConfig) -> usize {
-    let bs = config.block_size;
-    let Some(w) = window else { return num_blocks * bs };
-    let local_max = (w.window + config.max_num_batched_tokens).div_ceil(bs) + 1;
-    let k = w.local_pages;
-    if num_blocks >= (1 + k) * local_max { (num_blocks - k * local_max) * bs } else { num_blocks / (1 + k) * bs }
-}
-
 impl Engine {
     /// Builds the model on `backend` and starts the engine thread.
     pub fn start<B: Backend + 'static>(backend: B, model: LoadedModel, config: EngineConfig) -> Result<Engine, EngineError> {
@@ -252,52 +242,8 @@ impl Engine {
             Some(d) => Some(Llama::new(&backend, d.config, d.weights, config.max_num_batched_tokens)?),
             None => None,
         };
-        let window = match (llama.config().kv_groups(), &llama.config().features.sliding_window) {
-            (Some((_, local_pages)), Some(w))
-                if config.window_pages && draft.is_none() && w.size < llama.config().max_position_embeddings =>
-            {
-                Some(WindowGroups { window: w.size, local_pages })
-            }
-            _ => None,
-        };
-        // A block holds its positions' K/V in the model's pool and in the draft model's; with
-        // window pages, a page holds one block of a group of layers.
-        let (bs, dtype) = (config.block_size, config.kv_dtype);
-        let layout_of =
-            |m: &Llama<B>, n| if window.is_some() { m.kv_page_layout(n, bs, dtype).expect("kv groups") } else { m.kv_layout(n, bs, dtype) };
-        let block_bytes =
-            layout_of(&llama, 1).bytes_per_block() + draft.as_ref().map_or(0, |d| d.kv_layout(1, bs, dtype).bytes_per_block());
-        // A GPU sizes the pools from its free memory (--gpu-memory-fraction) once every
-        // weight is in; the CPU from the configured budget.
-        let kv_bytes = backend.kv_memory_budget()?.unwrap_or(config.kv_cache_bytes);
-        let num_blocks = kv_bytes / block_bytes.max(1);
-        if num_blocks == 0 {
-            return Err(EngineError::Config(format!("a KV budget of {kv_bytes} bytes holds no block of {block_bytes} bytes")));
-        }
-        let kv = backend.alloc_kv(&layout_of(&llama, num_blocks))?;
-        match window {
-            Some(w) => {
-                let (page, full) = (layout_of(&llama, 1).bytes_per_block(), llama.kv_layout(1, bs, dtype).bytes_per_block());
-                let at = |context: usize| {
-                    let blocks = context.div_ceil(bs);
-                    (blocks + w.local_pages * (blocks - w.first_block(context, bs))) * page
-                };
-                tracing::info!(
-                    "KV cache: {num_blocks} pages of {bs} tokens; the sliding-window layers keep their last {} positions: a sequence of 8192 tokens holds {:.1} MiB (every block kept: {:.1} MiB)",
-                    w.window,
-                    at(8192) as f64 / (1u64 << 20) as f64,
-                    (8192usize.div_ceil(bs) * full) as f64 / (1u64 << 20) as f64
-                )
-            }
-            None => tracing::debug!("engine started: {num_blocks} KV blocks of {} tokens", config.block_size),
-        }
-        let draft = match draft {
-            Some(model) => {
-                let kv = backend.alloc_kv(&model.kv_layout(num_blocks, config.block_size, config.kv_dtype))?;
-                Some((model, kv))
-            }
-            None => None,
-        };
+        let (window, num_blocks, kv, draft_kv) = kv_pool::allocate(&backend, &llama, draft.as_ref(), &config)?;
+        let draft = draft.zip(draft_kv);
         let template = tokenizer.as_ref().and_then(|t| t.chat_template()).and_then(|src| match ChatTemplate::new(src) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
@@ -316,7 +262,7 @@ impl Engine {
         }
         let limits = Limits {
             max_context: llama.config().max_position_embeddings,
-            kv_capacity: kv_capacity(num_blocks, window, &config),
+            kv_capacity: kv_pool::kv_capacity(num_blocks, window, &config),
             vocab_size: llama.config().vocab_size,
             eos,
         };

@@ -51,6 +51,8 @@ pub struct Llama<B: Backend> {
     inv_freq_local: Option<B::Tensor>,
     buffers: Buffers<B::Tensor>,
     max_batch_tokens: usize,
+    /// Each layer's [`ModelConfig::kv_place`] (used when the plan has local plans).
+    kv_places: Vec<(usize, usize)>,
 }
 
 impl<B: Backend> Llama<B> {
@@ -76,7 +78,8 @@ impl<B: Backend> Llama<B> {
             logits: backend.alloc(t, config.vocab_size)?,
             post: if config.features.post_norms { Some(backend.alloc(t, h)?) } else { None },
         };
-        Ok(Llama { config, weights, inv_freq, inv_freq_local, buffers, max_batch_tokens })
+        let kv_places = (0..config.num_layers).map(|i| config.kv_place(i)).collect();
+        Ok(Llama { config, weights, inv_freq, inv_freq_local, buffers, max_batch_tokens, kv_places })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -165,7 +168,7 @@ impl<B: Backend> Llama<B> {
                 _ => &self.inv_freq,
             };
             // Where this layer's K/V lives: the one pool's layer `i`, or its page group's.
-            let (kv_step, kv_layer) = match c.kv_place(i) {
+            let (kv_step, kv_layer) = match self.kv_places[i] {
                 _ if local_steps.is_empty() => (&step, i),
                 (0, at) => (&step, at),
                 (g, at) => (&local_steps[g - 1], at),

@@ -78,7 +78,7 @@ impl Pool {
             local_cache: IdMap::default(),
             copies: Vec::new(),
             stats: CacheStats::default(),
-            caching: caching,
+            caching,
             events: None,
             shared_root: root_hash(None),
         }
