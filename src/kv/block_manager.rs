@@ -141,7 +141,7 @@ impl BlockManager {
 
     /// An empty table.
     pub fn table(&self, salt: Option<&str>) -> SeqBlocks {
-        let local = self.window.map(|w| LocalTables { window: w, tables: vec![Vec::new(); w.local_pages], registered: 0 });
+        let local = self.window.map(|w| LocalTables { window: w, tables: vec![Vec::new(); w.local_pages], registered: 0, released: 0 });
         SeqBlocks { pool: self.pool.clone(), blocks: Vec::new(), hashes: Vec::new(), root: root_hash(salt), local }
     }
 
@@ -201,7 +201,7 @@ impl BlockManager {
                 .take(w.local_pages)
                 .map(|ids| std::iter::repeat_n(NO_BLOCK, hit.local_first).chain(ids).collect())
                 .collect();
-            LocalTables { window: w, tables, registered: hit.blocks.len() }
+            LocalTables { window: w, tables, registered: hit.blocks.len(), released: hit.local_first }
         });
         SeqBlocks { pool: self.pool.clone(), blocks: hit.blocks, hashes: hit.hashes, root: hit.root, local }
     }

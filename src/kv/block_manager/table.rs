@@ -55,10 +55,10 @@ impl SeqBlocks {
         let mut needed = grow + shared(&self.blocks) as usize;
         let mut freed = 0;
         if let Some(l) = &self.local {
-            let lo = l.window.first_block(start, bs);
+            let below = l.below(start, bs);
             for t in &l.tables {
                 needed += grow + shared(t) as usize;
-                freed += t[..lo.min(t.len())].iter().filter(|&&b| b != NO_BLOCK && pool.meta[b as usize].ref_count == 1).count();
+                freed += t[below.clone()].iter().filter(|&&b| b != NO_BLOCK && pool.meta[b as usize].ref_count == 1).count();
             }
         }
         (needed, freed)
@@ -77,13 +77,13 @@ impl SeqBlocks {
         let bs = pool.block_size;
         let end_blocks = end.div_ceil(bs);
         if let Some(l) = &mut self.local {
-            let lo = l.window.first_block(start, bs);
+            let below = l.below(start, bs);
             for t in &mut l.tables {
-                let below = lo.min(t.len());
-                for b in t[..below].iter_mut().rev().filter(|b| **b != NO_BLOCK) {
+                for b in t[below.clone()].iter_mut().rev().filter(|b| **b != NO_BLOCK) {
                     pool.release(std::mem::replace(b, NO_BLOCK));
                 }
             }
+            l.released = l.released.max(below.end);
         }
         let tables = std::iter::once(&mut self.blocks).chain(self.local.iter_mut().flat_map(|l| l.tables.iter_mut()));
         for t in tables {

@@ -72,4 +72,14 @@ pub(super) struct LocalTables {
     pub(super) tables: Vec<Vec<u32>>,
     /// Blocks below this index have been offered to the local cache.
     pub(super) registered: usize,
+    /// Every entry below this index is [`NO_BLOCK`] (a step scans only the new ones).
+    pub(super) released: usize,
+}
+
+impl LocalTables {
+    /// The entries that are held but lie below `lo`, where the window of `start` begins.
+    pub(super) fn below(&self, start: usize, block_size: usize) -> std::ops::Range<usize> {
+        let lo = self.window.first_block(start, block_size).min(self.tables.first().map_or(0, Vec::len));
+        self.released.min(lo)..lo
+    }
 }
