@@ -128,18 +128,18 @@ fn bench_packed_rows<F: quant::PackedKernel>(c: &mut Criterion, rows: usize, suf
         group.throughput(Throughput::Elements((rows * COLS) as u64));
         group.bench_function(format!("{isa:?}_x1"), |b| {
             b.iter(|| {
-                groups.iter().map(|g| quant::dot_packed_xn_on::<F, 1>(isa, g, units, [&acts[0][..]], &[[0.0; 16]])[0][0]).sum::<f32>()
+                groups.iter().map(|g| quant::dot_packed_xn_on::<F, _, 1>(isa, g, units, [&acts[0][..]], &[[0.0; 16]])[0][0]).sum::<f32>()
             })
         });
         group.throughput(Throughput::Elements((rows * COLS * 4) as u64));
         let four: [&[quant::BlockQ16]; 4] = std::array::from_fn(|k| &acts[k][..]);
         group.bench_function(format!("{isa:?}_x4"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 4>(isa, g, units, four, &[[0.0; 16]; 4])[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, _, 4>(isa, g, units, four, &[[0.0; 16]; 4])[0][0]).sum::<f32>())
         });
         group.throughput(Throughput::Elements((rows * COLS * 8) as u64));
         let eight: [&[quant::BlockQ16]; 8] = std::array::from_fn(|k| &acts[k][..]);
         group.bench_function(format!("{isa:?}_x8"), |b| {
-            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, 8>(isa, g, units, eight, &[[0.0; 16]; 8])[0][0]).sum::<f32>())
+            b.iter(|| groups.iter().map(|g| quant::dot_packed_xn_on::<F, _, 8>(isa, g, units, eight, &[[0.0; 16]; 8])[0][0]).sum::<f32>())
         });
     }
     group.finish();

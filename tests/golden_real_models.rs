@@ -30,6 +30,29 @@ fn qwen_0_5b_matches_its_goldens_and_is_batch_invariant() {
     }
 }
 
+/// `--precision int8` (8-bit activations, the precision llama.cpp computes at) on both
+/// files: every step-0 top-1 is the reference's, the step-0 log-probs stay within llama.cpp's
+/// own largest difference on the same file (over its first 8 steps, `agreement.json`), and
+/// batching changes nothing. Greedy agreement is reported, not held to llama.cpp's: at this
+/// precision a near-tie can go either way (0.5B, 2026-12-07: one case of eight leaves the
+/// reference at token 8 where llama.cpp follows it to the end; 37.5 vs 42.5 tokens of 48 on
+/// average, against 48.0 at int16; the 1.5B agrees fully at both).
+#[test]
+fn qwen_pair_at_8_bit_activations_stays_within_llama_cpps_precision() {
+    for id in ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] {
+        let engine = engine_at(id, ballast::backend::cpu::Precision::Int8);
+        let run = run_generation(id, &engine);
+        let peer_drift = golden(id, "agreement.json")["max_abs_logprob_diff"].as_f64().unwrap() as f32;
+        assert!(run.worst < peer_drift, "{id} int8: step-0 log-probs drift {} (llama.cpp {peer_drift})", run.worst);
+        let cases = golden(id, "generation.json")["cases"].as_array().unwrap().clone();
+        for (case, together) in cases.iter().zip(&run.outputs).take(3) {
+            let alone = engine.submit(greedy(ids(&case["prompt_ids"]), together.ids.len())).unwrap().collect_output().remove(0);
+            assert_eq!(alone.ids, together.ids, "{id} int8 {}: tokens changed in a batch", case["id"]);
+            assert_eq!(alone.logprobs, together.logprobs, "{id} int8 {}: log-probs changed in a batch", case["id"]);
+        }
+    }
+}
+
 /// Qwen2.5-Coder-1.5B (Q4_K and Q6_K): the short golden run (4 prompts, 32 tokens).
 #[test]
 fn qwen_1_5b_matches_its_goldens() {

@@ -36,7 +36,7 @@ enum Command {
     /// Serve an OpenAI-compatible HTTP API with priorities, tenants and overload shedding.
     Serve(Box<serve::ServeArgs>),
     /// Load-test an OpenAI-compatible server: throughput, TTFT and inter-token latency per class.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Validate a server configuration file and explain each problem.
     CheckConfig(serve::CheckConfigArgs),
     /// Print a model file's metadata and tensor table.
@@ -64,7 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(*args),
         Command::Serve(args) => serve::run(*args),
         Command::CheckConfig(args) => serve::check_config(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::BenchGpu(args) => devtools::bench_gpu(args),

@@ -134,7 +134,7 @@ fn round_half_away(s: __m256) -> __m256i {
 /// # Safety
 /// The CPU must support AVX2; `x.len()` a multiple of 16 and `qs.len() == x.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
+pub unsafe fn quantize16(x: &[f32], qs: &mut [i16], qmax: f32) -> f32 {
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_setzero_ps();
     for c in x.chunks_exact(8) {
@@ -144,10 +144,10 @@ pub unsafe fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
     let a = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     let a = _mm_max_ps(a, _mm_movehl_ps(a, a));
     let amax = _mm_cvtss_f32(_mm_max_ss(a, _mm_movehdup_ps(a)));
-    let d = amax / super::q16::Q16_MAX;
+    let d = amax / qmax;
     if d != 0.0 && !(1.0 / d).is_finite() {
         // As in `quantize_row_q16`: a tiny block's `1/d` overflows; the portable way.
-        return super::q16::quantize16_portable(x, qs);
+        return super::q16::quantize16_portable(x, qs, qmax);
     }
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
     let round = |v: __m256| round_half_away(_mm256_mul_ps(v, id));

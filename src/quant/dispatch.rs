@@ -131,13 +131,15 @@ pub enum ActType {
     Q16K,
     /// [`BlockQ16`](super::BlockQ16): the packed kernels' activations (every format).
     Q16P,
+    /// [`BlockQ8P`](super::BlockQ8P): the packed kernels' 8-bit activations.
+    Q8P,
 }
 
 impl ActType {
     pub fn block_size(self) -> usize {
         match self {
             ActType::F32 => 1,
-            ActType::Q8_0 | ActType::Q8_1 | ActType::Q16 | ActType::Q16P => QK,
+            ActType::Q8_0 | ActType::Q8_1 | ActType::Q16 | ActType::Q16P | ActType::Q8P => QK,
             ActType::Q8K | ActType::Q16K => QK_K,
         }
     }
@@ -154,6 +156,7 @@ impl ActType {
             ActType::Q16 => q16::q16_pairs(blocks) * size_of::<BlockQ16x2>(),
             ActType::Q16K => blocks * size_of::<BlockQ16K>(),
             ActType::Q16P => blocks * size_of::<super::BlockQ16>(),
+            ActType::Q8P => blocks * size_of::<super::BlockQ8P>(),
         })
     }
 }
@@ -194,6 +197,7 @@ pub fn quantize_act(act: ActType, x: &[f32], out: &mut [u8]) -> Result<(), Quant
         ActType::Q16 => q16::quantize_row_q16(x, try_cast_slice_mut(out).map_err(mis)?),
         ActType::Q16K => q16k::quantize_row_q16k(x, try_cast_slice_mut(out).map_err(mis)?),
         ActType::Q16P => super::quantize_row_q16p(x, try_cast_slice_mut(out).map_err(mis)?),
+        ActType::Q8P => super::quantize_row_q8p(x, try_cast_slice_mut(out).map_err(mis)?),
     }
     Ok(())
 }

@@ -59,8 +59,8 @@ pub(crate) mod unpack {
     pub(crate) use super::q5::unpack5;
 }
 pub use packed::{
-    BlockQ16, PACK, PackedFormat, PackedKernel, dequantize_packed_row, dot_packed_portable, dot_packed_xn_on, pack_into, packed_bytes,
-    quantize_row_q16p, with_packed_format,
+    ActKernel, BlockQ8P, BlockQ16, PACK, PackedAct, PackedFormat, PackedKernel, dequantize_packed_row, dot_packed_portable,
+    dot_packed_xn_on, pack_into, packed_bytes, quantize_row_q8p, quantize_row_q16p, with_packed_format,
 };
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0};
 pub use q16::{

@@ -76,10 +76,109 @@ const _: () = assert!(size_of::<BlockQ16>() == 80);
 /// Quantizes `x` (whole 32-element blocks) into `x.len() / 32` blocks.
 pub fn quantize_row_q16p(x: &[f32], out: &mut [BlockQ16]) {
     for (b, x) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        b.d = quantize16(x, &mut b.qs);
+        b.d = quantize16(x, &mut b.qs, super::q16::Q16_MAX);
         let sum = |q: &[i16]| q.iter().map(|&q| q as i32).sum::<i32>() as f32 * b.d;
         b.sum = sum(&b.qs);
         b.half = [sum(&b.qs[..16]), sum(&b.qs[16..])];
+    }
+}
+
+/// 32 activations at 8 bits for the packed kernels' `vpdpbusd` path (`--precision int8`):
+/// `x ≈ q * d` with `|q| ≤ 127`, ggml's Q8_0 rounding. Element `4j + i` is stored at
+/// `qs[4j + [0, 2, 1, 3][i]]`: 32-bit word `j` then holds elements `4j, 4j+2, 4j+1, 4j+3`,
+/// the order in which two weight registers `2j, 2j+1` (pairs `4j, 4j+1` and `4j+2, 4j+3`)
+/// merge into one of bytes (`packed_x86.rs`).
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8P {
+    pub qs: [i8; QK],
+    pub d: f32,
+    /// `d Σq` over the block.
+    pub sum: f32,
+    /// `d Σq` over elements `0..16` and `16..32`.
+    pub half: [f32; 2],
+    /// `Σq` over the block (the kernels' correction for signed weights).
+    pub qsum: i32,
+    _pad: [u32; 3],
+}
+
+const _: () = assert!(size_of::<BlockQ8P>() == 64);
+
+/// Where element `e` of a block lies in [`BlockQ8P::qs`] (the permutation is its own inverse).
+#[inline(always)]
+pub const fn q8p_index(e: usize) -> usize {
+    (e & !3) | [0, 2, 1, 3][e & 3]
+}
+
+/// Quantizes `x` (whole 32-element blocks) into `x.len() / 32` 8-bit blocks: per block
+/// `d = max|x| / 127` and `q = round(x / d)`, as ggml's Q8_0 activations (the 16-bit
+/// quantizer's vector code with another maximum).
+pub fn quantize_row_q8p(x: &[f32], out: &mut [BlockQ8P]) {
+    for (b, x) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let mut q = [0i16; QK];
+        let d = quantize16(x, &mut q, 127.0);
+        for (e, q) in q.iter_mut().enumerate() {
+            // Within ±127 but for blocks so tiny that `1/d` overflows (the quotients saturate).
+            *q = (*q).clamp(-127, 127);
+            b.qs[q8p_index(e)] = *q as i8;
+        }
+        b.d = d;
+        let sum = |q: &[i16]| q.iter().map(|&q| q as i32).sum::<i32>();
+        b.qsum = sum(&q);
+        b.sum = b.qsum as f32 * d;
+        b.half = [sum(&q[..16]) as f32 * d, sum(&q[16..]) as f32 * d];
+        b._pad = [0; 3];
+    }
+}
+
+/// An activation block the packed kernels take: [`BlockQ16`] (16 bits, the default) or
+/// [`BlockQ8P`] (8 bits).
+pub trait PackedAct: Pod + Sync {
+    /// Element `e`'s integer.
+    fn q(&self, e: usize) -> i32;
+    /// The block's scale.
+    fn d(&self) -> f32;
+    /// `d Σq` over the block.
+    fn sum(&self) -> f32;
+    /// `d Σq` over half `h` (elements `16h..16h+16`).
+    fn half(&self, h: usize) -> f32;
+}
+
+impl PackedAct for BlockQ16 {
+    #[inline(always)]
+    fn q(&self, e: usize) -> i32 {
+        self.qs[e] as i32
+    }
+    #[inline(always)]
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline(always)]
+    fn sum(&self) -> f32 {
+        self.sum
+    }
+    #[inline(always)]
+    fn half(&self, h: usize) -> f32 {
+        self.half[h]
+    }
+}
+
+impl PackedAct for BlockQ8P {
+    #[inline(always)]
+    fn q(&self, e: usize) -> i32 {
+        self.qs[q8p_index(e)] as i32
+    }
+    #[inline(always)]
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline(always)]
+    fn sum(&self) -> f32 {
+        self.sum
+    }
+    #[inline(always)]
+    fn half(&self, h: usize) -> f32 {
+        self.half[h]
     }
 }
 
@@ -96,6 +195,8 @@ pub trait PackedFormat: Pod + Sync {
     const HALVES: bool;
     /// Whether the format has mins (the `m · d_x Σq_x` term).
     const HAS_MIN: bool;
+    /// Whether the quants are signed (Q8_0; the others are unsigned, below 64).
+    const SIGNED: bool = matches!(Self::DTYPE, GgmlType::Q8_0);
     /// Bytes of a unit.
     const UNIT: usize = Self::HEADER + Self::BLOCKS * Self::PLANES;
 
@@ -152,7 +253,7 @@ pub fn dequantize_packed_row<F: PackedFormat>(packed: &[u8], units: usize, r: us
 /// module doc lane by lane, continuing from `acc` (zeros to start a row; a row's units may
 /// be taken in pieces, each continuing where the last stopped, with the same result).
 /// `group` is `units` units of one group.
-pub fn dot_packed_portable<F: PackedFormat>(group: &[u8], units: usize, x: &[BlockQ16], acc: [f32; PACK]) -> [f32; PACK] {
+pub fn dot_packed_portable<F: PackedFormat, A: PackedAct>(group: &[u8], units: usize, x: &[A], acc: [f32; PACK]) -> [f32; PACK] {
     let mut acc = acc;
     let (subs, sub_len) = if F::HALVES { (2, 16) } else { (1, 32) };
     for (u, unit) in group.chunks_exact(F::UNIT).take(units).enumerate() {
@@ -160,13 +261,13 @@ pub fn dot_packed_portable<F: PackedFormat>(group: &[u8], units: usize, x: &[Blo
             let xb = &x[u * F::BLOCKS + b];
             for h in 0..subs {
                 let j = subs * b + h;
-                let sx = if F::HALVES { xb.half[h] } else { xb.sum };
+                let sx = if F::HALVES { xb.half(h) } else { xb.sum() };
                 for r in 0..PACK {
                     let mut isum = 0i32;
                     for e in sub_len * h..sub_len * (h + 1) {
-                        isum += F::quant(unit, r, QK * b + e) * xb.qs[e] as i32;
+                        isum += F::quant(unit, r, QK * b + e) * xb.q(e);
                     }
-                    acc[r] = (isum as f32).mul_add(F::scale(unit, r, j) * xb.d, acc[r]);
+                    acc[r] = (isum as f32).mul_add(F::scale(unit, r, j) * xb.d(), acc[r]);
                     if F::HAS_MIN {
                         acc[r] = F::min(unit, r, j).mul_add(sx, acc[r]);
                     }
@@ -176,6 +277,17 @@ pub fn dot_packed_portable<F: PackedFormat>(group: &[u8], units: usize, x: &[Blo
     }
     acc
 }
+
+/// An activation block with every implementation.
+#[cfg(target_arch = "x86_64")]
+pub trait ActKernel: PackedAct + super::packed_x86::X86Act {}
+#[cfg(target_arch = "x86_64")]
+impl<A: PackedAct + super::packed_x86::X86Act> ActKernel for A {}
+/// An activation block with every implementation.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait ActKernel: PackedAct {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<A: PackedAct> ActKernel for A {}
 
 /// A packed format with every implementation.
 #[cfg(target_arch = "x86_64")]
@@ -196,11 +308,11 @@ impl<F: PackedFormat> PackedKernel for F {}
 /// If `group` is not `units` units, an activation row does not have `units * F::BLOCKS`
 /// blocks, or `isa` is beyond [`Isa::best`].
 #[inline]
-pub fn dot_packed_xn_on<F: PackedKernel, const N: usize>(
+pub fn dot_packed_xn_on<F: PackedKernel, A: ActKernel, const N: usize>(
     isa: Isa,
     group: &[u8],
     units: usize,
-    x: [&[BlockQ16]; N],
+    x: [&[A]; N],
     acc: &[[f32; PACK]; N],
 ) -> [[f32; PACK]; N] {
     assert_eq!(group.len(), units * F::UNIT, "a packed group's size");
@@ -209,11 +321,11 @@ pub fn dot_packed_xn_on<F: PackedKernel, const N: usize>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports the features (checked above); sizes match.
-        Isa::Avx512Vnni => unsafe { super::packed_x86::dot_packed_avx512::<F, N>(group, units, x, acc) },
+        Isa::Avx512Vnni => unsafe { super::packed_x86::dot_packed_avx512::<F, A, N>(group, units, x, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { super::packed_x86::dot_packed_avx2::<F, N>(group, units, x, acc) },
-        _ => std::array::from_fn(|k| dot_packed_portable::<F>(group, units, x[k], acc[k])),
+        Isa::Avx2 => unsafe { super::packed_x86::dot_packed_avx2::<F, A, N>(group, units, x, acc) },
+        _ => std::array::from_fn(|k| dot_packed_portable::<F, A>(group, units, x[k], acc[k])),
     }
 }
 

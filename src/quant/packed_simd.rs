@@ -16,6 +16,12 @@ use std::arch::x86_64::*;
 /// `j` < the unit's sub-blocks, `half < 2`.
 pub trait PackedSimd: PackedFormat {
     unsafe fn regs512(planes: *const u8, c: usize) -> [__m512i; 4];
+    /// Registers `4c..4c+4` as two of bytes for the 8-bit kernels ([`merge_bytes512`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+    unsafe fn bytes512(planes: *const u8, c: usize) -> [__m512i; 2] {
+        unsafe { merged512::<Self>(planes, c) }
+    }
     unsafe fn scale512(header: *const u8, j: usize) -> __m512;
     unsafe fn min512(_header: *const u8, _j: usize) -> __m512 {
         unsafe { _mm512_setzero_ps() }
@@ -28,6 +34,43 @@ pub trait PackedSimd: PackedFormat {
 }
 
 // Building blocks, compiled with the features of the kernels they are inlined into.
+
+/// Two registers of 16-bit pairs (`a`: elements `4j, 4j+1` of every row; `b`: `4j+2, 4j+3`)
+/// as one of bytes, lane `r` holding row `r`'s `4j, 4j+2, 4j+1, 4j+3` (`BlockQ8P`'s order):
+/// `(a & 0xFF) | b << 8` per 16-bit lane, offset by 128 for signed formats (Q8_0), whose
+/// quants then meet `vpdpbusd`'s unsigned operand (the kernel takes `128 Σq_x` back off).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+pub(super) unsafe fn merge_bytes512<F: PackedFormat>(a: __m512i, b: __m512i) -> __m512i {
+    let m = _mm512_ternarylogic_epi32(a, _mm512_slli_epi16(b, 8), _mm512_set1_epi16(0xFF), 0xEC);
+    if F::SIGNED { _mm512_xor_si512(m, _mm512_set1_epi8(-128)) } else { m }
+}
+
+/// [`PackedSimd::bytes512`] from the format's 16-bit registers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn merged512<F: PackedSimd>(planes: *const u8, c: usize) -> [__m512i; 2] {
+    unsafe {
+        let r = F::regs512(planes, c);
+        [merge_bytes512::<F>(r[0], r[1]), merge_bytes512::<F>(r[2], r[3])]
+    }
+}
+
+/// NIB's bytes straight from the planes: byte `b` of a 32-byte chunk, widened to 16 bits,
+/// becomes `(b & 0xF) | (b >> 4) << 8` (its two nibbles are elements of registers `2j` and
+/// `2j + 1`), three instructions a register instead of five through [`nib512`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn nib_bytes512(planes: *const u8, c: usize) -> [__m512i; 2] {
+    unsafe {
+        let mask = _mm512_set1_epi16(0x0F0F);
+        std::array::from_fn(|i| {
+            let z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(planes.add(64 * c + 32 * i) as *const __m256i));
+            // (z | z << 4) & 0x0F0F
+            _mm512_ternarylogic_epi32(z, _mm512_slli_epi16(z, 4), mask, 0xA8)
+        })
+    }
+}
 
 /// NIB registers `4c..4c+4` (see `packed.rs`).
 #[inline]
@@ -191,6 +234,11 @@ macro_rules! legacy_simd {
             }
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+            unsafe fn bytes512(planes: *const u8, c: usize) -> [__m512i; 2] {
+                unsafe { if $high { merged512::<Self>(planes, c) } else { nib_bytes512(planes, c) } }
+            }
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
             unsafe fn scale512(header: *const u8, _j: usize) -> __m512 {
                 unsafe { f16x16(header) }
             }
@@ -269,6 +317,11 @@ macro_rules! k4_simd {
                     let lo = nib512(planes, c);
                     if $high { hi1_512(lo, planes.add(256), c, 4) } else { lo }
                 }
+            }
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+            unsafe fn bytes512(planes: *const u8, c: usize) -> [__m512i; 2] {
+                unsafe { if $high { merged512::<Self>(planes, c) } else { nib_bytes512(planes, c) } }
             }
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]

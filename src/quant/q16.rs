@@ -55,24 +55,25 @@ pub fn q16_slot(h: usize, j: usize) -> usize {
     if j < 16 { 16 * h + j } else { 32 + 16 * h + (j - 16) }
 }
 
-/// `d = max|x| / 32767`, `q = round(x / d)`; returns `d`. With AVX2 (and whole sixteens of
+/// `d = max|x| / qmax` (32767 for 16-bit activations, 127 for 8-bit ones), `q = round(x / d)`;
+/// returns `d`. With AVX2 (and whole sixteens of
 /// elements) in vector instructions, bit-identical for finite inputs ([`super::avx2::quantize16`]):
 /// compiled for AVX2 the portable loop stays scalar (`f32::max` and `round` do not vectorise),
 /// and quantizing the activations of every matmul took ~5% of a prefill.
 #[inline]
-pub(super) fn quantize16(x: &[f32], qs: &mut [i16]) -> f32 {
+pub(super) fn quantize16(x: &[f32], qs: &mut [i16], qmax: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::multiversion::has_avx2() && x.len().is_multiple_of(16) && qs.len() == x.len() {
         // SAFETY: the CPU has AVX2; whole sixteens and as many outputs (checked).
-        return unsafe { super::avx2::quantize16(x, qs) };
+        return unsafe { super::avx2::quantize16(x, qs, qmax) };
     }
-    quantize16_portable(x, qs)
+    quantize16_portable(x, qs, qmax)
 }
 
 /// The portable quantizer (see [`quantize16`]).
-pub(super) fn quantize16_portable(x: &[f32], qs: &mut [i16]) -> f32 {
+pub(super) fn quantize16_portable(x: &[f32], qs: &mut [i16], qmax: f32) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / Q16_MAX;
+    let d = amax / qmax;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for (q, v) in qs.iter_mut().zip(x) {
         *q = (v * id).round() as i16;
@@ -97,7 +98,7 @@ pub fn quantize_row_q16_portable(x: &[f32], out: &mut [BlockQ16x2]) {
         *pair = BlockQ16x2::zeroed();
         for (h, x) in x.chunks_exact(QK).enumerate() {
             let mut q = [0i16; QK];
-            let d = quantize16_portable(x, &mut q);
+            let d = quantize16_portable(x, &mut q, Q16_MAX);
             for (j, &q) in q.iter().enumerate() {
                 pair.qs[q16_slot(h, j)] = q;
             }

@@ -22,7 +22,7 @@ const _: () = assert!(size_of::<BlockQ16K>() == 580);
 
 pub fn quantize_row_q16k(x: &[f32], out: &mut [BlockQ16K]) {
     for (b, x) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
-        b.d = super::q16::quantize16(x, &mut b.qs);
+        b.d = super::q16::quantize16(x, &mut b.qs, super::q16::Q16_MAX);
         for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
             *s = qs.iter().map(|&q| q as i32).sum();
         }

@@ -203,6 +203,11 @@ pub(super) fn dequantized_act(act: ActType, bytes: &[u8], n: usize) -> Vec<f32> 
                 y.iter_mut().zip(&b.qs).for_each(|(o, &q)| *o = q as f32 * b.d);
             }
         }
+        ActType::Q8P => {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ8P>(bytes).iter().zip(out.chunks_mut(QK)) {
+                y.iter_mut().enumerate().for_each(|(e, o)| *o = b.q(e) as f32 * b.d);
+            }
+        }
     }
     out
 }
@@ -264,13 +269,16 @@ fn q16_quantizer_matches_its_portable_twin() {
         quantize_row_q16_portable(&x, &mut plain);
         assert_eq!(bytemuck::cast_slice::<_, u8>(&fast), bytemuck::cast_slice::<_, u8>(&plain), "{} elements", x.len());
         // The block quantizer the packed and k-quant activations use, in blocks of 32 and
-        // of 256 where the row has them, and over the whole row.
+        // of 256 where the row has them, and over the whole row; at 16 bits and at 8 (the
+        // ties block then rounds other quotients).
         for len in [QK, QK_K, x.len()] {
-            for x in x.chunks_exact(len) {
-                let (mut fast, mut plain) = (vec![0i16; len], vec![1i16; len]);
-                let d = super::q16::quantize16(x, &mut fast);
-                let d_plain = super::q16::quantize16_portable(x, &mut plain);
-                assert_eq!((d.to_bits(), &fast), (d_plain.to_bits(), &plain), "blocks of {len}");
+            for qmax in [super::q16::Q16_MAX, 127.0] {
+                for x in x.chunks_exact(len) {
+                    let (mut fast, mut plain) = (vec![0i16; len], vec![1i16; len]);
+                    let d = super::q16::quantize16(x, &mut fast, qmax);
+                    let d_plain = super::q16::quantize16_portable(x, &mut plain, qmax);
+                    assert_eq!((d.to_bits(), &fast), (d_plain.to_bits(), &plain), "blocks of {len}, max {qmax}");
+                }
             }
         }
     }

@@ -13,8 +13,13 @@ pub fn golden(id: &str, file: &str) -> serde_json::Value {
 }
 
 pub fn engine(id: &str) -> Engine {
+    engine_at(id, Precision::Int16)
+}
+
+/// [`engine`] with another CPU arithmetic.
+pub fn engine_at(id: &str, precision: Precision) -> Engine {
     let loaded = model::load(&real_model_path(id), LoadOptions::default(), &mut |_, _| {}).unwrap();
-    let backend = CpuBackend::new(threads(), Precision::Int16).unwrap();
+    let backend = CpuBackend::new(threads(), precision).unwrap();
     let config = EngineConfig { kv_cache_bytes: 256 << 20, max_num_batched_tokens: 512, ..EngineConfig::default() };
     Engine::start(backend, loaded, config).unwrap()
 }
@@ -49,6 +54,23 @@ pub fn check_tokenizer(id: &str, engine: &Engine) {
 /// Runs every golden case batched together; asserts the agreement and the step-0 log-probs;
 /// returns the outputs.
 pub fn check_generation(id: &str, engine: &Engine, max_step0_logprob_diff: f32) -> Vec<Choice> {
+    let run = run_generation(id, engine);
+    assert!(run.ours >= run.peer, "{id}: ours {} < llama.cpp {} tokens in all", run.ours, run.peer);
+    assert!(run.worst < max_step0_logprob_diff, "{id}: step-0 log-probs drift {} from the reference", run.worst);
+    run.outputs
+}
+
+/// The golden cases' outputs, with the tokens agreeing with the reference (ours and
+/// llama.cpp's, summed over the cases) and our worst step-0 top-5 log-prob difference.
+pub struct GoldenRun {
+    pub outputs: Vec<Choice>,
+    pub ours: usize,
+    pub peer: usize,
+    pub worst: f32,
+}
+
+/// Runs every golden case batched together and asserts each step-0 top-1 is the reference's.
+pub fn run_generation(id: &str, engine: &Engine) -> GoldenRun {
     let goldens = golden(id, "generation.json");
     let n_new = goldens["meta"]["n_new_tokens"].as_u64().unwrap() as usize;
     let cases = goldens["cases"].as_array().unwrap();
@@ -81,7 +103,5 @@ pub fn check_generation(id: &str, engine: &Engine, max_step0_logprob_diff: f32) 
         ours_total as f64 / n,
         peer_total as f64 / n
     );
-    assert!(ours_total >= peer_total, "{id}: ours {ours_total} < llama.cpp {peer_total} tokens in all");
-    assert!(worst < max_step0_logprob_diff, "{id}: step-0 log-probs drift {worst} from the reference");
-    outputs
+    GoldenRun { outputs, ours: ours_total, peer: peer_total, worst }
 }

@@ -108,10 +108,6 @@ pub fn matmul_multi(
             });
         }
         out.set_rows("matmul", x.rows())?;
-        if precision == Precision::Int8 && w.layout == Layout::Packed16 {
-            // Packed weights run with 16-bit activations only: int8 means llama.cpp's arithmetic.
-            return Err(unsupported(w));
-        }
     }
     let act_of = |w: &HostMatrix| act_format(precision, w);
     // Quantize `x` once per format the weights need, one after another in `scratch`.
@@ -142,7 +138,8 @@ pub fn matmul_multi(
                 let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == act).expect("quantized above");
                 let acts = Acts { bytes: &bytes[offset..offset + row_bytes * x.rows()], row_bytes };
                 match (act, q16_kernel(w.dtype)) {
-                    (ActType::Q16P, _) => Kernel::Q16(packed_kernel(w.dtype).ok_or_else(|| unsupported(w))?, acts),
+                    (ActType::Q16P, _) => Kernel::Q16(packed_kernel(w.dtype, false).ok_or_else(|| unsupported(w))?, acts),
+                    (ActType::Q8P, _) => Kernel::Q16(packed_kernel(w.dtype, true).ok_or_else(|| unsupported(w))?, acts),
                     (ActType::Q16, Some(rows)) => Kernel::Q16(rows, acts),
                     _ => Kernel::Quant(quant_dot(w.dtype, act).ok_or_else(|| unsupported(w))?, acts),
                 }
@@ -165,7 +162,7 @@ fn act_format(precision: Precision, w: &HostMatrix) -> Option<ActType> {
         Precision::Reference => return None,
     };
     if w.layout == Layout::Packed16 {
-        return Some(ActType::Q16P);
+        return Some(if bits == ActBits::Eight { ActType::Q8P } else { ActType::Q16P });
     }
     let act = quant::act_type(w.dtype, bits);
     (act != ActType::F32).then_some(act)

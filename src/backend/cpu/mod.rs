@@ -14,8 +14,11 @@
 //!   activations in the goldens, at the same weight traffic. Q4_0/Q4_1/Q8_0 matrices are
 //!   repacked sixteen rows at a time when uploaded, for kernels with one lane per row
 //!   (`quant::packed`);
-//! - `Int8`: ggml's 8-bit activation blocks, llama.cpp's arithmetic (less accurate; row-major
-//!   weights, so slower than `Int16` where the packed kernels run).
+//! - `Int8`: activations quantized per block of 32 to 8 bits (ggml's Q8_0 rounding, the
+//!   precision llama.cpp's CPU kernels work at), on the same packed matrices: the AVX-512
+//!   kernels then do four multiply-adds per lane and instruction (`vpdpbusd`) instead of
+//!   two, which is what prompt processing, compute-bound, gains. Row-major matrices (tests,
+//!   library callers) meet ggml's 8-bit blocks.
 //!
 //! Float weights (F32/F16/BF16) always meet f32 activations.
 
@@ -46,7 +49,7 @@ pub enum Precision {
     /// 16-bit quantized activations, integer dot products with quantized weights.
     #[default]
     Int16,
-    /// 8-bit quantized activations (ggml's blocks), integer dot products.
+    /// 8-bit quantized activations, integer dot products.
     Int8,
 }
 
@@ -104,8 +107,8 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         match self.precision {
-            Precision::Int16 => format!("cpu ({} threads, int16, {} kernels)", self.num_threads(), crate::quant::Isa::best().name()),
-            p => format!("cpu ({} threads, {})", self.num_threads(), p.name()),
+            Precision::Reference => format!("cpu ({} threads, reference)", self.num_threads()),
+            p => format!("cpu ({} threads, {}, {} kernels)", self.num_threads(), p.name(), crate::quant::Isa::best().name()),
         }
     }
 
@@ -117,16 +120,16 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::from_row(data))
     }
 
-    /// With 16-bit activations, Q4_0/Q4_1/Q8_0 matrices are repacked sixteen rows at a time
-    /// for the packed kernels (`quant::packed`).
+    /// With integer activations, quantized matrices are repacked sixteen rows at a time for
+    /// the packed kernels (`quant::packed`).
     fn upload_matrix(&self, m: HostMatrix) -> Result<HostMatrix> {
-        Ok(if self.precision == Precision::Int16 { m.packed16() } else { m })
+        Ok(if self.precision != Precision::Reference { m.packed16() } else { m })
     }
 
     /// As [`Backend::upload_matrix`], with the packed matrices together in huge pages
     /// (`pack.rs`).
     fn upload_weights(&self, w: HostWeights) -> Result<ModelWeights<HostMatrix, CpuTensor>> {
-        let w = if self.precision == Precision::Int16 { pack::pack_model(w, self.num_threads())? } else { w };
+        let w = if self.precision != Precision::Reference { pack::pack_model(w, self.num_threads())? } else { w };
         w.try_map(Ok, |v| self.upload_vector(&v))
     }
 

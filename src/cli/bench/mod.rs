@@ -73,6 +73,9 @@ pub struct BenchArgs {
     /// With --offline: CPU worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// With --offline: CPU arithmetic for quantized weights, as for `serve`.
+    #[arg(long, default_value = "int16", value_parser = ["int16", "int8", "reference"], requires = "offline")]
+    precision: String,
     /// With --offline: also run the decode phase with speculative decoding by prompt lookup
     /// (a second engine, same prompts, same threads) and report both rates, the speedup and
     /// the acceptance rate.

@@ -10,7 +10,7 @@ use ballast::speculative::{SpecCounts, SpeculativeConfig};
 use std::time::Instant;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    use ballast::backend::cpu::{CpuBackend, Precision};
+    use ballast::backend::cpu::CpuBackend;
     anyhow::ensure!(
         args.concurrency > 0 && args.prompt_tokens > 0 && args.max_tokens > 1,
         "--concurrency, --prompt-tokens must be ≥ 1 and --max-tokens ≥ 2"
@@ -21,7 +21,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let vocab = loaded.config.vocab_size as u64;
     let step_bytes = loaded.weights.step_bytes();
     let threads = args.threads.unwrap_or_else(CpuBackend::default_threads);
-    let cpu = || Ok(CpuBackend::new(threads, Precision::Int16)?);
+    let precision = crate::cli::load::parse_precision(&args.precision);
+    let cpu = || Ok(CpuBackend::new(threads, precision)?);
     // Every prompt prefilled at full chunk size even once some decode (no step-size limit
     // while decoding), so all streams start together and the decode phase runs all of them.
     let config = EngineConfig {

@@ -4,13 +4,17 @@
 use super::{Acts, Q16Rows};
 use crate::backend::cpu::par::SharedOut;
 use crate::model::weights::HostMatrix;
-use crate::quant::{self, BlockQ16, GgmlType, Isa, PackedKernel};
+use crate::quant::{self, ActKernel, BlockQ8P, BlockQ16, GgmlType, Isa, PackedKernel};
 use bytemuck::cast_slice;
 use std::ops::Range;
 
-/// The packed 16-bit kernel for `dtype`, if it has one.
-pub(super) fn packed_kernel(dtype: GgmlType) -> Option<Q16Rows> {
-    quant::with_packed_format!(dtype, F => Some(packed_rows::<F> as Q16Rows), _ => None)
+/// The packed kernel for `dtype` with 16-bit activations ([`BlockQ16`], `eight` false) or
+/// 8-bit ones ([`BlockQ8P`]), if it has one.
+pub(super) fn packed_kernel(dtype: GgmlType, eight: bool) -> Option<Q16Rows> {
+    quant::with_packed_format!(dtype, F => Some(match eight {
+        false => packed_rows::<F, BlockQ16> as Q16Rows,
+        true => packed_rows::<F, BlockQ8P> as Q16Rows,
+    }), _ => None)
 }
 
 /// Tokens per tile of [`packed_rows`]: their activations stay in L2 while the task's weight
@@ -28,12 +32,12 @@ const PACKED_TOKEN_TILE: usize = 64;
 /// 1.22 → 0.76 ms.) Splitting long rows into chunks that stay in L1 across token groups,
 /// GEMM-style, measured no faster here with a 1 MiB L2 and slowed single-token calls,
 /// whose weights then stream in pieces.
-fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
+fn packed_rows<F: PackedKernel, A: ActKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: Range<usize>, out: &SharedOut<f32>) {
     const P: usize = quant::PACK;
     let isa = Isa::best();
     let units = w.cols / F::DTYPE.block_size();
     let group_bytes = units * F::UNIT;
-    let x = |t: usize| cast_slice::<u8, BlockQ16>(acts.row(t));
+    let x = |t: usize| cast_slice::<u8, A>(acts.row(t));
     let wide = if isa == Isa::Avx512Vnni { 8 } else { 4 };
     for tile in (0..n_tok).step_by(PACKED_TOKEN_TILE) {
         let tile_end = (tile + PACKED_TOKEN_TILE).min(n_tok);
@@ -59,7 +63,7 @@ fn packed_rows<F: PackedKernel>(w: &HostMatrix, acts: Acts, n_tok: usize, rows: 
                 macro_rules! run {
                     ($n:literal) => {{
                         let xs = std::array::from_fn(|k| x(t + k.min(take - 1)));
-                        store(t, &quant::dot_packed_xn_on::<F, $n>(isa, group, units, xs, &[[0.0; P]; $n])[..take])
+                        store(t, &quant::dot_packed_xn_on::<F, A, $n>(isa, group, units, xs, &[[0.0; P]; $n])[..take])
                     }};
                 }
                 match take {

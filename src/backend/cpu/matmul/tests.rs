@@ -7,7 +7,7 @@ use crate::quant::test_util::Rng;
 /// The grouped int16 matmul gives every output element bit-identical to the same row
 /// computed alone, for awkward token counts (every packed kernel size: 1, 2, 3, 4, 5, 8, and
 /// 6 or 7 through the one for 8) and both layouts of the row-major grouped types; the packed
-/// layout also for 256-element k-quant blocks and Q5_0.
+/// layout also for 256-element k-quant blocks and Q5_0, and with 8-bit activations.
 #[test]
 fn grouped_tokens_match_each_token_alone() {
     let pool = ThreadPool::new(2, "test").unwrap();
@@ -28,6 +28,17 @@ fn grouped_tokens_match_each_token_alone() {
         // 70 tokens cross a packed token tile.
         let layouts: &[&HostMatrix] = if q16_kernel(dtype).is_some() { &[&row_major, &packed] } else { &[&packed] };
         for n_tok in [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 17, 70] {
+            let xs = rng.floats(n_tok * cols, 2.0);
+            let x = CpuTensor::from_rows(&xs, cols);
+            let mut out = CpuTensor::zeros(n_tok, rows).unwrap();
+            matmul(&pool, Precision::Int8, &x, &packed, &mut out, &mut Vec::new()).unwrap();
+            for t in 0..n_tok {
+                let one = CpuTensor::from_rows(x.row(t), cols);
+                let mut alone = CpuTensor::zeros(1, rows).unwrap();
+                matmul(&pool, Precision::Int8, &one, &packed, &mut alone, &mut Vec::new()).unwrap();
+                let bits = |t: &[f32]| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(out.row(t)), bits(alone.row(0)), "{dtype} int8 token {t} of {n_tok}");
+            }
             let xs = rng.floats(n_tok * cols, 2.0);
             let x = CpuTensor::from_rows(&xs, cols);
             let mut outs = Vec::new();
@@ -79,6 +90,7 @@ fn multi_matmul_equals_separate_matmuls() {
         (Precision::Int16, &weights),
         (Precision::Int16, &mixed),
         (Precision::Int8, &weights),
+        (Precision::Int8, &mixed),
         (Precision::Reference, &weights),
         (Precision::Reference, &mixed),
     ] {
@@ -96,8 +108,4 @@ fn multi_matmul_equals_separate_matmuls() {
             }
         }
     }
-    // Packed weights need 16-bit activations: with 8-bit ones, an error and no panic.
-    let x = CpuTensor::from_rows(&rng.floats(cols, 1.0), cols);
-    let mut out = CpuTensor::zeros(1, mixed[0].rows).unwrap();
-    assert!(matmul(&pool, Precision::Int8, &x, &mixed[0], &mut out, &mut Vec::new()).is_err());
 }
