@@ -141,7 +141,7 @@ fn matrix(shards: &Shards, name: &str, target: Option<GgmlType>) -> Result<HostM
         f
     });
     match target {
-        Some(t) if t.row_bytes(cols as u64).is_some() => quantize(&source, t).map_err(invalid),
+        Some(t) if t.row_bytes(cols as u64).is_some() => source.requantized(t, 1).map_err(invalid),
         Some(t) => {
             tracing::warn!("{name}: {cols} columns do not split into {t} blocks; kept as {dtype}");
             Ok(source)
@@ -153,17 +153,6 @@ fn matrix(shards: &Shards, name: &str, target: Option<GgmlType>) -> Result<HostM
 /// Float data must sit at an address aligned for its element type; copy it if it does not.
 fn aligned(bytes: TensorBytes) -> TensorBytes {
     if (bytes.as_ptr() as usize).is_multiple_of(4) { bytes } else { TensorBytes::from_vec(bytes.to_vec()) }
-}
-
-fn quantize(m: &HostMatrix, target: GgmlType) -> Result<HostMatrix, String> {
-    let row_bytes = target.row_bytes(m.cols as u64).ok_or("not whole blocks")? as usize;
-    let mut out = vec![0u8; row_bytes * m.rows];
-    let mut row = vec![0f32; m.cols];
-    for (r, dst) in out.chunks_mut(row_bytes).enumerate() {
-        quant::dequantize_row(m.dtype, m.row(r), &mut row).map_err(|e| e.to_string())?;
-        quant::quantize_row(target, &row, dst).map_err(|e| e.to_string())?;
-    }
-    HostMatrix::new(target, m.rows, m.cols, TensorBytes::from_vec(out))
 }
 
 fn vector(shards: &Shards, name: &str) -> Result<Vec<f32>, ModelError> {

@@ -42,6 +42,33 @@ impl HostMatrix {
         Ok(HostMatrix { dtype, rows, cols, layout: Layout::RowMajor, data })
     }
 
+    /// This matrix in `target`'s blocks: each row dequantized and quantized again, on up to
+    /// `threads` threads (rows in contiguous shares, so the result does not depend on them).
+    pub fn requantized(&self, target: GgmlType, threads: usize) -> Result<HostMatrix, String> {
+        let row_bytes =
+            target.row_bytes(self.cols as u64).ok_or_else(|| format!("{} columns is not whole {target} blocks", self.cols))? as usize;
+        let mut out = vec![0u8; row_bytes * self.rows];
+        let share = self.rows.div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|scope| {
+            let jobs: Vec<_> = out
+                .chunks_mut(share * row_bytes)
+                .enumerate()
+                .map(|(i, dst)| {
+                    scope.spawn(move || -> Result<(), String> {
+                        let mut row = vec![0f32; self.cols];
+                        for (k, dst) in dst.chunks_mut(row_bytes).enumerate() {
+                            self.dequantize_row(i * share + k, &mut row).map_err(|e| e.to_string())?;
+                            quant::quantize_row(target, &row, dst).map_err(|e| e.to_string())?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            jobs.into_iter().try_for_each(|j| j.join().unwrap_or_else(|_| Err("a requantizing thread panicked".into())))
+        })?;
+        HostMatrix::new(target, self.rows, self.cols, TensorBytes::from_vec(out))
+    }
+
     /// Row `r`'s bytes. Row-major matrices only (a packed row is not contiguous).
     pub fn row(&self, r: usize) -> &[u8] {
         self.rows_bytes(r..r + 1)

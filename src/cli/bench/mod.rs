@@ -89,6 +89,9 @@ pub struct BenchArgs {
     /// moments weigh on neither side alone.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     spec_repeat: u64,
+    /// With --draft-model: its output matrix's type, as for `serve`.
+    #[arg(long, default_value = "q4_0", value_parser = ["keep", "q4_0", "q5_0", "q8_0"], requires = "draft_model")]
+    draft_head_type: String,
     /// With --ngram-draft or --draft-model: tokens drafted per step at most.
     #[arg(long, default_value_t = 4)]
     num_speculative_tokens: usize,

@@ -85,6 +85,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let spec = SpeculativeConfig {
             num_speculative_tokens: args.num_speculative_tokens,
             disable_by_batch_size: args.speculative_disable_by_batch_size.unwrap_or(if args.draft_model.is_some() { 2 } else { 8 }),
+            draft_head: ballast::quant::GgmlType::from_name(&args.draft_head_type),
             ..SpeculativeConfig::default()
         };
         let spec_engine = start_speculative(Some(spec))?;
