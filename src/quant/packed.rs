@@ -6,7 +6,9 @@
 //! multiply-adds. Here a vector holds the same two elements of sixteen *rows*, the activation
 //! pair they multiply is broadcast from memory into the multiply-add itself, and a lane's sum
 //! is already that row's: per 32 elements and token, sixteen `vpdpwssd` (AVX-512 VNNI) do 512
-//! multiply-adds and nothing is reduced across lanes.
+//! multiply-adds and nothing is reduced across lanes. With 8-bit activations ([`BlockQ8P`],
+//! `--precision int8`) two such registers merge into one of bytes and eight `vpdpbusd` do
+//! the same work; the integer sums are the same exact numbers either way.
 //!
 //! # One arithmetic for every format
 //!
