@@ -146,43 +146,32 @@ pub trait PackedAct: Pod + Sync {
     fn half(&self, h: usize) -> f32;
 }
 
-impl PackedAct for BlockQ16 {
-    #[inline(always)]
-    fn q(&self, e: usize) -> i32 {
-        self.qs[e] as i32
-    }
-    #[inline(always)]
-    fn d(&self) -> f32 {
-        self.d
-    }
-    #[inline(always)]
-    fn sum(&self) -> f32 {
-        self.sum
-    }
-    #[inline(always)]
-    fn half(&self, h: usize) -> f32 {
-        self.half[h]
-    }
+/// Both activation blocks hold `d`, `sum` and `half` alike; only where element `e` lies differs.
+macro_rules! packed_act {
+    ($t:ty, $index:expr) => {
+        impl PackedAct for $t {
+            #[inline(always)]
+            fn q(&self, e: usize) -> i32 {
+                self.qs[$index(e)] as i32
+            }
+            #[inline(always)]
+            fn d(&self) -> f32 {
+                self.d
+            }
+            #[inline(always)]
+            fn sum(&self) -> f32 {
+                self.sum
+            }
+            #[inline(always)]
+            fn half(&self, h: usize) -> f32 {
+                self.half[h]
+            }
+        }
+    };
 }
 
-impl PackedAct for BlockQ8P {
-    #[inline(always)]
-    fn q(&self, e: usize) -> i32 {
-        self.qs[q8p_index(e)] as i32
-    }
-    #[inline(always)]
-    fn d(&self) -> f32 {
-        self.d
-    }
-    #[inline(always)]
-    fn sum(&self) -> f32 {
-        self.sum
-    }
-    #[inline(always)]
-    fn half(&self, h: usize) -> f32 {
-        self.half[h]
-    }
-}
+packed_act!(BlockQ16, |e: usize| e);
+packed_act!(BlockQ8P, q8p_index);
 
 /// A block format with a packed layout: how a unit of sixteen rows is written and read.
 pub trait PackedFormat: Pod + Sync {
